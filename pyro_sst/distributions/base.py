@@ -1,0 +1,265 @@
+r"""Shared machinery: the structured exponential family and the perturb-and-relax trick.
+
+A structure is a 0/1 array :math:`x \in \mathcal{X}` with the shape of the
+``logits`` :math:`\theta`. Each structure class (a mixin such as
+:class:`~pyro_sst.distributions.trees.SpanningTreeStructure`) supplies only:
+
+* ``_free_mask``: which entries of :math:`\theta` are parameters (each counted once);
+* ``_canonical(x)``: the array with the non-free entries filled in (mirrored
+  for undirected trees, zeroed otherwise);
+* ``_log_partition``, ``_marginals``, ``solve`` (argmax), ``_exact_sample``,
+  ``_enumerate`` and ``support``.
+
+:class:`StructuredDistribution` then gives
+:math:`\log q(x) = \langle\theta, x\rangle - A(\theta)`, the marginals
+:math:`\mu = \nabla A`, the mode, ``expand`` and shape inference;
+:class:`PerturbAndRelax` adds the stochastic softmax trick and
+:class:`ExponentialFamily` the exact exponential-family sampler.
+"""
+
+import torch
+from pyro.distributions.torch_distribution import TorchDistribution
+from torch.distributions import constraints
+from torch.distributions.utils import lazy_property
+
+from ..ops.noise import check_noise, sample_noise, utility_kl
+
+
+def validating(validate_args):
+    """Whether argument checks run: explicit flag, else torch's global default."""
+    if validate_args is None:
+        return torch.distributions.Distribution._validate_args
+    return bool(validate_args)
+
+
+def check_same_options(q, p):
+    """KL divergences need the two distributions to live on the same structure."""
+    if type(q) is not type(p) or q.event_shape != p.event_shape:
+        raise ValueError(f"kl_divergence needs two {type(q).__name__} with the same event shape")
+    for name in q._options:
+        if name != "straight_through" and getattr(q, name) != getattr(p, name):
+            raise ValueError(f"kl_divergence needs the same {name}, got {getattr(q, name)!r} and {getattr(p, name)!r}")
+
+
+def _as_tensor(x, like):
+    return torch.as_tensor(x, dtype=like.dtype, device=like.device)
+
+
+class StructuredDistribution(TorchDistribution):
+    """Base of every structured distribution: exponential-family algebra and shapes."""
+
+    arg_constraints = {"logits": constraints.real}
+    event_dim = 2
+    #: names of the non-tensor options that ``expand`` copies (set by subclasses)
+    _options = ()
+
+    def _event_shape_of(self, logits):
+        return logits.shape[logits.dim() - self.event_dim :]
+
+    def _init_structure(self, logits, extra_batch_shape, validate_args):
+        if logits.dim() < self.event_dim:
+            raise ValueError(
+                f"logits must have at least {self.event_dim} dims (event shape), got shape {tuple(logits.shape)}"
+            )
+        event_shape = self._event_shape_of(logits)
+        self._check_event_shape(event_shape)
+        batch_shape = torch.broadcast_shapes(logits.shape[: logits.dim() - self.event_dim], extra_batch_shape)
+        self.logits = logits.expand(batch_shape + event_shape)
+        if validating(validate_args):
+            if not torch.isfinite(logits).all():
+                raise ValueError("logits must be finite (no NaN or inf); got non-finite entries")
+            self._check_logits(logits)
+        super().__init__(batch_shape, event_shape, validate_args=validate_args)
+
+    def _check_logits(self, logits):
+        """Structure-specific checks of valid-shaped logits (run when validating)."""
+
+    def _check_event_shape(self, event_shape):
+        if event_shape[-1] != event_shape[-2]:
+            raise ValueError(f"logits must have shape (..., n, n), got event shape {tuple(event_shape)}")
+
+    # ------------------------------------------------------------------ algebra
+    def _sum_event(self, x):
+        return x.sum(tuple(range(-self.event_dim, 0)))
+
+    def _score(self, value):
+        """``<theta, value>`` over the free entries, broadcasting over leading dims."""
+        return self._sum_event(self.logits * value * self._free_mask)
+
+    @lazy_property
+    def log_partition(self):
+        r""":math:`A(\theta) = \log \sum_{x \in \mathcal X} e^{\langle\theta, x\rangle}`, shape ``batch_shape``."""
+        return self._log_partition(self.logits)
+
+    @lazy_property
+    def marginals(self):
+        r""":math:`\mu(\theta) = \nabla A(\theta) = \mathbb{E}_q[x]`, shape ``batch_shape + event_shape``."""
+        return self._marginals(self.logits)
+
+    @property
+    def mode(self):
+        r"""The MAP structure :math:`\arg\max_{x} \langle\theta, x\rangle` (deterministic ties)."""
+        return self.solve(self.logits)
+
+    def log_prob(self, value):
+        r""":math:`\langle\theta, x\rangle - A(\theta)`, summed over the free entries."""
+        if self._validate_args:
+            self._validate_sample(value)
+        return self._score(value) - self.log_partition
+
+    def _exp_family_entropy(self):
+        return self.log_partition - self._score(self.marginals)
+
+    # ------------------------------------------------------------------ shapes
+    @classmethod
+    def infer_shapes(cls, logits, **arg_shapes):
+        """Batch and event shapes from argument shapes (the default assumes a scalar event)."""
+        event_shape = torch.Size(logits[len(logits) - cls.event_dim :])
+        batch_shape = torch.Size(logits[: len(logits) - cls.event_dim])
+        for name, shape in arg_shapes.items():
+            if name in cls.arg_constraints:
+                batch_shape = torch.broadcast_shapes(batch_shape, shape)
+        return batch_shape, event_shape
+
+    def _expand_tensors(self, new, batch_shape):
+        new.logits = self.logits.expand(batch_shape + self.event_shape)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(type(self), _instance)
+        batch_shape = torch.Size(batch_shape)
+        self._expand_tensors(new, batch_shape)
+        for name in self._options:
+            setattr(new, name, getattr(self, name))
+        super(StructuredDistribution, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+
+class ExponentialFamily(StructuredDistribution):
+    r"""Exact exponential family :math:`q(x \mid \theta) = \exp(\langle\theta, x\rangle - A(\theta))`.
+
+    ``sample`` is exact (not reparameterised): use it with score-function
+    estimators such as Pyro's ``TraceGraph_ELBO``, or as a prior.
+    """
+
+    has_rsample = False
+    has_enumerate_support = True
+
+    def __init__(self, logits, validate_args=None):
+        self._init_structure(logits, torch.Size(), validate_args)
+
+    @property
+    def mean(self):
+        return self.marginals
+
+    def entropy(self):
+        r""":math:`H = A(\theta) - \langle\theta, \mu(\theta)\rangle`."""
+        return self._exp_family_entropy()
+
+    def sample(self, sample_shape=torch.Size()):
+        """Exact sample of shape ``sample_shape + batch_shape + event_shape``."""
+        return self._exact_sample(torch.Size(sample_shape))
+
+    def enumerate_support(self, expand=True):
+        """All structures, shape ``(N,) + batch_shape + event_shape`` (small sizes only)."""
+        values = self._enumerate().to(dtype=self.logits.dtype, device=self.logits.device)
+        values = values.reshape((values.shape[0],) + (1,) * len(self.batch_shape) + self.event_shape)
+        if expand:
+            values = values.expand((values.shape[0],) + self.batch_shape + self.event_shape)
+        return values
+
+
+class PerturbAndRelax(StructuredDistribution):
+    r"""Stochastic softmax trick over a structure (Paulus et al., 2020).
+
+    Utilities :math:`U = \theta + E` with i.i.d. noise :math:`E`; the hard
+    sample is the stochastic argmax :math:`X = \arg\max_{x \in \mathcal X}
+    \langle U, x\rangle` and the relaxed sample, with the exponential-family
+    entropy regulariser, is
+
+    .. math::
+
+        X_t = \arg\max_{x \in \operatorname{conv}\mathcal X}
+              \langle U, x\rangle + t\,H(x) = \mu(U / t),
+
+    a differentiable function of :math:`\theta` and :math:`t` that tends to
+    :math:`X` as :math:`t \to 0`. With ``straight_through=True``, ``rsample``
+    returns :math:`X` in the forward pass and the gradient of :math:`X_t`.
+
+    ``log_prob(x)`` is :math:`\langle\theta, x\rangle - A(\theta)`: exact for hard
+    (0/1) values, including straight-through samples, which *are* hard (unlike
+    Pyro's relaxed straight-through classes, which score a hidden soft value);
+    for relaxed values it is the usual relaxed-ELBO surrogate, not a density.
+    ``kl_divergence`` between two instances with equal temperature and noise
+    is the KL of their utility distributions, which upper-bounds the KL of the
+    relaxed samples (data processing inequality).
+    """
+
+    arg_constraints = {"logits": constraints.real, "temperature": constraints.positive}
+    has_rsample = True
+
+    def __init__(self, logits, temperature, noise="gumbel", straight_through=False, validate_args=None):
+        check_noise(noise)
+        if not torch.is_tensor(logits):
+            raise ValueError("logits must be a torch.Tensor")
+        temperature = _as_tensor(temperature, logits)
+        if not bool((temperature > 0).all()):
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.noise = noise
+        self.straight_through = bool(straight_through)
+        self.temperature = temperature
+        self._init_structure(logits, temperature.shape, validate_args)
+        self.temperature = temperature.expand(self.batch_shape)
+
+    _options = ("noise", "straight_through")
+
+    def _expand_tensors(self, new, batch_shape):
+        super()._expand_tensors(new, batch_shape)
+        new.temperature = self.temperature.expand(batch_shape)
+
+    def _per_event(self, t):
+        return t.reshape(t.shape + (1,) * self.event_dim)
+
+    # ------------------------------------------------------------- the trick
+    def sample_utilities(self, sample_shape=torch.Size()):
+        """Perturbed utilities ``U = logits + E``, shape ``sample_shape + batch + event``."""
+        shape = self._extended_shape(sample_shape)
+        noise = sample_noise(self.noise, shape, self.logits.dtype, self.logits.device)
+        return self._canonical(self.logits + noise)
+
+    def relax(self, utilities):
+        r"""The relaxed sample for given utilities: :math:`\mu(U / t)` (differentiable)."""
+        return self._marginals(utilities / self._per_event(self.temperature))
+
+    def relaxed_and_hard(self, sample_shape=torch.Size()):
+        """``(relaxed, hard)`` samples computed from the same noise."""
+        utilities = self.sample_utilities(sample_shape)
+        return self.relax(utilities), self.solve(utilities)
+
+    def rsample(self, sample_shape=torch.Size()):
+        """Relaxed sample (or straight-through hard sample), differentiable in ``logits``."""
+        utilities = self.sample_utilities(sample_shape)
+        relaxed = self.relax(utilities)
+        if not self.straight_through:
+            return relaxed
+        hard = self.solve(utilities)
+        return hard + (relaxed - relaxed.detach())
+
+    def hard_sample(self, sample_shape=torch.Size()):
+        """Stochastic-argmax structure: an exact member of the support (no gradient)."""
+        with torch.no_grad():
+            return self.solve(self.sample_utilities(sample_shape))
+
+    def _utility_kl(self, other):
+        check_same_options(self, other)
+        if not bool((self.temperature == other.temperature).all()):
+            raise ValueError("kl_divergence needs equal temperatures; the utility KL does not bound it otherwise")
+        kl = utility_kl(self.noise, self.logits, other.logits)
+        return self._sum_event(torch.where(self._free_mask, kl, torch.zeros_like(kl)))
+
+
+def exp_family_kl(q, p):
+    r""":math:`\mathrm{KL}(q\|p) = A(\theta_p) - A(\theta_q) + \langle\theta_q - \theta_p, \mu(\theta_q)\rangle`."""
+    check_same_options(q, p)
+    diff = (q.logits - p.logits) * q._free_mask
+    return p.log_partition - q.log_partition + q._sum_event(diff * q.marginals)

@@ -1,0 +1,131 @@
+"""Brute-force NumPy references shared by the test-suites of both backends.
+
+Everything here enumerates the whole support, so it is only for small sizes, and
+it deliberately shares no code with the packages under test.
+"""
+
+import itertools
+
+import numpy as np
+from scipy.special import logsumexp
+
+
+def _connected(n, edges):
+    parent = list(range(n))
+
+    def find(a):
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for i, j in edges:
+        parent[find(i)] = find(j)
+    return len({find(v) for v in range(n)}) == 1
+
+
+def spanning_trees(n):
+    """All spanning trees of K_n as symmetric 0/1 matrices, shape (N, n, n)."""
+    pairs = list(itertools.combinations(range(n), 2))
+    trees = []
+    for edges in itertools.combinations(pairs, n - 1):
+        if _connected(n, edges):
+            x = np.zeros((n, n))
+            for i, j in edges:
+                x[i, j] = x[j, i] = 1
+            trees.append(x)
+    if n == 1:
+        trees.append(np.zeros((1, 1)))
+    return np.stack(trees)
+
+
+def arborescences(n, root=0, single_root=False):
+    """All arborescences of the complete digraph rooted at ``root``, shape (N, n, n).
+
+    ``x[i, j] = 1`` iff ``i`` is the parent of ``j``.
+    """
+    others = [v for v in range(n) if v != root]
+    out = []
+    for parents in itertools.product(range(n), repeat=len(others)):
+        if any(p == v for p, v in zip(parents, others, strict=True)):
+            continue
+        par = dict(zip(others, parents, strict=True))
+        ok = True
+        for v in others:  # every node must reach the root without a cycle
+            seen, u = set(), v
+            while u != root and ok:
+                if u in seen:
+                    ok = False
+                seen.add(u)
+                u = par[u]
+        if not ok:
+            continue
+        if single_root and sum(p == root for p in parents) != 1:
+            continue
+        x = np.zeros((n, n))
+        for v, p in par.items():
+            x[p, v] = 1
+        out.append(x)
+    return np.stack(out)
+
+
+def k_subsets(d, k):
+    """All k-hot vectors of length d, shape (N, d)."""
+    out = []
+    for idx in itertools.combinations(range(d), k):
+        x = np.zeros(d)
+        x[list(idx)] = 1
+        out.append(x)
+    return np.stack(out)
+
+
+def permutations(n):
+    """All n x n permutation matrices, shape (n!, n, n)."""
+    return np.stack([np.eye(n)[list(p)] for p in itertools.permutations(range(n))])
+
+
+class ExpFamily:
+    """Exponential family ``q(x) = exp(<theta, x> - A)`` over an explicit support.
+
+    ``weight_mask`` selects the free entries of theta that enter ``<theta, x>``
+    (the strict upper triangle for undirected trees).
+    """
+
+    def __init__(self, support, theta, weight_mask=None):
+        self.support = np.asarray(support, dtype=np.float64)
+        theta = np.asarray(theta, dtype=np.float64)
+        mask = np.ones(theta.shape) if weight_mask is None else weight_mask
+        flat = self.support.reshape(len(self.support), -1)
+        self.scores = flat @ np.where(mask, theta, 0).reshape(-1)
+        self.log_partition = logsumexp(self.scores)
+        self.probs = np.exp(self.scores - self.log_partition)
+        self.marginals = np.tensordot(self.probs, self.support, axes=1)
+        self.mode = self.support[np.argmax(self.scores)]
+        self.max_score = self.scores.max()
+        self.entropy = -(self.probs * np.log(self.probs)).sum()
+
+    def index_of(self, values):
+        """Position of each value in the support (values: (S, ...) 0/1 arrays)."""
+        flat = self.support.reshape(len(self.support), -1)
+        values = np.asarray(values).reshape(len(values), -1)
+        match = (np.abs(values[:, None, :] - flat[None]).sum(-1) < 0.5)
+        assert match.sum(-1).max() == 1, "value outside the support"
+        return match.argmax(-1)
+
+    def total_variation(self, values):
+        """TV distance between the empirical distribution of ``values`` and q."""
+        counts = np.bincount(self.index_of(values), minlength=len(self.support))
+        return 0.5 * np.abs(counts / counts.sum() - self.probs).sum()
+
+
+def upper_mask(n):
+    return np.triu(np.ones((n, n), dtype=bool), 1)
+
+
+def spanning_tree_family(theta):
+    n = theta.shape[-1]
+    return ExpFamily(spanning_trees(n), theta, upper_mask(n))
+
+
+def arborescence_family(theta, root=0, single_root=False):
+    return ExpFamily(arborescences(theta.shape[-1], root, single_root), theta)
