@@ -7,7 +7,7 @@ it deliberately shares no code with the packages under test.
 import itertools
 
 import numpy as np
-from scipy.special import logsumexp
+from scipy.special import logsumexp, xlogy
 
 
 def _connected(n, edges):
@@ -102,7 +102,7 @@ class ExpFamily:
         self.marginals = np.tensordot(self.probs, self.support, axes=1)
         self.mode = self.support[np.argmax(self.scores)]
         self.max_score = self.scores.max()
-        self.entropy = -(self.probs * np.log(self.probs)).sum()
+        self.entropy = -xlogy(self.probs, self.probs).sum()
 
     def index_of(self, values):
         """Position of each value in the support (values: (S, ...) 0/1 arrays)."""

@@ -217,6 +217,12 @@ def _elimination_marginals(theta, root, single_root):
     return mu.masked_fill(excluded, 0)
 
 
+def _check_args(logits, root, single_root):
+    if logits.dim() < 2 or logits.shape[-1] != logits.shape[-2]:
+        raise ValueError(f"logits must have shape (..., n, n), got {tuple(logits.shape)}")
+    _check_root(logits.shape[-1], root, single_root)
+
+
 def _check_root(n, root, single_root):
     if not 0 <= root < n:
         raise ValueError(f"root must be in [0, {n - 1}] for {n} nodes, got {root}")
@@ -226,8 +232,6 @@ def _check_root(n, root, single_root):
 
 def _flatten(theta):
     n = theta.shape[-1]
-    if theta.shape[-2] != n:
-        raise ValueError(f"logits must have shape (..., n, n), got {tuple(theta.shape)}")
     return theta.reshape(-1, n, n)
 
 
@@ -279,9 +283,8 @@ def arborescence_log_partition(logits, root=0, single_root=False):
     :returns: ``A(logits)`` of shape ``logits.shape[:-2]``; differentiable, with
         gradient :func:`arborescence_marginals` (itself differentiable).
     """
-    n = logits.shape[-1]
-    _check_root(n, root, single_root)
-    if n == 1:
+    _check_args(logits, root, single_root)
+    if logits.shape[-1] == 1:
         return logits.sum((-2, -1)) * 0
     return _LogPartition.apply(directed_log_weights(logits, root), root, single_root)
 
@@ -293,8 +296,7 @@ def arborescence_marginals(logits, root=0, single_root=False):
     elements fall back to exact log-space elimination (see module docstring).
     Every non-root column sums to 1; the root column and diagonal are 0.
     """
-    n = logits.shape[-1]
-    _check_root(n, root, single_root)
-    if n == 1:
+    _check_args(logits, root, single_root)
+    if logits.shape[-1] == 1:
         return logits * 0
     return _directed_marginals(directed_log_weights(logits, root), root, single_root)

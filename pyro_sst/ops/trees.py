@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .matrix_tree import (
+    _check_args,
     _check_root,
     arborescence_log_partition,
     arborescence_marginals,
@@ -75,8 +76,8 @@ def sample_arborescence(logits, root=0, single_root=False, sample_shape=(), gene
 
     :returns: a 0/1 tensor of shape ``sample_shape + logits.shape``.
     """
+    _check_args(logits, root, single_root)
     n = logits.shape[-1]
-    _check_root(n, root, single_root)
     sample_shape = torch.Size(sample_shape)
     with torch.no_grad():
         theta = directed_log_weights(logits.detach(), root)
@@ -188,8 +189,8 @@ def max_arborescence(weights, root=0, single_root=False):
     element at a time (``O(n^3)`` each); the result is moved back to the input's
     device and dtype.
     """
+    _check_args(weights, root, single_root)
     shape, n = weights.shape, weights.shape[-1]
-    _check_root(n, root, single_root)
     W = weights.detach().cpu().double().reshape(-1, n, n).numpy()
     if single_root:
         spread = np.ptp(W[np.isfinite(W)]) if np.isfinite(W).any() else 0.0
