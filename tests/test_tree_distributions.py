@@ -31,7 +31,11 @@ def test_relaxed_tree_shapes_and_support():
 
 def test_relaxed_sample_converges_to_hard_sample_from_same_noise():
     logits = sym_logits(6, (8,), scale=2.0, seed=1)
-    for cls, kwargs in [(RelaxedSpanningTree, {}), (RelaxedArborescence, {"root": 2}), (RelaxedArborescence, {"single_root": True})]:
+    for cls, kwargs in [
+        (RelaxedSpanningTree, {}),
+        (RelaxedArborescence, {"root": 2}),
+        (RelaxedArborescence, {"single_root": True}),
+    ]:
         d = cls(logits, 1.0, **kwargs)
         torch.manual_seed(0)
         utilities = d.sample_utilities()
@@ -78,14 +82,20 @@ def test_rsample_gradcheck(noise):
 def test_noise_distributions_have_the_right_moments():
     torch.manual_seed(0)
     logits = torch.zeros(200, 30, 30, dtype=torch.float64)
-    for noise, mean, var in [("gumbel", np.euler_gamma, np.pi**2 / 6), ("gaussian", 0, 1), ("negative_exponential", -1, 1)]:
+    for noise, mean, var in [
+        ("gumbel", np.euler_gamma, np.pi**2 / 6),
+        ("gaussian", 0, 1),
+        ("negative_exponential", -1, 1),
+    ]:
         u = RelaxedArborescence(logits, 1.0, noise=noise).sample_utilities()
         free = u[:, 1:, :][u[:, 1:, :] != 0]  # root column and diagonal are zeroed
         assert free.mean().item() == pytest.approx(mean, abs=0.02)
         assert free.var().item() == pytest.approx(var, rel=0.03)
 
 
-@pytest.mark.parametrize("cls,kwargs", [(SpanningTree, {}), (Arborescence, {"root": 1}), (Arborescence, {"single_root": True})])
+@pytest.mark.parametrize(
+    "cls,kwargs", [(SpanningTree, {}), (Arborescence, {"root": 1}), (Arborescence, {"single_root": True})]
+)
 def test_exp_family_matches_enumeration(cls, kwargs):
     logits = sym_logits(5, seed=4) if cls is SpanningTree else torch.randn(5, 5, dtype=torch.float64)
     d = cls(logits, **kwargs)
