@@ -4,26 +4,9 @@ Distributions subclass :class:`pyro.distributions.TorchDistribution`; the pure
 tensor functions they are built from live in :mod:`pyro_sst.ops`.
 """
 
-from . import ops
-from .distributions import (
-    Arborescence,
-    ExponentialFamily,
-    PerturbAndRelax,
-    RelaxedArborescence,
-    RelaxedSpanningTree,
-    SpanningTree,
-    StructuredDistribution,
-)
+from . import distributions, ops
+from .distributions import *  # noqa: F403
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Arborescence",
-    "ExponentialFamily",
-    "PerturbAndRelax",
-    "RelaxedArborescence",
-    "RelaxedSpanningTree",
-    "SpanningTree",
-    "StructuredDistribution",
-    "ops",
-]
+__all__ = distributions.__all__ + ["ops"]
