@@ -141,6 +141,13 @@ def _well_conditioned(M, B, info):
     return (info == 0) & torch.isfinite(cond) & (cond * eps**0.5 < 1)
 
 
+def _scaled_inverse(theta, root, single_root):
+    """``P``, column log-normalisers, ``M``, ``B = M^{-1}`` and the mask of trustworthy rows."""
+    P, log_norm, M = _scaled_minor(theta, root, single_root)
+    B, info = torch.linalg.inv_ex(M)
+    return P, log_norm, M, B, _well_conditioned(M, B, info)
+
+
 class _MatrixTreeMarginals(torch.autograd.Function):
     """Explicit-inverse marginals with an explicit Hessian-vector-product backward.
 
@@ -150,9 +157,7 @@ class _MatrixTreeMarginals(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, theta, root, single_root):
-        P, _, M = _scaled_minor(theta, root, single_root)
-        B, info = torch.linalg.inv_ex(M)
-        ok = _well_conditioned(M, B, info)
+        P, _, _, B, ok = _scaled_inverse(theta, root, single_root)
         B = torch.where(ok[..., None, None], B, 0)
         mu = P * _laplacian_adjoint(B.mT, root, single_root)
         mu = torch.where(ok[..., None, None], mu, 0)
@@ -253,9 +258,7 @@ class _LogPartition(torch.autograd.Function):
     def forward(ctx, theta, root, single_root):
         shape = theta.shape[:-2]
         flat = _flatten(theta)
-        _, log_norm, M = _scaled_minor(flat, root, single_root)
-        B, info = torch.linalg.inv_ex(M)
-        ok = _well_conditioned(M, B, info)
+        _, log_norm, M, _, ok = _scaled_inverse(flat, root, single_root)
         sign, logabsdet = torch.linalg.slogdet(M)
         ok = ok & (sign > 0)
         log_z = logabsdet + log_norm.sum(-1)
