@@ -228,8 +228,12 @@ class PerturbAndRelax(StructuredDistribution):
         return self._canonical(self.logits + noise)
 
     def relax(self, utilities):
-        r"""The relaxed sample for given utilities: :math:`\mu(U / t)` (differentiable)."""
-        return self._marginals(utilities / self._per_event(self.temperature))
+        r"""The relaxed sample for given utilities, e.g. :math:`\mu(U / t)` (differentiable)."""
+        return self._relax(utilities / self._per_event(self.temperature))
+
+    def _relax(self, scores):
+        """The regularised argmax of ``scores = U / t`` (default: the exponential-family marginals)."""
+        return self._marginals(scores)
 
     def relaxed_and_hard(self, sample_shape=torch.Size()):
         """``(relaxed, hard)`` samples computed from the same noise."""

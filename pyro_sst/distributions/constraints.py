@@ -1,7 +1,7 @@
-"""Supports of the structured distributions (``event_dim=2``).
+"""Supports of the structured distributions (``event_dim`` 2 for matrices, 1 for subsets).
 
-The hard supports check exact membership (0/1, degree conditions, and a
-determinant test: the Laplacian minor of a 0/1 structure has determinant 1
+The hard supports check exact membership (0/1, degree conditions, and for trees
+a determinant test: the Laplacian minor of a 0/1 structure has determinant 1
 exactly when it is a tree / an arborescence). The relaxed supports check the
 affine conditions of the convex hull, within a tolerance.
 """
@@ -11,7 +11,7 @@ from torch.distributions.constraints import Constraint
 
 from ..ops.matrix_tree import laplacian
 
-__all__ = ["arborescence", "spanning_tree"]
+__all__ = ["arborescence", "k_subset", "permutation", "spanning_tree"]
 
 
 def _tolerance(value):
@@ -27,7 +27,9 @@ def _minor_det_is_one(x, root):
     return (det - 1).abs() < 0.5
 
 
-class _TreeConstraint(Constraint):
+class _StructureConstraint(Constraint):
+    """Entries in [0, 1] (exactly 0 or 1 unless ``relaxed``) over the last ``event_dim`` dims."""
+
     event_dim = 2
 
     def __init__(self, relaxed):
@@ -37,11 +39,17 @@ class _TreeConstraint(Constraint):
 
     def _common(self, value):
         tol = _tolerance(value)
-        ok = ((value >= -tol) & (value <= 1 + tol)).all((-2, -1))
-        ok = ok & (value.diagonal(dim1=-2, dim2=-1).abs() <= tol).all(-1)
+        dims = tuple(range(-self.event_dim, 0))
+        ok = ((value >= -tol) & (value <= 1 + tol)).all(dims)
         if not self.relaxed:
-            ok = ok & ((value == 0) | (value == 1)).all((-2, -1))
+            ok = ok & ((value == 0) | (value == 1)).all(dims)
         return ok, tol
+
+
+class _TreeConstraint(_StructureConstraint):
+    def _common(self, value):
+        ok, tol = super()._common(value)
+        return ok & (value.diagonal(dim1=-2, dim2=-1).abs() <= tol).all(-1), tol
 
 
 class _SpanningTree(_TreeConstraint):
@@ -76,6 +84,46 @@ class _Arborescence(_TreeConstraint):
         if not self.relaxed:
             ok = ok & _minor_det_is_one(value, self.root)
         return ok
+
+
+class _KSubset(_StructureConstraint):
+    """k-hot vectors (or, relaxed, points of ``[0, 1]^d`` summing to ``k``)."""
+
+    event_dim = 1
+
+    def __init__(self, relaxed, k):
+        self.k = k
+        super().__init__(relaxed)
+
+    def check(self, value):
+        ok, tol = self._common(value)
+        return ok & ((value.sum(-1) - self.k).abs() <= tol * max(self.k, 1))
+
+
+class _Permutation(_StructureConstraint):
+    """Permutation matrices (or, relaxed, the Sinkhorn relaxation of one).
+
+    Hard values: 0/1 with unit row and column sums. Relaxed values come from
+    Sinkhorn, whose last step normalises the columns, so the columns are checked
+    to the dtype's tolerance; the rows are only as close to 1 as Sinkhorn got
+    before its iteration cap (:func:`pyro_sst.ops.sinkhorn` reports that residual)
+    and are not checked.
+    """
+
+    def check(self, value):
+        ok, tol = self._common(value)
+        ok = ok & ((value.sum(-2) - 1).abs() <= tol).all(-1)
+        if not self.relaxed:
+            ok = ok & ((value.sum(-1) - 1).abs() <= tol).all(-1)
+        return ok
+
+
+def k_subset(k, relaxed=False):
+    return _KSubset(relaxed, k)
+
+
+def permutation(relaxed=False):
+    return _Permutation(relaxed)
 
 
 def spanning_tree(relaxed=False):

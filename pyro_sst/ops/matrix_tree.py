@@ -46,6 +46,8 @@ autograd; it costs :math:`O(n^3)` memory, so it only runs where needed.
 
 import torch
 
+from .logspace import gradient_marginals, log_sum_exp
+
 __all__ = [
     "arborescence_log_partition",
     "arborescence_marginals",
@@ -178,13 +180,6 @@ class _MatrixTreeMarginals(torch.autograd.Function):
         return torch.where(ok[..., None, None], grad, 0), None, None
 
 
-def _logaddexp(a, b):
-    # torch.logaddexp's second derivative is inf/inf for far-apart arguments;
-    # a max-shifted form differentiates into plain softmax weights.
-    m = torch.maximum(a, b).detach()
-    return m + ((a - m).exp() + (b - m).exp()).log()
-
-
 def _log_det_by_elimination(theta, root, single_root):
     """Exact log-partition by log-space Kron reduction (float64, differentiable)."""
     n = theta.shape[-1]
@@ -205,21 +200,15 @@ def _log_det_by_elimination(theta, root, single_root):
         out_of_k = X[..., k, :k]
         log_pivot = into_k.logsumexp(-1)
         total = total + log_pivot
-        X = _logaddexp(
-            X[..., :k, :k], into_k[..., :, None] + out_of_k[..., None, :] - log_pivot[..., None, None]
-        )
+        fill = into_k[..., :, None] + out_of_k[..., None, :] - log_pivot[..., None, None]
+        X = log_sum_exp(torch.stack([X[..., :k, :k], fill]), 0)
     return total + shift
 
 
 def _elimination_marginals(theta, root, single_root):
     """Marginals as the gradient of the log-space elimination (differentiable)."""
-    create_graph = torch.is_grad_enabled() and theta.requires_grad
-    with torch.enable_grad():
-        x = theta if create_graph else theta.detach().requires_grad_()
-        log_z = _log_det_by_elimination(x, root, single_root)
-        (mu,) = torch.autograd.grad(log_z.sum(), x, create_graph=create_graph)
-    excluded = ~torch.isfinite(theta)
-    return mu.masked_fill(excluded, 0)
+    mu = gradient_marginals(lambda x: _log_det_by_elimination(x, root, single_root), theta)
+    return mu.masked_fill(~torch.isfinite(theta), 0)
 
 
 def _check_args(logits, root, single_root):

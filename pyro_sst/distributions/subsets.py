@@ -1,0 +1,134 @@
+r"""k-subsets: the relaxed top-k (SST) and the exact exponential family over k-subsets."""
+
+import torch
+from torch.distributions.kl import register_kl
+from torch.distributions.utils import lazy_property
+
+from .. import ops
+from ..ops.subsets import RELAXATIONS, check_k
+from . import constraints
+from .base import ExponentialFamily, PerturbAndRelax, exp_family_kl
+
+__all__ = ["KSubset", "RelaxedTopK"]
+
+
+class KSubsetStructure:
+    r"""k-subsets of ``d`` items.
+
+    Value: ``(..., d)`` k-hot vector. :math:`A(\theta) = \log e_k(e^{\theta})`, the
+    elementary symmetric polynomial, by a log-space tree DP in :math:`O(dk)`
+    (:func:`pyro_sst.ops.log_elementary_symmetric`); marginals are its exact gradient.
+    """
+
+    event_dim = 1
+    _options = ("k",)
+
+    @property
+    def num_items(self):
+        return self.event_shape[-1]
+
+    def _set_k(self, logits, k):
+        if not torch.is_tensor(logits) or logits.dim() < 1:
+            raise ValueError("logits must be a torch.Tensor of shape (..., d)")
+        check_k(k, logits.shape[-1])
+        self.k = k
+
+    def _check_event_shape(self, event_shape):
+        """Any ``d``; ``k`` was checked against it."""
+
+    @lazy_property
+    def _free_mask(self):
+        return torch.ones(self.num_items, dtype=torch.bool, device=self.logits.device)
+
+    def _canonical(self, x):
+        return x
+
+    def _log_partition(self, logits):
+        return ops.log_elementary_symmetric(logits, self.k)
+
+    def _marginals(self, logits):
+        return ops.subset_marginals(logits, self.k)
+
+    def solve(self, utilities):
+        """Top-k of ``utilities`` as a k-hot vector (ties to the lowest index)."""
+        return ops.top_k_mask(utilities, self.k)
+
+    def _exact_sample(self, sample_shape):
+        return ops.sample_k_subset(self.logits, self.k, sample_shape)
+
+    def _enumerate(self):
+        return ops.enumerate_k_subsets(self.num_items, self.k)
+
+
+class RelaxedTopK(KSubsetStructure, PerturbAndRelax):
+    r"""Stochastic softmax trick over k-subsets: a relaxed top-k.
+
+    Utilities :math:`U = \theta + E`; the hard sample is the top-k of :math:`U` and the
+    relaxed sample is :math:`X_t = \arg\max_{x \in [0,1]^d,\, \sum x = k}
+    \langle U, x\rangle - t f(x)`, with ``relaxation`` choosing :math:`f`
+    (the paper's table; every choice lies in :math:`[0,1]^d` and sums to ``k``):
+
+    * ``"exp_family"`` (default): :math:`f = A^*`, so :math:`X_t = \mu(U/t)`, the k-subset marginals;
+    * ``"euclidean"``: :math:`f = \frac12\|x\|^2`, the projection of :math:`U/t` onto the capped simplex;
+    * ``"categorical_entropy"``: :math:`f = \sum_i x_i\log x_i`, :math:`X_t = \min(1, e^{(U - \tau)/t})`;
+    * ``"binary_entropy"``: :math:`f = \sum_i x_i\log x_i + (1-x_i)\log(1-x_i)`,
+      :math:`X_t = \sigma((U - \tau)/t)`;
+
+    where :math:`\tau` makes the entries sum to ``k`` (bisection, then a Newton step
+    whose derivative is the implicit-function gradient).
+
+    :param torch.Tensor logits: ``(..., d)``.
+    :param int k: subset size, ``0 <= k <= d``.
+    :param temperature: positive scalar or tensor broadcastable to the batch shape.
+    :param str relaxation: one of the four above.
+    :param str noise: ``"gumbel"`` (default), ``"gaussian"`` or ``"negative_exponential"``.
+    :param bool straight_through: hard forward value, relaxed gradient.
+    """
+
+    _options = PerturbAndRelax._options + ("k", "relaxation")
+
+    def __init__(
+        self,
+        logits,
+        k,
+        temperature,
+        *,
+        relaxation="exp_family",
+        noise="gumbel",
+        straight_through=False,
+        validate_args=None,
+    ):
+        if relaxation not in RELAXATIONS:
+            raise ValueError(f"relaxation must be one of {tuple(RELAXATIONS)}, got {relaxation!r}")
+        self.relaxation = relaxation
+        self._set_k(logits, k)
+        super().__init__(logits, temperature, noise, straight_through, validate_args)
+
+    def _relax(self, scores):
+        return RELAXATIONS[self.relaxation](scores, self.k)
+
+    @property
+    def support(self):
+        return constraints.k_subset(self.k, relaxed=True)
+
+
+class KSubset(KSubsetStructure, ExponentialFamily):
+    r"""Exponential family over k-subsets (conditional Poisson sampling design).
+
+    :math:`q(x) = e^{\langle\theta, x\rangle} / e_k(e^{\theta})` for k-hot ``x``. Exact
+    ``sample`` (backward sampling through the DP, :math:`\lceil\log_2 d\rceil` batched
+    steps), ``log_prob``, ``entropy``, ``mean`` (= marginals), ``mode`` (top-k of
+    ``logits``), ``enumerate_support`` (up to :math:`10^6` subsets).
+    """
+
+    def __init__(self, logits, k, *, validate_args=None):
+        self._set_k(logits, k)
+        super().__init__(logits, validate_args)
+
+    @property
+    def support(self):
+        return constraints.k_subset(self.k, relaxed=False)
+
+
+register_kl(RelaxedTopK, RelaxedTopK)(lambda q, p: q._utility_kl(p))
+register_kl(KSubset, KSubset)(exp_family_kl)

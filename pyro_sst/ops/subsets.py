@@ -1,0 +1,262 @@
+r"""k-subsets: the elementary-symmetric log-partition, its marginals, samplers and relaxations.
+
+Value layout (shared with :mod:`numpyro_sst`): a k-subset of ``d`` items is a
+k-hot vector of shape ``(..., d)``.
+
+The exponential family :math:`q(x) \propto e^{\langle\theta, x\rangle}` over
+k-hot vectors has log-partition :math:`A(\theta) = \log e_k(e^{\theta})`, the
+elementary symmetric polynomial, i.e. the coefficient of :math:`z^k` in
+:math:`\prod_i (1 + e^{\theta_i} z)`. It is computed by multiplying the
+factors pairwise in a balanced tree, in log-space and truncated at degree
+``k``: :math:`O(d k)` work like the sequential DP, but in
+:math:`\lceil\log_2 d\rceil` batched steps instead of ``d``. Every step is a
+max-shifted log-sum-exp, so nothing overflows; the marginals are the exact
+gradient of that computation, and their backward is exact second-order
+autograd (no finite differences). The same tree of partial polynomials drives
+the exact sampler: walking it top-down, each node splits its count between its
+two halves in proportion to the product of their coefficients.
+"""
+
+import itertools
+import math
+
+import torch
+
+from .logspace import gradient_marginals, log_sum_exp
+
+__all__ = [
+    "RELAXATIONS",
+    "binary_entropy_top_k",
+    "capped_simplex_projection",
+    "categorical_entropy_top_k",
+    "enumerate_k_subsets",
+    "log_elementary_symmetric",
+    "relaxed_top_k",
+    "sample_k_subset",
+    "subset_marginals",
+    "top_k_mask",
+]
+
+
+def check_k(k, d):
+    """``k`` must be an int in ``[0, d]``."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= d:
+        raise ValueError(f"k must be an int in [0, {d}] (d={d} items), got {k!r}")
+
+
+def _check_args(logits, k):
+    if logits.dim() < 1:
+        raise ValueError(f"logits must have shape (..., d), got shape {tuple(logits.shape)}")
+    check_k(k, logits.shape[-1])
+
+
+def _multiply(left, right, k):
+    """Log-coefficients of the product of two truncated polynomials, ``(..., L)`` each."""
+    length = left.shape[-1]
+    out_length = min(2 * (length - 1), k) + 1
+    i = torch.arange(length, device=left.device)
+    offset = torch.arange(out_length, device=left.device)[None, :] - i[:, None]  # j - i, shape (L, L_out)
+    valid = (offset >= 0) & (offset < length)
+    terms = left[..., :, None] + right[..., offset.clamp(0, length - 1)]
+    terms = torch.where(valid, terms, torch.full_like(terms, -math.inf))
+    return log_sum_exp(terms, -2)
+
+
+def _polynomial_tree(logits, k):
+    """Levels of log-coefficients of :math:`\\prod_{i \\in \\text{block}} (1 + e^{\\theta_i} z)` up to degree k.
+
+    Level ``l`` has shape ``(..., 2^(m - l), L_l)`` for blocks of ``2^l`` items
+    (``d`` is padded with absent items, whose factor is 1); the last level is
+    a single block, the whole product.
+    """
+    d = logits.shape[-1]
+    width = 1 << max(d - 1, 0).bit_length()
+    theta = torch.nn.functional.pad(logits, (0, width - d), value=-math.inf)
+    level = torch.stack([torch.zeros_like(theta), theta], -1)[..., : min(k, 1) + 1]
+    levels = [level]
+    while level.shape[-2] > 1:
+        level = _multiply(level[..., 0::2, :], level[..., 1::2, :], k)
+        levels.append(level)
+    return levels
+
+
+def log_elementary_symmetric(logits, k):
+    r""":math:`\log e_k(e^{\theta}) = \log \sum_{|S| = k} \prod_{i \in S} e^{\theta_i}`, shape ``logits.shape[:-1]``.
+
+    The k-subset log-partition :math:`A(\theta)`. Its gradient is
+    :func:`subset_marginals`; both are exact and twice differentiable.
+    """
+    _check_args(logits, k)
+    return _polynomial_tree(logits, k)[-1][..., 0, k]
+
+
+def subset_marginals(logits, k):
+    r"""Inclusion probabilities :math:`\mu_i = P(i \in S) = \partial A / \partial\theta_i`.
+
+    :math:`\mu_i = e^{\theta_i} e_{k-1}(e^{\theta_{-i}}) / e_k(e^{\theta})`; sums to ``k``.
+    Differentiable: the backward is the exact Hessian-vector product of
+    :math:`A`, by second-order autograd through the log-space tree.
+    """
+    _check_args(logits, k)
+    return gradient_marginals(lambda theta: log_elementary_symmetric(theta, k), logits)
+
+
+def sample_k_subset(logits, k, sample_shape=(), generator=None):
+    r"""Exact sample from :math:`q(x) \propto e^{\langle\theta, x\rangle}` over k-hot vectors.
+
+    Backward sampling through the tree of partial polynomials: the root holds
+    ``k``; a node with count ``c`` gives ``i`` to its left half with probability
+    :math:`\propto e_i(\text{left})\, e_{c-i}(\text{right})`, down to single items.
+    :math:`\lceil\log_2 d\rceil` batched steps; returns ``sample_shape + logits.shape``.
+    """
+    _check_args(logits, k)
+    sample_shape = torch.Size(sample_shape)
+    d = logits.shape[-1]
+    with torch.no_grad():
+        levels = _polynomial_tree(logits.detach(), k)
+        counts = torch.full(sample_shape + logits.shape[:-1] + (1,), k, dtype=torch.long, device=logits.device)
+        for level in reversed(levels[:-1]):
+            table = level.expand(sample_shape + level.shape)
+            left, right = table[..., 0::2, :], table[..., 1::2, :]
+            length = table.shape[-1]
+            i = torch.arange(length, device=logits.device)
+            rest = counts[..., None] - i
+            valid = (rest >= 0) & (rest < length)
+            weights = left + right.gather(-1, rest.clamp(0, length - 1))
+            weights = torch.where(valid, weights, torch.full_like(weights, -math.inf))
+            u = torch.rand(weights.shape, dtype=weights.dtype, device=weights.device, generator=generator)
+            gumbel = -torch.log(-torch.log(u.clamp(min=torch.finfo(u.dtype).tiny)))
+            to_left = (weights + gumbel).argmax(-1)
+            counts = torch.stack([to_left, counts - to_left], -1).flatten(-2)
+        return counts[..., :d].to(logits.dtype)
+
+
+def top_k_mask(utilities, k):
+    """k-hot indicator of the ``k`` largest entries; ties go to the lowest index (deterministic)."""
+    _check_args(utilities, k)
+    with torch.no_grad():
+        order = torch.sort(utilities.detach(), dim=-1, descending=True, stable=True).indices
+        mask = torch.zeros_like(utilities)
+        return mask.scatter(-1, order[..., :k], 1.0)
+
+
+def enumerate_k_subsets(d, k, dtype=None, device=None):
+    """All k-hot vectors of length ``d`` in lexicographic order of their index sets, ``(C(d, k), d)``."""
+    check_k(k, d)
+    if math.comb(d, k) > 10**6:
+        raise ValueError(f"enumerate_k_subsets: C(d={d}, k={k}) = {math.comb(d, k)} subsets is too many (max 10^6)")
+    index = torch.tensor(list(itertools.combinations(range(d), k)), dtype=torch.long, device=device)
+    x = torch.zeros(index.shape[0], d, dtype=dtype, device=device)
+    return x.scatter(-1, index.reshape(index.shape[0], k), 1.0)
+
+
+# ---------------------------------------------------------------------------------------------- relaxations
+# Each regularised relaxation is x_i = h(v_i - tau) with h increasing and tau fixed by sum(x) = k. tau is bracketed
+# and bisected without gradient, then one Newton step from the bisected point is taken differentiably: its value is
+# exact (it is the closed form on the active set for the piecewise-linear h) and its derivative is the implicit one,
+# d tau / d v_i = h'_i / sum_j h'_j.
+
+def _threshold_relaxation(h, h_prime, bracket, v, k):
+    d = v.shape[-1]
+    if k in (0, d):
+        return torch.full_like(v, float(k == d)) + 0 * v
+    with torch.no_grad():
+        # Shift by the k-th largest score: tau lives near 0 and bisection keeps full relative precision.
+        shift = torch.topk(v.detach(), k, dim=-1).values[..., -1:]
+        z = v.detach() - shift
+        lo, hi = bracket(z, d)
+        for _ in range(64):
+            mid = (lo + hi) / 2
+            above = h(z - mid).sum(-1, keepdim=True) > k
+            lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+        tau = (lo + hi) / 2
+    z = v - shift
+    slope = h_prime(z.detach() - tau).sum(-1, keepdim=True)
+    excess = h(z - tau).sum(-1, keepdim=True) - k
+    tau = tau + torch.where(slope > 0, excess / torch.where(slope > 0, slope, torch.ones_like(slope)), 0 * excess)
+    return h(z - tau)
+
+
+def _clip01(z):
+    return z.clamp(0, 1)
+
+
+def _clip01_prime(z):
+    return ((z > 0) & (z < 1)).to(z.dtype)
+
+
+def _capped_exp(z):
+    return torch.exp(z.clamp(max=0))
+
+
+def _capped_exp_prime(z):
+    return torch.where(z < 0, torch.exp(z.clamp(max=0)), torch.zeros_like(z))
+
+
+def _sigmoid_prime(z):
+    s = torch.sigmoid(z)
+    return s * (1 - s)
+
+
+def capped_simplex_projection(v, k):
+    r"""Euclidean relaxation: the projection of ``v`` onto :math:`\{x \in [0,1]^d : \sum_i x_i = k\}`.
+
+    .. math:: x = \arg\max_{x} \langle v, x\rangle - \tfrac12 \|x\|^2 = \operatorname{clip}(v - \tau, 0, 1),
+
+    with :math:`\tau` such that the entries sum to ``k`` (found by bisection
+    after a shift to the k-th largest score; exact on the final active set).
+    The Jacobian is the implicit one: :math:`\mathrm{diag}(1_F) - 1_F 1_F^\top / |F|` on
+    the free set :math:`F = \{0 < x_i < 1\}`.
+    """
+    _check_args(v, k)
+    return _threshold_relaxation(
+        _clip01, _clip01_prime, lambda z, d: (torch.full_like(z[..., :1], -1.0), torch.zeros_like(z[..., :1])), v, k
+    )
+
+
+def categorical_entropy_top_k(v, k):
+    r"""Categorical-entropy relaxation: :math:`x_i = \min(1, e^{v_i - \tau})`, :math:`\sum_i x_i = k`.
+
+    The maximiser of :math:`\langle v, x\rangle - \sum_i x_i \log x_i` over the
+    capped simplex (the paper's relaxed top-k by a capped softmax).
+    """
+    _check_args(v, k)
+    return _threshold_relaxation(
+        _capped_exp,
+        _capped_exp_prime,
+        lambda z, d: (torch.zeros_like(z[..., :1]), torch.full_like(z[..., :1], math.log(d))),
+        v,
+        k,
+    )
+
+
+def binary_entropy_top_k(v, k):
+    r"""Binary-entropy relaxation: :math:`x_i = \sigma(v_i - \tau)`, :math:`\sum_i x_i = k`.
+
+    The maximiser of :math:`\langle v, x\rangle + \sum_i H_b(x_i)`,
+    :math:`H_b(p) = -p\log p - (1-p)\log(1-p)`, over the capped simplex.
+    """
+    _check_args(v, k)
+    return _threshold_relaxation(
+        torch.sigmoid,
+        _sigmoid_prime,
+        lambda z, d: (z.amin(-1, keepdim=True) - math.log(d) - 1, torch.full_like(z[..., :1], math.log(d))),
+        v,
+        k,
+    )
+
+
+#: the relaxations of the paper's table, each a map ``(scores U / t, k) -> x`` in the capped simplex
+RELAXATIONS = {
+    "exp_family": subset_marginals,
+    "euclidean": capped_simplex_projection,
+    "categorical_entropy": categorical_entropy_top_k,
+    "binary_entropy": binary_entropy_top_k,
+}
+
+
+def relaxed_top_k(v, k, relaxation="exp_family"):
+    """The relaxed top-k of scores ``v`` (utilities over temperature) by the named relaxation."""
+    if relaxation not in RELAXATIONS:
+        raise ValueError(f"relaxation must be one of {tuple(RELAXATIONS)}, got {relaxation!r}")
+    return RELAXATIONS[relaxation](v, k)
