@@ -98,7 +98,8 @@ def subset_marginals(logits, k):
     :math:`A`, by second-order autograd through the log-space tree.
     """
     _check_args(logits, k)
-    return gradient_marginals(lambda theta: log_elementary_symmetric(theta, k), logits)
+    mu = gradient_marginals(lambda theta: log_elementary_symmetric(theta, k), logits)
+    return mu.clamp(0, 1)  # rounding can leave a saturated probability an ulp above 1
 
 
 def sample_k_subset(logits, k, sample_shape=(), generator=None):

@@ -1,0 +1,283 @@
+"""k-subsets: ops and distributions against brute-force enumeration."""
+
+import math
+
+import numpy as np
+import pyro
+import pyro.distributions as pdist
+import pytest
+import torch
+from pyro.infer import SVI, Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
+from reference import ExpFamily, k_subsets
+from torch.distributions import kl_divergence
+
+from pyro_sst import KSubset, RelaxedTopK, ops
+
+RELAXATIONS = ["exp_family", "euclidean", "categorical_entropy", "binary_entropy"]
+
+
+def family(theta, k):
+    return ExpFamily(k_subsets(theta.shape[-1], k), theta)
+
+
+@pytest.mark.parametrize("d,k", [(9, 4), (9, 0), (9, 9), (1, 1), (5, 1), (7, 6)])
+def test_log_partition_and_marginals_match_enumeration(d, k):
+    theta = torch.randn(3, d, dtype=torch.float64, generator=torch.Generator().manual_seed(d + k)) * 3
+    log_z = ops.log_elementary_symmetric(theta, k)
+    mu = ops.subset_marginals(theta, k)
+    for b in range(3):
+        ref = family(theta[b].numpy(), k)
+        assert abs(log_z[b].item() - ref.log_partition) < 1e-10
+        np.testing.assert_allclose(mu[b].numpy(), ref.marginals, atol=1e-10)
+
+
+def test_log_partition_is_stable_at_large_spreads_in_float32():
+    theta = torch.randn(2, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 1000
+    log_z = ops.log_elementary_symmetric(theta.float(), 4)
+    for b in range(2):
+        ref = family(theta[b].numpy(), 4).log_partition
+        assert abs(log_z[b].item() - ref) < 1e-6 * abs(ref)
+    assert torch.isfinite(ops.subset_marginals(theta.float(), 4)).all()
+
+
+def test_marginals_backward_is_exact():
+    theta = torch.randn(2, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: ops.subset_marginals(t, 3), (theta,))
+    assert torch.autograd.gradgradcheck(lambda t: ops.log_elementary_symmetric(t, 3), (theta,))
+    # The Jacobian of the marginals is the covariance of the k-hot vector.
+    ref = family(theta[0].detach().numpy(), 3)
+    centred = ref.support - ref.marginals
+    covariance = (ref.probs[:, None, None] * centred[:, :, None] * centred[:, None, :]).sum(0)
+    jac = torch.autograd.functional.jacobian(lambda t: ops.subset_marginals(t, 3), theta[0].detach())
+    np.testing.assert_allclose(jac.numpy(), covariance, atol=1e-10)
+
+
+def test_exact_sampler_matches_enumeration():
+    theta = torch.randn(6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    samples = ops.sample_k_subset(theta, 2, (40000,), generator=torch.Generator().manual_seed(2))
+    assert samples.shape == (40000, 6)
+    assert torch.all(samples.sum(-1) == 2)
+    assert family(theta.numpy(), 2).total_variation(samples.numpy()) < 0.02
+
+
+def test_exact_sampler_is_batched_and_deterministic():
+    theta = torch.randn(3, 4, 11)
+    a = ops.sample_k_subset(theta, 5, (2,), generator=torch.Generator().manual_seed(0))
+    b = ops.sample_k_subset(theta, 5, (2,), generator=torch.Generator().manual_seed(0))
+    assert a.shape == (2, 3, 4, 11) and torch.equal(a, b)
+    assert torch.all(a.sum(-1) == 5) and torch.all((a == 0) | (a == 1))
+    # A logit far above the rest is always drawn.
+    theta = torch.zeros(11)
+    theta[3] = 50.0
+    assert torch.all(ops.sample_k_subset(theta, 2, (100,))[:, 3] == 1)
+
+
+def test_top_k_mask_matches_argsort_and_breaks_ties_by_index():
+    u = torch.randn(4, 3, 20)
+    mask = ops.top_k_mask(u, 6)
+    idx = np.argsort(-u.numpy(), axis=-1)[..., :6]
+    expected = np.zeros(u.shape)
+    np.put_along_axis(expected, idx, 1, axis=-1)
+    np.testing.assert_array_equal(mask.numpy(), expected)
+    assert torch.equal(ops.top_k_mask(torch.zeros(5), 2), torch.tensor([1.0, 1, 0, 0, 0]))
+
+
+def _objective(relaxation, v, x):
+    """<v, x> - f(x) for the relaxation's regulariser f (float64 NumPy)."""
+    xlogx = lambda p: np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0.0)  # noqa: E731
+    if relaxation == "euclidean":
+        return v @ x - 0.5 * x @ x
+    if relaxation == "categorical_entropy":
+        return v @ x - xlogx(x).sum()
+    return v @ x - (xlogx(x) + xlogx(1 - x)).sum()  # binary entropy
+
+
+@pytest.mark.parametrize("relaxation", RELAXATIONS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_relaxation_lies_in_capped_simplex(relaxation, dtype):
+    v = torch.randn(5, 4, 30, dtype=dtype, generator=torch.Generator().manual_seed(0)) * 3
+    for k in (1, 7, 29):
+        x = ops.relaxed_top_k(v, k, relaxation)
+        assert x.shape == v.shape
+        assert x.min() >= 0 and x.max() <= 1
+        assert (x.sum(-1) - k).abs().max() < 1e-5 * k
+    assert torch.equal(ops.relaxed_top_k(v, 0, relaxation), torch.zeros_like(v))
+    assert torch.equal(ops.relaxed_top_k(v, 30, relaxation), torch.ones_like(v))
+
+
+@pytest.mark.parametrize("relaxation", ["euclidean", "categorical_entropy", "binary_entropy"])
+def test_relaxation_maximises_its_regularised_objective(relaxation):
+    rng = np.random.default_rng(0)
+    d, k = 8, 3
+    vertices = k_subsets(d, k)
+    for _ in range(5):
+        v = rng.normal(size=d) * 2
+        x = ops.relaxed_top_k(torch.tensor(v), k, relaxation).numpy()
+        best = _objective(relaxation, v, x)
+        for eps in (1e-1, 1e-3):
+            others = (1 - eps) * x + eps * vertices  # every feasible direction is towards a vertex
+            assert max(_objective(relaxation, v, y) for y in others) <= best + 1e-12
+
+
+def test_exp_family_relaxation_is_the_marginals():
+    v = torch.randn(9, dtype=torch.float64)
+    np.testing.assert_allclose(ops.relaxed_top_k(v, 4).numpy(), family(v.numpy(), 4).marginals, atol=1e-10)
+
+
+@pytest.mark.parametrize("relaxation", RELAXATIONS)
+def test_relaxation_gradcheck(relaxation):
+    v = torch.randn(3, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: ops.relaxed_top_k(t, 3, relaxation), (v,))
+
+
+def test_euclidean_jacobian_is_the_implicit_one():
+    v = torch.tensor([2.0, 0.3, 0.1, -0.2, -3.0], dtype=torch.float64)
+    x = ops.capped_simplex_projection(v, 2)
+    free = ((x > 0) & (x < 1)).double()
+    expected = torch.diag(free) - free[:, None] * free[None, :] / free.sum()
+    jac = torch.autograd.functional.jacobian(lambda t: ops.capped_simplex_projection(t, 2), v)
+    torch.testing.assert_close(jac, expected)
+
+
+@pytest.mark.parametrize("relaxation", RELAXATIONS)
+def test_relaxed_sample_converges_to_hard_top_k(relaxation):
+    torch.manual_seed(0)
+    dist = RelaxedTopK(torch.randn(4, 12, dtype=torch.float64), 5, 1.0, relaxation=relaxation)
+    utilities = dist.sample_utilities((8,))
+    hard = dist.solve(utilities)
+    errors = [(ops.relaxed_top_k(utilities / t, 5, relaxation) - hard).abs().max().item() for t in (1.0, 1e-2, 1e-6)]
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-3
+
+
+@pytest.mark.parametrize("relaxation", RELAXATIONS)
+def test_float32_robustness_at_scale(relaxation):
+    gen = torch.Generator().manual_seed(0)
+    logits = (torch.rand(10**4, generator=gen) * 40 - 20).requires_grad_()
+    dist = RelaxedTopK(logits, 100, 0.1, relaxation=relaxation)
+    x = dist.rsample()
+    (x * torch.randn(x.shape, generator=gen)).sum().backward()
+    assert torch.isfinite(x).all() and torch.isfinite(logits.grad).all()
+    assert x.min() >= 0 and x.max() <= 1 and abs(x.sum().item() - 100) < 1e-3
+    assert torch.isfinite(dist.log_partition) and torch.isfinite(dist.marginals).all()
+
+
+# ----------------------------------------------------------------------------- distributions
+
+
+def test_relaxed_top_k_shapes_support_and_straight_through():
+    logits = torch.randn(3, 10, requires_grad=True)
+    dist = RelaxedTopK(logits, 4, torch.tensor([0.5, 1.0, 2.0]), validate_args=True)
+    assert dist.batch_shape == (3,) and dist.event_shape == (10,)
+    x = dist.rsample((2,))
+    assert x.shape == (2, 3, 10) and bool(dist.support.check(x).all())
+    assert dist.log_prob(x).shape == (2, 3)
+    hard = dist.hard_sample((5,))
+    assert bool(pdist.constraints.boolean.check(hard).all()) and torch.all(hard.sum(-1) == 4)
+    assert dist.support.event_dim == 1 and not dist.support.is_discrete
+    assert KSubset(logits, 4).support.is_discrete
+
+    st = RelaxedTopK(logits, 4, 0.5, straight_through=True)
+    torch.manual_seed(1)
+    y = st.rsample()
+    torch.manual_seed(1)
+    relaxed, hard = st.relaxed_and_hard()
+    assert torch.equal(y, hard)
+    (g1,) = torch.autograd.grad((y * torch.arange(10.0)).sum(), logits)
+    (g2,) = torch.autograd.grad((relaxed * torch.arange(10.0)).sum(), logits)
+    torch.testing.assert_close(g1, g2)
+
+
+def test_k_subset_distribution_matches_enumeration():
+    theta = torch.randn(2, 7, dtype=torch.float64)
+    dist = KSubset(theta, 3, validate_args=True)
+    support = dist.enumerate_support()
+    assert support.shape == (35, 2, 7)
+    log_p = dist.log_prob(support)
+    for b in range(2):
+        ref = family(theta[b].numpy(), 3)
+        np.testing.assert_allclose(log_p[:, b].exp().numpy(), ref.probs, atol=1e-12)
+        assert abs(dist.entropy()[b].item() - ref.entropy) < 1e-10
+        np.testing.assert_array_equal(dist.mode[b].numpy(), ref.mode)
+        np.testing.assert_allclose(dist.mean[b].numpy(), ref.marginals, atol=1e-10)
+    other = KSubset(torch.randn(2, 7, dtype=torch.float64), 3)
+    p, q = dist.log_prob(support).exp(), other.log_prob(support).exp()
+    torch.testing.assert_close(kl_divergence(dist, other), (p * (p.log() - q.log())).sum(0))
+    assert dist.sample((4,)).shape == (4, 2, 7)
+    with pytest.raises(ValueError):
+        dist.log_prob(torch.ones(7, dtype=torch.float64))
+
+
+def test_expand_keeps_class_options_and_kl():
+    q = RelaxedTopK(torch.randn(6), 2, 0.5, relaxation="euclidean")
+    p = RelaxedTopK(torch.zeros(6), 2, 0.5, relaxation="euclidean")
+    qe, pe = q.expand((4,)), p.expand((4,))
+    assert type(qe) is RelaxedTopK and qe.k == 2 and qe.relaxation == "euclidean"
+    expected = (q.logits - 1 + torch.exp(-q.logits)).sum()
+    torch.testing.assert_close(kl_divergence(qe, pe), expected.expand(4))
+    with pytest.raises(ValueError, match="k"):
+        kl_divergence(q, RelaxedTopK(torch.zeros(6), 3, 0.5, relaxation="euclidean"))
+    assert RelaxedTopK.infer_shapes(logits=(3, 6), temperature=(4, 1)) == ((4, 3), (6,))
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: RelaxedTopK(torch.zeros(5), 6, 1.0), "k must be an int in \\[0, 5\\]"),
+        (lambda: RelaxedTopK(torch.zeros(5), -1, 1.0), "k must be"),
+        (lambda: RelaxedTopK(torch.zeros(5), 2.0, 1.0), "k must be"),
+        (lambda: KSubset(torch.zeros(5), 7), "k must be"),
+        (lambda: RelaxedTopK(torch.zeros(5), 2, 0.0), "temperature"),
+        (lambda: RelaxedTopK(torch.zeros(5), 2, 1.0, relaxation="sparsemax"), "relaxation"),
+        (lambda: RelaxedTopK(torch.tensor([0.0, math.nan]), 1, 1.0, validate_args=True), "logits"),
+        (lambda: ops.log_elementary_symmetric(torch.zeros(()), 0), "logits"),
+    ],
+)
+def test_bad_arguments_raise_value_error(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+# ----------------------------------------------------------------------------- SVI
+
+TRUTH = torch.tensor([0.0, 1, 0, 0, 1, 0, 1, 0])
+
+
+def _subset_model(dist_factory, data):
+    def model():
+        z = pyro.sample("z", dist_factory(torch.zeros(data.shape[-1])))
+        with pyro.plate("obs", data.shape[0]):
+            pyro.sample("y", pdist.Normal(z, 0.5).to_event(1), obs=data)
+
+    return model
+
+
+def _subset_guide(dist_factory, d):
+    def guide():
+        pyro.sample("z", dist_factory(pyro.param("q_logits", torch.zeros(d))))
+
+    return guide
+
+
+@pytest.mark.parametrize("elbo", [Trace_ELBO, TraceMeanField_ELBO])
+@pytest.mark.parametrize("relaxation", ["exp_family", "euclidean"])
+def test_svi_relaxed_top_k_recovers_subset(elbo, relaxation):
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    data = TRUTH + 0.5 * torch.randn(10, 8)
+    factory = lambda logits: RelaxedTopK(logits, 3, 0.5, relaxation=relaxation)  # noqa: E731
+    svi = SVI(_subset_model(factory, data), _subset_guide(factory, 8), pyro.optim.Adam({"lr": 0.1}), elbo())
+    for _ in range(200):
+        svi.step()
+    assert torch.equal(factory(pyro.param("q_logits").detach()).mode, TRUTH)
+
+
+def test_svi_k_subset_with_score_function():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    data = TRUTH + 0.5 * torch.randn(10, 8)
+    factory = lambda logits: KSubset(logits, 3)  # noqa: E731
+    elbo = TraceGraph_ELBO(num_particles=16, vectorize_particles=True, max_plate_nesting=1)
+    svi = SVI(_subset_model(factory, data), _subset_guide(factory, 8), pyro.optim.Adam({"lr": 0.1}), elbo)
+    for _ in range(200):
+        svi.step()
+    assert torch.equal(factory(pyro.param("q_logits").detach()).mode, TRUTH)
