@@ -75,7 +75,8 @@ class _ImplicitSinkhorn(torch.autograd.Function):
         \nabla_X = P \odot (G - \lambda 1^\top - 1 \kappa^\top).
 
     (The rank-one term fixes the gauge :math:`f + c, g - c`; the right-hand side
-    is orthogonal to it.)
+    is orthogonal to it. The system is solved by a symmetric pseudo-inverse, since
+    it becomes singular as :math:`P` approaches a permutation.)
     """
 
     @staticmethod
@@ -93,7 +94,10 @@ class _ImplicitSinkhorn(torch.autograd.Function):
         weighted = p * grad_p
         a, b = weighted.sum(-1), weighted.sum(-2)
         system = torch.eye(n, dtype=p.dtype, device=p.device) - p @ p.mT + 1.0 / n
-        lam = torch.linalg.solve(system, (a - (p @ b[..., None]).squeeze(-1))[..., None]).squeeze(-1)
+        # Near a vertex (low temperature) the system is singular but consistent, and the pseudo-inverse
+        # solution gives the right limit (a vanishing gradient) where a plain solve fails.
+        rhs = a - (p @ b[..., None]).squeeze(-1)
+        lam = (torch.linalg.pinv(system, hermitian=True) @ rhs[..., None]).squeeze(-1)
         kappa = b - (p.mT @ lam[..., None]).squeeze(-1)
         return p * (grad_p - lam[..., :, None] - kappa[..., None, :]), None, None
 
