@@ -281,3 +281,12 @@ def test_svi_k_subset_with_score_function():
     for _ in range(200):
         svi.step()
     assert torch.equal(factory(pyro.param("q_logits").detach()).mode, TRUTH)
+
+
+def test_float32_relaxed_top_k_at_d_10k_k_1000():
+    gen = torch.Generator().manual_seed(1)
+    logits = (torch.rand(10**4, generator=gen) * 40 - 20).requires_grad_()
+    x = RelaxedTopK(logits, 1000, 0.1).rsample()
+    (x * torch.randn(x.shape, generator=gen)).sum().backward()
+    assert torch.isfinite(x).all() and torch.isfinite(logits.grad).all()
+    assert abs(x.sum().item() - 1000) < 1e-2
