@@ -130,6 +130,12 @@ def test_max_assignment_matches_scipy():
     np.testing.assert_array_equal(x[0, 0].numpy(), ref.mode)
 
 
+def test_enumerate_permutations_matches_reference():
+    np.testing.assert_array_equal(ops.enumerate_permutations(4, dtype=torch.float64).numpy(), permutations(4))
+    with pytest.raises(ValueError, match="n <= 8"):
+        ops.enumerate_permutations(9)
+
+
 # ----------------------------------------------------------------------------- GumbelSinkhorn
 
 
