@@ -65,9 +65,9 @@ def _multiply(left, right, k):
 def _polynomial_tree(logits, k):
     """Levels of log-coefficients of :math:`\\prod_{i \\in \\text{block}} (1 + e^{\\theta_i} z)` up to degree k.
 
-    Level ``l`` has shape ``(..., 2^(m - l), L_l)`` for blocks of ``2^l`` items
-    (``d`` is padded with absent items, whose factor is 1); the last level is
-    a single block, the whole product.
+    ``d`` is padded to a power of two ``2^m`` with absent items (``-inf`` logits,
+    factor 1); level ``l`` has shape ``(..., 2^(m - l), min(2^l, k) + 1)`` for the
+    blocks of ``2^l`` consecutive items, and the last level is the whole product.
     """
     d = logits.shape[-1]
     width = 1 << max(d - 1, 0).bit_length()
