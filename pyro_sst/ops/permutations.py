@@ -234,7 +234,7 @@ def permutation_marginals(logits, method="auto"):
     r""":math:`\mu_{ij} = P(\sigma(i) = j) = \partial A / \partial\theta_{ij}` (doubly stochastic).
 
     Exact for ``n <= 12`` (gradient of the exact DP, twice differentiable); the
-    Bethe beliefs beyond (see :func:`log_permanent`).
+    Bethe beliefs beyond (see :func:`log_permanent`), returned without a gradient.
     """
     _check_square(logits)
     if method == "bethe" or (method == "auto" and logits.shape[-1] > EXACT_MAX_N):
