@@ -290,3 +290,11 @@ def test_float32_relaxed_top_k_at_d_10k_k_1000():
     (x * torch.randn(x.shape, generator=gen)).sum().backward()
     assert torch.isfinite(x).all() and torch.isfinite(logits.grad).all()
     assert abs(x.sum().item() - 1000) < 1e-2
+
+
+def test_k_accepts_any_integral_type():
+    logits = torch.randn(6)
+    for k in (np.int64(2), torch.tensor(2)):
+        dist = RelaxedTopK(logits, k, 1.0)
+        assert type(dist.k) is int and dist.k == 2
+        assert KSubset(logits, k).sample().sum() == 2

@@ -30,8 +30,7 @@ class KSubsetStructure:
     def _set_k(self, logits, k):
         if not torch.is_tensor(logits) or logits.dim() < 1:
             raise ValueError("logits must be a torch.Tensor of shape (..., d)")
-        check_k(k, logits.shape[-1])
-        self.k = k
+        self.k = check_k(k, logits.shape[-1])
 
     def _check_event_shape(self, event_shape):
         """Any ``d``; ``k`` was checked against it."""

@@ -5,6 +5,7 @@ from torch.distributions.kl import register_kl
 from torch.distributions.utils import lazy_property
 
 from .. import ops
+from ..ops.validation import check_int
 from . import constraints
 from .base import ExponentialFamily, PerturbAndRelax, exp_family_kl
 
@@ -77,8 +78,7 @@ class ArborescenceStructure:
 
     def _set_root(self, logits, root, single_root):
         n = logits.shape[-1]
-        if not isinstance(root, int) or not 0 <= root < max(n, 1):
-            raise ValueError(f"root must be an int in [0, {n - 1}], got {root!r}")
+        root = check_int(root, "root", 0, max(n - 1, 0))
         if single_root and n < 2:
             raise ValueError("single_root=True needs at least 2 nodes")
         self.root, self.single_root = root, bool(single_root)

@@ -23,6 +23,7 @@ import math
 import torch
 
 from .logspace import gradient_marginals, log_sum_exp
+from .validation import check_int
 
 __all__ = [
     "RELAXATIONS",
@@ -39,15 +40,14 @@ __all__ = [
 
 
 def check_k(k, d):
-    """``k`` must be an int in ``[0, d]``."""
-    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= d:
-        raise ValueError(f"k must be an int in [0, {d}] (d={d} items), got {k!r}")
+    """``k`` as an int in ``[0, d]``."""
+    return check_int(k, "k", 0, d, f" (d={d} items)")
 
 
 def _check_args(logits, k):
     if logits.dim() < 1:
         raise ValueError(f"logits must have shape (..., d), got shape {tuple(logits.shape)}")
-    check_k(k, logits.shape[-1])
+    return check_k(k, logits.shape[-1])
 
 
 def _multiply(left, right, k):
@@ -86,7 +86,7 @@ def log_elementary_symmetric(logits, k):
     The k-subset log-partition :math:`A(\theta)`. Its gradient is
     :func:`subset_marginals`; both are exact and twice differentiable.
     """
-    _check_args(logits, k)
+    k = _check_args(logits, k)
     return _polynomial_tree(logits, k)[-1][..., 0, k]
 
 
@@ -97,7 +97,7 @@ def subset_marginals(logits, k):
     Differentiable: the backward is the exact Hessian-vector product of
     :math:`A`, by second-order autograd through the log-space tree.
     """
-    _check_args(logits, k)
+    k = _check_args(logits, k)
     mu = gradient_marginals(lambda theta: log_elementary_symmetric(theta, k), logits)
     return mu.clamp(0, 1)  # rounding can leave a saturated probability an ulp above 1
 
@@ -110,7 +110,7 @@ def sample_k_subset(logits, k, sample_shape=(), generator=None):
     :math:`\propto e_i(\text{left})\, e_{c-i}(\text{right})`, down to single items.
     :math:`\lceil\log_2 d\rceil` batched steps; returns ``sample_shape + logits.shape``.
     """
-    _check_args(logits, k)
+    k = _check_args(logits, k)
     sample_shape = torch.Size(sample_shape)
     d = logits.shape[-1]
     with torch.no_grad():
@@ -134,7 +134,7 @@ def sample_k_subset(logits, k, sample_shape=(), generator=None):
 
 def top_k_mask(utilities, k):
     """k-hot indicator of the ``k`` largest entries; ties go to the lowest index (deterministic)."""
-    _check_args(utilities, k)
+    k = _check_args(utilities, k)
     with torch.no_grad():
         order = torch.sort(utilities.detach(), dim=-1, descending=True, stable=True).indices
         mask = torch.zeros_like(utilities)
@@ -143,7 +143,7 @@ def top_k_mask(utilities, k):
 
 def enumerate_k_subsets(d, k, dtype=None, device=None):
     """All k-hot vectors of length ``d`` in lexicographic order of their index sets, ``(C(d, k), d)``."""
-    check_k(k, d)
+    k = check_k(k, d)
     if math.comb(d, k) > 10**6:
         raise ValueError(f"enumerate_k_subsets: C(d={d}, k={k}) = {math.comb(d, k)} subsets is too many (max 10^6)")
     index = torch.tensor(list(itertools.combinations(range(d), k)), dtype=torch.long, device=device)
@@ -209,7 +209,7 @@ def capped_simplex_projection(v, k):
     The Jacobian is the implicit one: :math:`\mathrm{diag}(1_F) - 1_F 1_F^\top / |F|` on
     the free set :math:`F = \{0 < x_i < 1\}`.
     """
-    _check_args(v, k)
+    k = _check_args(v, k)
     return _threshold_relaxation(
         _clip01, _clip01_prime, lambda z, d: (torch.full_like(z[..., :1], -1.0), torch.zeros_like(z[..., :1])), v, k
     )
@@ -221,7 +221,7 @@ def categorical_entropy_top_k(v, k):
     The maximiser of :math:`\langle v, x\rangle - \sum_i x_i \log x_i` over the
     capped simplex (the paper's relaxed top-k by a capped softmax).
     """
-    _check_args(v, k)
+    k = _check_args(v, k)
     return _threshold_relaxation(
         _capped_exp,
         _capped_exp_prime,
@@ -237,7 +237,7 @@ def binary_entropy_top_k(v, k):
     The maximiser of :math:`\langle v, x\rangle + \sum_i H_b(x_i)`,
     :math:`H_b(p) = -p\log p - (1-p)\log(1-p)`, over the capped simplex.
     """
-    _check_args(v, k)
+    k = _check_args(v, k)
     return _threshold_relaxation(
         torch.sigmoid,
         _sigmoid_prime,
