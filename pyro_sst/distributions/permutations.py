@@ -80,8 +80,8 @@ class GumbelSinkhorn(PermutationStructure, PerturbAndRelax):
         straight_through=False,
         validate_args=None,
     ):
-        check_sinkhorn_args(n_iters, tol, backward)
-        self.n_iters, self.tol, self.backward = n_iters, tol, backward
+        self.n_iters = check_sinkhorn_args(n_iters, tol, backward)
+        self.tol, self.backward = tol, backward
         super().__init__(logits, temperature, noise, straight_through, validate_args)
 
     def _relax(self, scores):

@@ -5,7 +5,7 @@ from torch.distributions.kl import register_kl
 from torch.distributions.utils import lazy_property
 
 from .. import ops
-from ..ops.validation import check_int
+from ..ops.matrix_tree import check_root
 from . import constraints
 from .base import ExponentialFamily, PerturbAndRelax, exp_family_kl
 
@@ -77,11 +77,7 @@ class ArborescenceStructure:
         return self.event_shape[-1]
 
     def _set_root(self, logits, root, single_root):
-        n = logits.shape[-1]
-        root = check_int(root, "root", 0, max(n - 1, 0))
-        if single_root and n < 2:
-            raise ValueError("single_root=True needs at least 2 nodes")
-        self.root, self.single_root = root, bool(single_root)
+        self.root, self.single_root = check_root(logits.shape[-1], root, single_root), bool(single_root)
 
     @lazy_property
     def _free_mask(self):

@@ -47,6 +47,7 @@ autograd; it costs :math:`O(n^3)` memory, so it only runs where needed.
 import torch
 
 from .logspace import gradient_marginals, log_sum_exp
+from .validation import check_int, check_square
 
 __all__ = [
     "arborescence_log_partition",
@@ -212,16 +213,16 @@ def _elimination_marginals(theta, root, single_root):
 
 
 def _check_args(logits, root, single_root):
-    if logits.dim() < 2 or logits.shape[-1] != logits.shape[-2]:
-        raise ValueError(f"logits must have shape (..., n, n), got {tuple(logits.shape)}")
-    _check_root(logits.shape[-1], root, single_root)
+    check_square(logits)
+    return check_root(logits.shape[-1], root, single_root)
 
 
-def _check_root(n, root, single_root):
-    if not 0 <= root < n:
-        raise ValueError(f"root must be in [0, {n - 1}] for {n} nodes, got {root}")
+def check_root(n, root, single_root):
+    """``root`` as an int in ``[0, n - 1]``; ``single_root`` needs ``n >= 2``."""
+    root = check_int(root, "root", 0, n - 1, f" for {n} nodes")
     if single_root and n < 2:
         raise ValueError("single_root=True needs at least 2 nodes")
+    return root
 
 
 def _flatten(theta):
@@ -275,7 +276,7 @@ def arborescence_log_partition(logits, root=0, single_root=False):
     :returns: ``A(logits)`` of shape ``logits.shape[:-2]``; differentiable, with
         gradient :func:`arborescence_marginals` (itself differentiable).
     """
-    _check_args(logits, root, single_root)
+    root = _check_args(logits, root, single_root)
     if logits.shape[-1] == 1:
         return logits.sum((-2, -1)) * 0
     return _LogPartition.apply(directed_log_weights(logits, root), root, single_root)
@@ -288,7 +289,7 @@ def arborescence_marginals(logits, root=0, single_root=False):
     elements fall back to exact log-space elimination (see module docstring).
     Every non-root column sums to 1; the root column and diagonal are 0.
     """
-    _check_args(logits, root, single_root)
+    root = _check_args(logits, root, single_root)
     if logits.shape[-1] == 1:
         return logits * 0
     return _directed_marginals(directed_log_weights(logits, root), root, single_root)

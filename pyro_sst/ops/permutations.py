@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .logspace import gradient_marginals, log_sum_exp
+from .validation import check_int, check_square
 
 __all__ = [
     "BACKWARDS",
@@ -35,18 +36,13 @@ EXACT_MAX_N = 12
 BACKWARDS = ("unrolled", "implicit")
 
 
-def _check_square(x, name="logits"):
-    if x.dim() < 2 or x.shape[-1] != x.shape[-2]:
-        raise ValueError(f"{name} must have shape (..., n, n), got shape {tuple(x.shape)}")
-
-
 def check_sinkhorn_args(n_iters, tol, backward):
-    if isinstance(n_iters, bool) or not isinstance(n_iters, int) or n_iters < 1:
-        raise ValueError(f"n_iters must be an int >= 1, got {n_iters!r}")
+    n_iters = check_int(n_iters, "n_iters", 1)
     if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not tol >= 0:
         raise ValueError(f"tol must be a float >= 0, got {tol!r}")
     if backward not in BACKWARDS:
         raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
+    return n_iters
 
 
 def _sinkhorn_iterations(log_alpha, n_iters, tol):
@@ -122,8 +118,8 @@ def sinkhorn(log_alpha, n_iters=100, tol=1e-6, backward="unrolled"):
     :returns: ``(P, residual)``: ``P`` of the input's shape, and ``residual``
         (shape ``log_alpha.shape[:-2]``), the largest ``|row sum - 1|`` at the end.
     """
-    _check_square(log_alpha, "log_alpha")
-    check_sinkhorn_args(n_iters, tol, backward)
+    check_square(log_alpha, "log_alpha")
+    n_iters = check_sinkhorn_args(n_iters, tol, backward)
     if backward == "implicit":
         return _ImplicitSinkhorn.apply(log_alpha, n_iters, tol)
     log_p, residual = _sinkhorn_iterations(log_alpha, n_iters, tol)
@@ -140,7 +136,7 @@ def max_assignment(weights):
     """
     from scipy.optimize import linear_sum_assignment
 
-    _check_square(weights, "weights")
+    check_square(weights, "weights")
     n = weights.shape[-1]
     flat = weights.detach().reshape(-1, n, n).cpu().double().numpy()
     x = np.zeros_like(flat)
@@ -187,7 +183,7 @@ def bethe_log_permanent(logits, max_iters=2000):
 
     :returns: ``(log_perm_bethe, gamma)``.
     """
-    _check_square(logits)
+    check_square(logits)
     tol = 1e-10 if logits.dtype == torch.float64 else 1e-6
     with torch.no_grad():
         theta = logits.detach()
@@ -217,7 +213,7 @@ def log_permanent(logits, method="auto"):
         formula but a sum of positive terms only (Ryser's alternating signs cancel
         catastrophically at large logit spreads), so it is exact in float32 at any spread.
     """
-    _check_square(logits)
+    check_square(logits)
     n = logits.shape[-1]
     if method not in ("auto", "exact", "bethe"):
         raise ValueError(f"method must be 'auto', 'exact' or 'bethe', got {method!r}")
@@ -236,7 +232,7 @@ def permutation_marginals(logits, method="auto"):
     Exact for ``n <= 12`` (gradient of the exact DP, twice differentiable); the
     Bethe beliefs beyond (see :func:`log_permanent`), returned without a gradient.
     """
-    _check_square(logits)
+    check_square(logits)
     if method == "bethe" or (method == "auto" and logits.shape[-1] > EXACT_MAX_N):
         return bethe_log_permanent(logits)[1]
     return gradient_marginals(lambda theta: log_permanent(theta, method), logits)

@@ -13,9 +13,9 @@ import torch
 
 from .matrix_tree import (
     _check_args,
-    _check_root,
     arborescence_log_partition,
     arborescence_marginals,
+    check_root,
     directed_log_weights,
 )
 
@@ -76,7 +76,7 @@ def sample_arborescence(logits, root=0, single_root=False, sample_shape=(), gene
 
     :returns: a 0/1 tensor of shape ``sample_shape + logits.shape``.
     """
-    _check_args(logits, root, single_root)
+    root = _check_args(logits, root, single_root)
     n = logits.shape[-1]
     sample_shape = torch.Size(sample_shape)
     with torch.no_grad():
@@ -189,7 +189,7 @@ def max_arborescence(weights, root=0, single_root=False):
     element at a time (``O(n^3)`` each); the result is moved back to the input's
     device and dtype.
     """
-    _check_args(weights, root, single_root)
+    root = _check_args(weights, root, single_root)
     shape, n = weights.shape, weights.shape[-1]
     W = weights.detach().cpu().double().reshape(-1, n, n).numpy()
     if single_root:
@@ -243,7 +243,7 @@ def _orient(adj, root):
 
 def enumerate_arborescences(n, root=0, single_root=False, dtype=None, device=None):
     """Every arborescence rooted at ``root`` as a ``(N, n, n)`` 0/1 tensor (``n <= 7``)."""
-    _check_root(n, root, single_root)
+    root = check_root(n, root, single_root)
     if n > _MAX_ENUMERATE_NODES:
         raise ValueError(f"enumeration needs n <= {_MAX_ENUMERATE_NODES}, got n={n}")
     if n == 1:
