@@ -4,11 +4,12 @@ A structure is a 0/1 array :math:`x \in \mathcal{X}` with the shape of the
 ``logits`` :math:`\theta`. Each structure class (a mixin such as
 :class:`~pyro_sst.distributions.trees.SpanningTreeStructure`) supplies only:
 
-* ``_free_mask``: which entries of :math:`\theta` are parameters (each counted once);
-* ``_canonical(x)``: the array with the non-free entries filled in (mirrored
-  for undirected trees, zeroed otherwise);
 * ``_log_partition``, ``_marginals``, ``solve`` (argmax), ``_exact_sample``,
-  ``_enumerate`` and ``support``.
+  ``_enumerate`` and ``support``;
+* where not every entry of :math:`\theta` is a free parameter (trees):
+  ``_free_mask``, which entries are parameters (each counted once), and
+  ``_canonical(x)``, the array with the non-free entries filled in (mirrored for
+  undirected trees, zeroed otherwise). The defaults read every entry.
 
 :class:`StructuredDistribution` then gives
 :math:`\log q(x) = \langle\theta, x\rangle - A(\theta)`, the marginals
@@ -73,6 +74,15 @@ class StructuredDistribution(TorchDistribution):
 
     def _check_logits(self, logits):
         """Structure-specific checks of valid-shaped logits (run when validating)."""
+
+    @lazy_property
+    def _free_mask(self):
+        """Which entries of ``logits`` are parameters (default: all of them)."""
+        return torch.ones(self.event_shape, dtype=torch.bool, device=self.logits.device)
+
+    def _canonical(self, x):
+        """``x`` with the non-free entries filled in (default: unchanged)."""
+        return x
 
     def _check_event_shape(self, event_shape):
         if event_shape[-1] != event_shape[-2]:

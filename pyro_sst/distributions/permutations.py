@@ -1,8 +1,6 @@
 r"""Permutations: Gumbel-Sinkhorn (the SST over the Birkhoff polytope)."""
 
-import torch
 from torch.distributions.kl import register_kl
-from torch.distributions.utils import lazy_property
 
 from .. import ops
 from ..ops.permutations import check_sinkhorn_args
@@ -22,14 +20,6 @@ class PermutationStructure:
     @property
     def num_items(self):
         return self.event_shape[-1]
-
-    @lazy_property
-    def _free_mask(self):
-        n = self.num_items
-        return torch.ones(n, n, dtype=torch.bool, device=self.logits.device)
-
-    def _canonical(self, x):
-        return x
 
     def _log_partition(self, logits):
         return ops.log_permanent(logits)

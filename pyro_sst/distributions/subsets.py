@@ -2,7 +2,6 @@ r"""k-subsets: the relaxed top-k (SST) and the exact exponential family over k-s
 
 import torch
 from torch.distributions.kl import register_kl
-from torch.distributions.utils import lazy_property
 
 from .. import ops
 from ..ops.subsets import RELAXATIONS, check_k
@@ -34,13 +33,6 @@ class KSubsetStructure:
 
     def _check_event_shape(self, event_shape):
         """Any ``d``; ``k`` was checked against it."""
-
-    @lazy_property
-    def _free_mask(self):
-        return torch.ones(self.num_items, dtype=torch.bool, device=self.logits.device)
-
-    def _canonical(self, x):
-        return x
 
     def _log_partition(self, logits):
         return ops.log_elementary_symmetric(logits, self.k)
