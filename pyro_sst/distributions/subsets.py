@@ -4,7 +4,7 @@ import torch
 from torch.distributions.kl import register_kl
 
 from .. import ops
-from ..ops.subsets import RELAXATIONS, check_k
+from ..ops.subsets import RELAXATIONS, check_k, check_relaxation
 from . import constraints
 from .base import ExponentialFamily, PerturbAndRelax, exp_family_kl
 
@@ -89,8 +89,7 @@ class RelaxedTopK(KSubsetStructure, PerturbAndRelax):
         straight_through=False,
         validate_args=None,
     ):
-        if relaxation not in RELAXATIONS:
-            raise ValueError(f"relaxation must be one of {tuple(RELAXATIONS)}, got {relaxation!r}")
+        check_relaxation(relaxation)
         self.relaxation = relaxation
         self._set_k(logits, k)
         super().__init__(logits, temperature, noise, straight_through, validate_args)

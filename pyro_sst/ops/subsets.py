@@ -23,6 +23,7 @@ import math
 import torch
 
 from .logspace import gradient_marginals, log_sum_exp
+from .noise import sample_noise
 from .validation import check_int
 
 __all__ = [
@@ -50,16 +51,24 @@ def _check_args(logits, k):
     return check_k(k, logits.shape[-1])
 
 
+def _split_terms(left, right, totals):
+    """Log-weights of the ways to split each total between two truncated polynomials (``(..., L)`` each).
+
+    ``terms[..., t, i] = left[..., i] + right[..., totals[..., t] - i]``, ``-inf`` where
+    ``totals - i`` falls outside ``[0, L)``.
+    """
+    length = left.shape[-1]
+    rest = totals[..., None] - torch.arange(length, device=left.device)
+    shape = torch.broadcast_shapes(left.shape[:-1] + (1, length), rest.shape)
+    gathered = right[..., None, :].expand(shape).gather(-1, rest.clamp(0, length - 1).expand(shape))
+    terms = left[..., None, :] + gathered
+    return torch.where((rest >= 0) & (rest < length), terms, torch.full_like(terms, -math.inf))
+
+
 def _multiply(left, right, k):
     """Log-coefficients of the product of two truncated polynomials, ``(..., L)`` each."""
-    length = left.shape[-1]
-    out_length = min(2 * (length - 1), k) + 1
-    i = torch.arange(length, device=left.device)
-    offset = torch.arange(out_length, device=left.device)[None, :] - i[:, None]  # j - i, shape (L, L_out)
-    valid = (offset >= 0) & (offset < length)
-    terms = left[..., :, None] + right[..., offset.clamp(0, length - 1)]
-    terms = torch.where(valid, terms, torch.full_like(terms, -math.inf))
-    return log_sum_exp(terms, -2)
+    out_length = min(2 * (left.shape[-1] - 1), k) + 1
+    return log_sum_exp(_split_terms(left, right, torch.arange(out_length, device=left.device)), -1)
 
 
 def _polynomial_tree(logits, k):
@@ -118,15 +127,8 @@ def sample_k_subset(logits, k, sample_shape=(), generator=None):
         counts = torch.full(sample_shape + logits.shape[:-1] + (1,), k, dtype=torch.long, device=logits.device)
         for level in reversed(levels[:-1]):
             table = level.expand(sample_shape + level.shape)
-            left, right = table[..., 0::2, :], table[..., 1::2, :]
-            length = table.shape[-1]
-            i = torch.arange(length, device=logits.device)
-            rest = counts[..., None] - i
-            valid = (rest >= 0) & (rest < length)
-            weights = left + right.gather(-1, rest.clamp(0, length - 1))
-            weights = torch.where(valid, weights, torch.full_like(weights, -math.inf))
-            u = torch.rand(weights.shape, dtype=weights.dtype, device=weights.device, generator=generator)
-            gumbel = -torch.log(-torch.log(u.clamp(min=torch.finfo(u.dtype).tiny)))
+            weights = _split_terms(table[..., 0::2, :], table[..., 1::2, :], counts[..., None]).squeeze(-2)
+            gumbel = sample_noise("gumbel", weights.shape, weights.dtype, weights.device, generator)
             to_left = (weights + gumbel).argmax(-1)
             counts = torch.stack([to_left, counts - to_left], -1).flatten(-2)
         return counts[..., :d].to(logits.dtype)
@@ -256,8 +258,12 @@ RELAXATIONS = {
 }
 
 
-def relaxed_top_k(v, k, relaxation="exp_family"):
-    """The relaxed top-k of scores ``v`` (utilities over temperature) by the named relaxation."""
+def check_relaxation(relaxation):
     if relaxation not in RELAXATIONS:
         raise ValueError(f"relaxation must be one of {tuple(RELAXATIONS)}, got {relaxation!r}")
+
+
+def relaxed_top_k(v, k, relaxation="exp_family"):
+    """The relaxed top-k of scores ``v`` (utilities over temperature) by the named relaxation."""
+    check_relaxation(relaxation)
     return RELAXATIONS[relaxation](v, k)
