@@ -47,11 +47,14 @@ def check_sinkhorn_args(n_iters, tol, backward):
 
 def _sinkhorn_iterations(log_alpha, n_iters, tol):
     """Alternate row and column log-normalisations; stop early once every row sum is within ``tol`` of 1."""
+    # The row log-sums that measure the residual are the ones the next row normalisation divides by.
+    row_log_sums = torch.logsumexp(log_alpha, -1, keepdim=True)
     log_p = log_alpha
     for _ in range(n_iters):
-        log_p = log_p - torch.logsumexp(log_p, -1, keepdim=True)
+        log_p = log_p - row_log_sums
         log_p = log_p - torch.logsumexp(log_p, -2, keepdim=True)
-        residual = (torch.logsumexp(log_p.detach(), -1).exp() - 1).abs().amax(-1)
+        row_log_sums = torch.logsumexp(log_p, -1, keepdim=True)
+        residual = (row_log_sums.detach().squeeze(-1).exp() - 1).abs().amax(-1)
         if bool((residual <= tol).all()):
             break
     return log_p, residual
@@ -204,6 +207,17 @@ def bethe_log_permanent(logits, max_iters=2000):
     return (gamma * logits + entropy).sum((-2, -1)), gamma
 
 
+def _uses_bethe(logits, method):
+    """Check ``logits`` and ``method``; whether the Bethe approximation (not the exact DP) applies."""
+    check_square(logits)
+    n = logits.shape[-1]
+    if method not in ("auto", "exact", "bethe"):
+        raise ValueError(f"method must be 'auto', 'exact' or 'bethe', got {method!r}")
+    if method == "exact" and n > EXACT_MAX_N:
+        raise ValueError(f"method='exact' needs n <= {EXACT_MAX_N}, got n={n}")
+    return method == "bethe" or (method == "auto" and n > EXACT_MAX_N)
+
+
 def log_permanent(logits, method="auto"):
     r""":math:`A(\theta) = \log\operatorname{perm}(e^{\theta}) = \log\sum_{\sigma}\prod_i e^{\theta_{i\sigma(i)}}`.
 
@@ -213,17 +227,10 @@ def log_permanent(logits, method="auto"):
         formula but a sum of positive terms only (Ryser's alternating signs cancel
         catastrophically at large logit spreads), so it is exact in float32 at any spread.
     """
-    check_square(logits)
-    n = logits.shape[-1]
-    if method not in ("auto", "exact", "bethe"):
-        raise ValueError(f"method must be 'auto', 'exact' or 'bethe', got {method!r}")
-    if method == "exact" and n > EXACT_MAX_N:
-        raise ValueError(f"method='exact' needs n <= {EXACT_MAX_N}, got n={n}")
-    if n == 0:
+    bethe = _uses_bethe(logits, method)
+    if logits.shape[-1] == 0:
         return logits.new_zeros(logits.shape[:-2])
-    if method == "bethe" or (method == "auto" and n > EXACT_MAX_N):
-        return bethe_log_permanent(logits)[0]
-    return _exact_log_permanent(logits)
+    return bethe_log_permanent(logits)[0] if bethe else _exact_log_permanent(logits)
 
 
 def permutation_marginals(logits, method="auto"):
@@ -232,8 +239,7 @@ def permutation_marginals(logits, method="auto"):
     Exact for ``n <= 12`` (gradient of the exact DP, twice differentiable); the
     Bethe beliefs beyond (see :func:`log_permanent`), returned without a gradient.
     """
-    check_square(logits)
-    if method == "bethe" or (method == "auto" and logits.shape[-1] > EXACT_MAX_N):
+    if _uses_bethe(logits, method):
         return bethe_log_permanent(logits)[1]
     return gradient_marginals(lambda theta: log_permanent(theta, method), logits)
 
