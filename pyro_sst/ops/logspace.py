@@ -1,10 +1,18 @@
-"""Log-space building blocks shared by the dynamic programs (subset DP, permanent DP, tree elimination)."""
+r"""Log-space building blocks shared by the dynamic programs (subset DP, permanent DP, tree elimination).
+
+An exponential family whose log-partition :math:`A(\theta)` is computed by a log-space program
+gets its marginals :math:`\mu = \nabla A` and their backward (the Hessian-vector product of
+:math:`A`) from :func:`program_log_partition` and :func:`gradient_marginals`. Both are custom
+autograd Functions, so the data-dependent parts of the program run in Python at call time
+even inside ``torch.jit.trace`` (which records one opaque call instead of freezing branches).
+"""
 
 import math
 
 import torch
+from torch.autograd.function import once_differentiable
 
-__all__ = ["gradient_marginals", "log_sum_exp"]
+__all__ = ["gradient_marginals", "log_sum_exp", "program_log_partition"]
 
 
 def log_sum_exp(x, dim):
@@ -13,24 +21,95 @@ def log_sum_exp(x, dim):
     (``torch.logsumexp`` back-propagates NaN from an all-``-inf`` slice, and
     ``torch.logaddexp``'s second derivative is inf/inf for far-apart arguments;
     here the derivatives are plain softmax weights, zero on ``-inf`` entries.)
+    A NaN anywhere in a slice gives NaN.
     """
     m = x.amax(dim, keepdim=True).detach()
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     s = torch.exp(x - m).sum(dim)
-    positive = s > 0
-    log_s = torch.log(torch.where(positive, s, torch.ones_like(s)))
-    return torch.where(positive, log_s + m.squeeze(dim), torch.full_like(s, -math.inf))
+    empty = s == 0
+    log_s = torch.log(torch.where(empty, torch.ones_like(s), s))
+    return torch.where(empty, torch.full_like(s, -math.inf), log_s + m.squeeze(dim))
 
 
-def gradient_marginals(log_partition, logits):
-    r"""Exponential-family marginals :math:`\mu = \nabla_\theta A(\theta)` of a log-space program ``log_partition``.
+def nan_elements(x, event_dim):
+    """Batch mask of the elements of ``x`` with a NaN anywhere in their last ``event_dim`` dims."""
+    return torch.isnan(x).flatten(x.dim() - event_dim).any(-1) if event_dim else torch.isnan(x)
 
-    Exact (reverse-mode autograd, no finite differences); when ``logits`` needs a
-    gradient the result is built with ``create_graph``, so its backward is the
-    exact Hessian-vector product of ``A``.
-    """
-    create_graph = torch.is_grad_enabled() and logits.requires_grad
+
+def fill_nan(out, mask, event_dim):
+    """``out`` with every batch element where ``mask`` holds set to NaN (NaN in, NaN out)."""
+    mask = mask.reshape(mask.shape + (1,) * event_dim)
+    return torch.where(mask, torch.full_like(out, math.nan), out)
+
+
+def check_nonempty(log_partition, structure):
+    """Raise where an exponential family has an empty support (``A = -inf``): its marginals are undefined."""
+    if bool((log_partition == -math.inf).any()):
+        raise ValueError(
+            f"logits: no {structure} has finite weight (the log-partition is -inf), so the marginals, "
+            "samples and modes are undefined; -inf logits mark absent edges or items"
+        )
+
+
+def program_gradient(program, theta, create_graph=False):
+    """``(x, A(x), dA/dx)`` of ``program`` at ``x``, a fresh leaf copy of ``theta``."""
     with torch.enable_grad():
-        theta = logits if create_graph else logits.detach().requires_grad_()
-        (mu,) = torch.autograd.grad(log_partition(theta).sum(), theta, create_graph=create_graph)
-    return mu
+        x = theta.detach().requires_grad_()
+        value = program(x)
+        (mu,) = torch.autograd.grad(value.sum(), x, create_graph=create_graph, allow_unused=True)
+    return x, value, torch.zeros_like(theta) if mu is None else mu
+
+
+def program_hvp(program, theta, v):
+    r"""The Hessian-vector product :math:`\nabla^2 A(\theta)\, v` of ``program`` by second-order autograd."""
+    x, _, mu = program_gradient(program, theta, create_graph=True)
+    with torch.enable_grad():
+        hvp = torch.autograd.grad(mu, x, v, allow_unused=True)[0] if mu.requires_grad else None
+    return torch.zeros_like(theta) if hvp is None else hvp
+
+
+class _ProgramLogPartition(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, program, structure, theta):
+        with torch.no_grad():
+            value = program(theta)
+        ctx.program, ctx.structure = program, structure
+        ctx.save_for_backward(theta)
+        return value
+
+    @staticmethod
+    def backward(ctx, grad):
+        (theta,) = ctx.saved_tensors
+        mu = _GradientMarginals.apply(ctx.program, ctx.structure, theta)
+        return None, None, grad.reshape(grad.shape + (1,) * (theta.dim() - grad.dim())) * mu
+
+
+class _GradientMarginals(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, program, structure, theta):
+        _, value, mu = program_gradient(program, theta, create_graph=False)
+        check_nonempty(value.detach(), structure)
+        ctx.program = program
+        ctx.save_for_backward(theta)
+        return mu.detach()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_mu):
+        (theta,) = ctx.saved_tensors
+        return None, None, program_hvp(ctx.program, theta, grad_mu)
+
+
+def program_log_partition(program, logits, structure="structure"):
+    r""":math:`A(\theta)` = ``program(logits)``; its gradient is :func:`gradient_marginals` (itself differentiable)."""
+    return _ProgramLogPartition.apply(program, structure, logits)
+
+
+def gradient_marginals(program, logits, structure="structure"):
+    r"""Exponential-family marginals :math:`\mu = \nabla_\theta A(\theta)` of a log-space program ``A``.
+
+    Exact (reverse-mode autograd inside a custom Function, no finite differences); the
+    backward is the exact Hessian-vector product of ``A``. Raises :class:`ValueError`
+    where ``A = -inf`` (no ``structure`` has finite weight).
+    """
+    return _GradientMarginals.apply(program, structure, logits)

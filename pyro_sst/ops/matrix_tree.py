@@ -40,13 +40,30 @@ the rest), the inverse is meaningless. Those batch elements fall back to an
 exact log-space Gaussian elimination (Kron reduction, the GTH trick): eliminating
 node :math:`k` adds :math:`w_{ik} w_{kj} / d_k` to every remaining weight, a sum
 of positive terms with no cancellation, and the log-determinant is the sum of
-the log pivots :math:`\log d_k`. Its gradient (the marginals) is taken by
-autograd; it costs :math:`O(n^3)` memory, so it only runs where needed.
+the log pivots :math:`\log d_k`. Its gradient (the marginals) and their backward
+are taken by autograd on those elements only. For ``single_root`` the root's
+out-edges are scaled by :math:`s = e^{-c}`, so that
+:math:`Z(s) = s Z_1 + s^2 Z_2 + \dots` and :math:`\log Z_1 = \log Z(s) + c` up to a
+relative error below :math:`e^{-60}`; ``c`` is chosen per batch element from the
+spread of its finite logits (root row included), and :math:`Z_1 = 0` is detected
+exactly from the same bound.
+
+Special inputs. ``-inf`` logits are absent edges. If no tree (or arborescence)
+of finite weight remains, the log-partition is ``-inf`` and the marginals,
+which are undefined, raise :class:`ValueError` (so do the solvers and samplers of
+:mod:`pyro_sst.ops.trees`). A NaN among the entries that are read makes that batch
+element's log-partition and marginals NaN. Every batch element is computed
+independently of the others. The data-dependent branches live inside custom
+autograd Functions, so ``torch.jit.trace`` records them as calls and re-runs them.
 """
 
-import torch
+import functools
+import math
 
-from .logspace import gradient_marginals, log_sum_exp
+import torch
+from torch.autograd.function import once_differentiable
+
+from .logspace import check_nonempty, fill_nan, log_sum_exp, nan_elements, program_gradient, program_hvp
 from .validation import check_int, check_square
 
 __all__ = [
@@ -55,10 +72,6 @@ __all__ = [
     "directed_log_weights",
     "laplacian",
 ]
-
-# Stand-in for -inf on the log-space fallback path, where logaddexp(-inf, -inf)
-# would give NaN gradients; exp(-1e30 - anything finite) is exactly 0 in float64.
-_LOG_ZERO = -1e30
 
 
 def laplacian(weights):
@@ -151,11 +164,53 @@ def _scaled_inverse(theta, root, single_root):
     return P, log_norm, M, B, _well_conditioned(M, B, info)
 
 
-class _MatrixTreeMarginals(torch.autograd.Function):
-    """Explicit-inverse marginals with an explicit Hessian-vector-product backward.
+def _elimination_log_partition(theta, root, single_root):
+    """Exact log-partition of ``(B, n, n)`` directed log-weights by log-space Kron reduction (float64)."""
+    n = theta.shape[-1]
+    order = [root] + [i for i in range(n) if i != root]
+    X = theta.double()[..., order, :][..., :, order]
+    shift = X.new_zeros(X.shape[:-2])
+    if single_root:
+        # Root edges scaled by s = e^{-shift}: Z(s) = s Z_1 + s^2 Z_2 + ...  Swapping a root edge for an
+        # edge between two root subtrees bounds Z_{k+1} / Z_k by n^2 e^{spread} on a complete graph; with
+        # absent edges only the tree count bounds it: Z_{>1} / Z_1 <= n^n e^{(n-1) spread} when Z_1 > 0.
+        finite = torch.isfinite(X)
+        largest = X.masked_fill(~finite, -math.inf).amax((-2, -1))
+        smallest = X.masked_fill(~finite, math.inf).amin((-2, -1))
+        spread = torch.where(finite.any((-2, -1)), largest - smallest, torch.zeros_like(largest))
+        complete = finite.sum((-2, -1)) == (n - 1) ** 2
+        log_n = math.log(n)
+        shift = torch.where(complete, spread + 2 * log_n, (n - 1) * spread + n * log_n) + 60.0
+        X = torch.cat([X[..., :1, :] - shift[..., None, None], X[..., 1:, :]], dim=-2)
+    total = X.new_zeros(X.shape[:-2])
+    for k in range(n - 1, 0, -1):
+        into_k = X[..., :k, k]
+        out_of_k = X[..., k, :k]
+        log_pivot = log_sum_exp(into_k, -1)
+        total = total + log_pivot
+        # A zero pivot means no tree exists (total is -inf); keep -inf - (-inf) from making NaN.
+        connected = torch.isfinite(log_pivot)[..., None, None]
+        fill = into_k[..., :, None] + out_of_k[..., None, :] - torch.where(connected, log_pivot[..., None, None], 0)
+        X = log_sum_exp(torch.stack([X[..., :k, :k], fill.masked_fill(~connected, -math.inf)]), 0)
+    log_z = total + shift
+    if single_root:
+        # If Z_1 > 0 then log Z_1 >= (n - 1) * smallest; if Z_1 = 0 the bound above puts the value 60 below.
+        log_z = log_z.masked_fill(log_z < (n - 1) * smallest - 30.0, -math.inf)
+    return log_z
 
-    Returns ``(mu, ok)``; rows where ``ok`` is False are zero and get zero gradient
-    (the caller replaces them by the log-space fallback).
+
+_STRUCTURE = "spanning tree or arborescence"
+
+
+def _elimination(root, single_root):
+    return functools.partial(_elimination_log_partition, root=root, single_root=single_root)
+
+
+class _MatrixTreeMarginals(torch.autograd.Function):
+    """Marginals of ``(B, n, n)`` directed log-weights: explicit inverse, log-space elimination where singular.
+
+    The backward is the explicit Hessian-vector product on the inverse path and
+    second-order autograd of the elimination on the other elements.
     """
 
     @staticmethod
@@ -164,56 +219,60 @@ class _MatrixTreeMarginals(torch.autograd.Function):
         B = torch.where(ok[..., None, None], B, 0)
         mu = P * _laplacian_adjoint(B.mT, root, single_root)
         mu = torch.where(ok[..., None, None], mu, 0)
-        ctx.save_for_backward(P, B, mu, ok)
+        if not bool(ok.all()):
+            bad = theta[~ok]
+            _, log_z, mu_bad = program_gradient(_elimination(root, single_root), bad)
+            check_nonempty(log_z.detach(), _STRUCTURE)
+            mu[~ok] = mu_bad.detach().to(mu.dtype).masked_fill(~torch.isfinite(bad), 0)
+        ctx.save_for_backward(theta, P, B, mu, ok)
         ctx.root, ctx.single_root = root, single_root
-        ctx.mark_non_differentiable(ok)
-        return mu, ok
+        return mu
 
     @staticmethod
-    def backward(ctx, grad_mu, _grad_ok):
-        P, B, mu, ok = ctx.saved_tensors
+    @once_differentiable
+    def backward(ctx, grad_mu):
+        theta, P, B, mu, ok = ctx.saved_tensors
         root, single_root = ctx.root, ctx.single_root
         # mu = P * A(B^T): d<G, mu>/dB^T = A*(G * P); through B = M^{-1}:
         # dM = -B^T dB B^T; M = A*(P) gives d/dP = A(dM); theta enters as P * d/dP.
         grad_Bt = _laplacian_map(grad_mu * P, root, single_root)
         grad_M = -B.mT @ grad_Bt.mT @ B.mT
         grad = grad_mu * mu + P * _laplacian_adjoint(grad_M, root, single_root)
-        return torch.where(ok[..., None, None], grad, 0), None, None
+        grad = torch.where(ok[..., None, None], grad, 0)
+        if not bool(ok.all()):
+            hvp = program_hvp(_elimination(root, single_root), theta[~ok], grad_mu[~ok].double())
+            grad[~ok] = hvp.to(grad.dtype).masked_fill(~torch.isfinite(theta[~ok]), 0)
+        return grad, None, None
 
 
-def _log_det_by_elimination(theta, root, single_root):
-    """Exact log-partition by log-space Kron reduction (float64, differentiable)."""
-    n = theta.shape[-1]
-    order = [root] + [i for i in range(n) if i != root]
-    X = theta.double()[..., order, :][..., :, order]
-    X = X.clamp(min=_LOG_ZERO)
-    shift = 0.0
-    if single_root:
-        # Root edges scaled by s = e^{-shift}: Z(s) = s Z_1 + s^2 Z_2 + ..., and
-        # s Z_2 / Z_1 <= s * n * e^{spread} is far below float64 resolution.
-        finite = X[..., 1:, 1:][X[..., 1:, 1:] > _LOG_ZERO / 2]
-        spread = (finite.max() - finite.min()).item() if finite.numel() else 0.0
-        shift = spread + 2.0 * torch.log(torch.tensor(float(n))).item() + 60.0
-        X = torch.cat([X[..., :1, :] - shift, X[..., 1:, :]], dim=-2)
-    total = X.new_zeros(X.shape[:-2])
-    for k in range(n - 1, 0, -1):
-        into_k = X[..., :k, k]
-        out_of_k = X[..., k, :k]
-        log_pivot = into_k.logsumexp(-1)
-        total = total + log_pivot
-        fill = into_k[..., :, None] + out_of_k[..., None, :] - log_pivot[..., None, None]
-        X = log_sum_exp(torch.stack([X[..., :k, :k], fill]), 0)
-    return total + shift
+class _LogPartition(torch.autograd.Function):
+    """Log-partition of ``(B, n, n)`` directed log-weights; its backward is the (differentiable) marginals."""
+
+    @staticmethod
+    def forward(ctx, theta, root, single_root):
+        _, log_norm, M, _, ok = _scaled_inverse(theta, root, single_root)
+        sign, logabsdet = torch.linalg.slogdet(M)
+        ok = ok & (sign > 0)
+        log_z = logabsdet + log_norm.sum(-1)
+        if not bool(ok.all()):
+            log_z[~ok] = _elimination_log_partition(theta[~ok], root, single_root).to(log_z.dtype)
+        ctx.save_for_backward(theta)
+        ctx.root, ctx.single_root = root, single_root
+        return log_z
+
+    @staticmethod
+    def backward(ctx, grad):
+        (theta,) = ctx.saved_tensors
+        return grad[..., None, None] * _MatrixTreeMarginals.apply(theta, ctx.root, ctx.single_root), None, None
 
 
-def _elimination_marginals(theta, root, single_root):
-    """Marginals as the gradient of the log-space elimination (differentiable)."""
-    mu = gradient_marginals(lambda x: _log_det_by_elimination(x, root, single_root), theta)
-    return mu.masked_fill(~torch.isfinite(theta), 0)
+def _zeros_in_graph(x):
+    """Zeros of ``x``'s shape that stay in its autograd graph (zero gradient, even for infinite ``x``)."""
+    return x.masked_fill(torch.ones_like(x, dtype=torch.bool), 0)
 
 
-def _check_args(logits, root, single_root):
-    check_square(logits)
+def _check_args(logits, root, single_root, name="logits"):
+    check_square(logits, name)
     return check_root(logits.shape[-1], root, single_root)
 
 
@@ -225,45 +284,14 @@ def check_root(n, root, single_root):
     return root
 
 
-def _flatten(theta):
-    n = theta.shape[-1]
-    return theta.reshape(-1, n, n)
-
-
-def _directed_marginals(theta, root, single_root):
-    shape = theta.shape
-    flat = _flatten(theta)
-    mu, ok = _MatrixTreeMarginals.apply(flat, root, single_root)
-    if not bool(ok.all()):
-        bad = ~ok
-        fallback = _elimination_marginals(flat[bad], root, single_root).to(mu.dtype)
-        mu = mu.index_put((bad,), fallback)
-    return mu.reshape(shape)
-
-
-class _LogPartition(torch.autograd.Function):
-    """Log-partition whose backward is the (differentiable) marginals."""
-
-    @staticmethod
-    def forward(ctx, theta, root, single_root):
-        shape = theta.shape[:-2]
-        flat = _flatten(theta)
-        _, log_norm, M, _, ok = _scaled_inverse(flat, root, single_root)
-        sign, logabsdet = torch.linalg.slogdet(M)
-        ok = ok & (sign > 0)
-        log_z = logabsdet + log_norm.sum(-1)
-        if not bool(ok.all()):
-            bad = ~ok
-            log_z[bad] = _log_det_by_elimination(flat[bad], root, single_root).to(log_z.dtype)
-        ctx.save_for_backward(theta)
-        ctx.root, ctx.single_root = root, single_root
-        return log_z.reshape(shape)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (theta,) = ctx.saved_tensors
-        mu = _directed_marginals(theta, ctx.root, ctx.single_root)
-        return grad[..., None, None] * mu, None, None
+def _apply_directed(function, logits, root, single_root, event_dim):
+    """``function`` on the read entries of ``logits``, flattened to ``(B, n, n)``; NaN elements give NaN."""
+    n = logits.shape[-1]
+    theta = directed_log_weights(logits, root)
+    nan = nan_elements(theta, 2)
+    theta = theta.masked_fill(nan[..., None, None], 0)
+    out = function.apply(theta.reshape(-1, n, n), root, single_root)
+    return fill_nan(out.reshape(logits.shape[: logits.dim() - 2 + event_dim]), nan, event_dim)
 
 
 def arborescence_log_partition(logits, root=0, single_root=False):
@@ -278,8 +306,8 @@ def arborescence_log_partition(logits, root=0, single_root=False):
     """
     root = _check_args(logits, root, single_root)
     if logits.shape[-1] == 1:
-        return logits.sum((-2, -1)) * 0
-    return _LogPartition.apply(directed_log_weights(logits, root), root, single_root)
+        return _zeros_in_graph(logits).sum((-2, -1))
+    return _apply_directed(_LogPartition, logits, root, single_root, 0)
 
 
 def arborescence_marginals(logits, root=0, single_root=False):
@@ -291,5 +319,5 @@ def arborescence_marginals(logits, root=0, single_root=False):
     """
     root = _check_args(logits, root, single_root)
     if logits.shape[-1] == 1:
-        return logits * 0
-    return _directed_marginals(directed_log_weights(logits, root), root, single_root)
+        return _zeros_in_graph(logits)
+    return _apply_directed(_MatrixTreeMarginals, logits, root, single_root, 2)

@@ -6,11 +6,21 @@ Value layouts (shared with :mod:`numpyro_sst`):
   with zero diagonal; only the strict upper triangle of ``logits`` is read.
 * arborescence rooted at ``root``: ``(..., n, n)`` with ``x[i, j] = 1`` iff
   ``i`` is the parent of ``j``; non-root columns sum to 1, the root column is 0.
+
+Special inputs (the same contract for every function here): ``-inf`` logits are
+absent edges; where no tree of finite weight remains, the log-partition is
+``-inf`` and the marginals, solvers and samplers raise :class:`ValueError`. A NaN
+among the entries read gives NaN log-partitions and marginals and NaN-filled
+samples and modes for that batch element. Diagonal entries (and, for
+arborescences, the root column) are never read, so they may hold anything.
 """
+
+import functools
 
 import numpy as np
 import torch
 
+from .logspace import fill_nan, nan_elements
 from .matrix_tree import (
     _check_args,
     arborescence_log_partition,
@@ -18,6 +28,8 @@ from .matrix_tree import (
     check_root,
     directed_log_weights,
 )
+from .tracing import opaque_call
+from .validation import check_square
 
 __all__ = [
     "enumerate_arborescences",
@@ -44,6 +56,7 @@ def spanning_tree_log_partition(logits):
     Equals the log-determinant of the weighted Laplacian with one row and column
     removed. Reads the strict upper triangle of ``logits`` (``(..., n, n)``).
     """
+    check_square(logits)
     return arborescence_log_partition(symmetrize_upper(logits), root=0)
 
 
@@ -53,6 +66,7 @@ def spanning_tree_marginals(logits):
     The sum over :math:`i<j` is :math:`n-1`. Computed as the two orientations of
     the arborescence marginals of the symmetric digraph rooted at node 0.
     """
+    check_square(logits)
     mu = arborescence_marginals(symmetrize_upper(logits), root=0)
     return mu + mu.mT
 
@@ -77,23 +91,32 @@ def sample_arborescence(logits, root=0, single_root=False, sample_shape=(), gene
     :returns: a 0/1 tensor of shape ``sample_shape + logits.shape``.
     """
     root = _check_args(logits, root, single_root)
-    n = logits.shape[-1]
     sample_shape = torch.Size(sample_shape)
-    with torch.no_grad():
-        theta = directed_log_weights(logits.detach(), root)
-        theta = theta.expand(sample_shape + theta.shape).clone()
-        for j in range(n):
-            if j == root:
-                continue
-            probs = arborescence_marginals(theta, root, single_root)[..., :, j]
-            parent = _categorical(probs.clamp(min=0), generator)
-            keep = torch.arange(n, device=theta.device) == parent[..., None]
-            theta[..., :, j] = theta[..., :, j].masked_fill(~keep, -float("inf"))
-        return torch.isfinite(theta).to(logits.dtype) * (~torch.eye(n, dtype=torch.bool, device=logits.device))
+    sample = functools.partial(_sample_arborescence, root=root, single_root=single_root, sample_shape=sample_shape,
+                               generator=generator)
+    return opaque_call(sample, logits)
+
+
+def _sample_arborescence(logits, root, single_root, sample_shape, generator):
+    n = logits.shape[-1]
+    theta = directed_log_weights(logits, root)
+    nan = nan_elements(theta, 2)
+    theta = theta.masked_fill(nan[..., None, None], 0)
+    theta = theta.expand(sample_shape + theta.shape).clone()
+    for j in range(n):
+        if j == root:
+            continue
+        probs = arborescence_marginals(theta, root, single_root)[..., :, j]
+        parent = _categorical(probs.clamp(min=0), generator)
+        keep = torch.arange(n, device=theta.device) == parent[..., None]
+        theta[..., :, j] = theta[..., :, j].masked_fill(~keep, -float("inf"))
+    x = torch.isfinite(theta).to(logits.dtype) * (~torch.eye(n, dtype=torch.bool, device=logits.device))
+    return fill_nan(x, nan, 2)
 
 
 def sample_spanning_tree(logits, sample_shape=(), generator=None):
     """Exact sample from the exponential family over spanning trees (see :func:`sample_arborescence`)."""
+    check_square(logits)
     x = sample_arborescence(symmetrize_upper(logits), 0, False, sample_shape, generator)
     return x + x.mT
 
@@ -105,35 +128,61 @@ def max_spanning_tree(weights):
     the lowest node index (deterministic). ``n`` sequential steps of batched
     ``O(n)`` work; returns a symmetric 0/1 matrix of the input's dtype.
     """
+    check_square(weights, "weights")
+    return opaque_call(_prim, weights)
+
+
+def _prim(weights):
     shape, n = weights.shape, weights.shape[-1]
-    with torch.no_grad():
-        W = symmetrize_upper(weights.detach()).reshape(-1, n, n)
-        batch = torch.arange(W.shape[0], device=W.device)
-        in_tree = torch.zeros(W.shape[0], n, dtype=torch.bool, device=W.device)
-        in_tree[:, 0] = True
-        key = W[:, 0, :].clone()
-        parent = torch.zeros(W.shape[0], n, dtype=torch.long, device=W.device)
-        x = torch.zeros_like(W)
-        for _ in range(n - 1):
-            v = key.masked_fill(in_tree, -float("inf")).argmax(-1)
-            in_tree[batch, v] = True
-            p = parent[batch, v]
-            x[batch, p, v] = 1
-            x[batch, v, p] = 1
-            row = W[batch, v]
-            better = (row > key) & ~in_tree
-            key = torch.where(better, row, key)
-            parent = torch.where(better, v[:, None], parent)
-        return x.reshape(shape)
+    W = symmetrize_upper(weights).reshape(-1, n, n)
+    nan = nan_elements(W, 2)
+    W = W.masked_fill(nan[:, None, None], 0)
+    batch = torch.arange(W.shape[0], device=W.device)
+    in_tree = torch.zeros(W.shape[0], n, dtype=torch.bool, device=W.device)
+    in_tree[:, 0] = True
+    key = W[:, 0, :].clone()
+    parent = torch.zeros(W.shape[0], n, dtype=torch.long, device=W.device)
+    x = torch.zeros_like(W)
+    connected = torch.ones(W.shape[0], dtype=torch.bool, device=W.device)
+    for _ in range(n - 1):
+        candidates = key.masked_fill(in_tree, -float("inf"))
+        v = candidates.argmax(-1)
+        connected &= candidates[batch, v] > -float("inf")
+        in_tree[batch, v] = True
+        p = parent[batch, v]
+        x[batch, p, v] = 1
+        x[batch, v, p] = 1
+        row = W[batch, v]
+        better = (row > key) & ~in_tree
+        key = torch.where(better, row, key)
+        parent = torch.where(better, v[:, None], parent)
+    if not bool(connected.all()):
+        raise ValueError(
+            "weights: the edges of finite weight do not connect all nodes, so no spanning tree exists "
+            f"(batch elements {torch.nonzero(~connected).flatten().tolist()[:10]})"
+        )
+    return fill_nan(x, nan, 2).reshape(shape)
 
 
-def _chu_liu_edmonds(W, root):
-    """Parent array of the maximum arborescence of dense weights ``W`` (NumPy)."""
-    n = W.shape[0]
-    score = W.astype(np.float64).copy()
-    np.fill_diagonal(score, -np.inf)
-    score[:, root] = -np.inf
-    parent = score.argmax(0)
+def _lex_argmax(penalty, score, axis):
+    """Argmax in the lexicographic order of ``(penalty, score)``; ties go to the lowest index."""
+    best = penalty.max(axis, keepdims=True)
+    return np.where(penalty == best, score, -np.inf).argmax(axis)
+
+
+def _chu_liu_edmonds(penalty, score, root):
+    """Parent array of the maximum arborescence of dense weights ``(penalty, score)`` (NumPy).
+
+    Weights are ordered lexicographically, penalty first: an ordered group, so the
+    contractions (differences of weights) stay exact however far apart the two
+    components are. ``-inf`` in both marks an absent edge.
+    """
+    n = score.shape[0]
+    penalty, score = penalty.copy(), score.copy()
+    for w in (penalty, score):
+        np.fill_diagonal(w, -np.inf)
+        w[:, root] = -np.inf
+    parent = _lex_argmax(penalty, score, 0)
     parent[root] = -1
     # Find a cycle in the best-in-edge graph.
     color = np.zeros(n, dtype=np.int64)
@@ -156,17 +205,17 @@ def _chu_liu_edmonds(W, root):
     rest = np.flatnonzero(~in_cycle)
     c = len(rest)  # index of the contracted node
     new_root = int(np.flatnonzero(rest == root)[0])
-    sub = np.full((c + 1, c + 1), -np.inf)
-    sub[:c, :c] = score[np.ix_(rest, rest)]
-    # Edges into the cycle: gain over the cycle edge they would replace.
-    into = score[np.ix_(rest, cycle)] - score[parent[cycle], cycle][None, :]
-    enter_at = into.argmax(1)
-    sub[:c, c] = into[np.arange(c), enter_at]
-    # Edges out of the cycle: best source inside it.
-    out = score[np.ix_(cycle, rest)]
-    leave_from = out.argmax(0)
-    sub[c, :c] = out[leave_from, np.arange(c)]
-    sub_parent = _chu_liu_edmonds(sub, new_root)
+    sub = [np.full((c + 1, c + 1), -np.inf) for _ in range(2)]
+    into = [w[np.ix_(rest, cycle)] - w[parent[cycle], cycle][None, :] for w in (penalty, score)]
+    out = [w[np.ix_(cycle, rest)] for w in (penalty, score)]
+    # Edges into the cycle: gain over the cycle edge they would replace. Edges out of it: best source inside.
+    enter_at = _lex_argmax(*into, 1)
+    leave_from = _lex_argmax(*out, 0)
+    for w, s, i, o in zip(sub, (penalty, score), into, out, strict=True):
+        w[:c, :c] = s[np.ix_(rest, rest)]
+        w[:c, c] = i[np.arange(c), enter_at]
+        w[c, :c] = o[leave_from, np.arange(c)]
+    sub_parent = _chu_liu_edmonds(*sub, new_root)
     result = parent.copy()
     for k, v in enumerate(rest):
         if k == new_root:
@@ -179,27 +228,57 @@ def _chu_liu_edmonds(W, root):
     return result
 
 
+def _reaches_all(present, root):
+    """Whether every node is reachable from ``root`` along ``present[i, j]`` edges ``i -> j``."""
+    seen = np.zeros(len(present), dtype=bool)
+    seen[root] = True
+    frontier = seen.copy()
+    while frontier.any():
+        frontier = present[frontier].any(0) & ~seen
+        seen |= frontier
+    return bool(seen.all())
+
+
 def max_arborescence(weights, root=0, single_root=False):
     """Maximum-weight arborescence by Chu-Liu-Edmonds.
 
-    ``weights[..., i, j]`` scores edge ``i -> j``. With ``single_root`` every root
-    edge is penalised by more than the total weight range, so the optimum uses
-    exactly one root edge and is the best such arborescence. Ties go to the lowest
-    parent index. The contraction recursion runs in NumPy on the CPU, one batch
+    ``weights[..., i, j]`` scores edge ``i -> j``. With ``single_root`` the
+    weights are ordered lexicographically by (minus the number of root edges,
+    weight), which is exact for any finite weights: the optimum uses exactly one
+    root edge and is the best such arborescence. Ties go to the lowest parent
+    index. The contraction recursion runs in NumPy on the CPU, one batch
     element at a time (``O(n^3)`` each); the result is moved back to the input's
-    device and dtype.
+    device and dtype. Raises :class:`ValueError` where no arborescence (with one
+    root edge, for ``single_root``) has finite weight.
     """
-    root = _check_args(weights, root, single_root)
+    root = _check_args(weights, root, single_root, "weights")
+    return opaque_call(functools.partial(_max_arborescence, root=root, single_root=single_root), weights)
+
+
+def _max_arborescence(weights, root, single_root):
     shape, n = weights.shape, weights.shape[-1]
-    W = weights.detach().cpu().double().reshape(-1, n, n).numpy()
+    W = directed_log_weights(weights, root).cpu().double().reshape(-1, n, n).numpy()
+    nan = np.isnan(W).any((-2, -1))
+    penalty = np.zeros_like(W)
     if single_root:
-        spread = np.ptp(W[np.isfinite(W)]) if np.isfinite(W).any() else 0.0
-        W = W.copy()
-        W[:, root, :] -= n * (spread + 1.0)
+        penalty[:, root, :] = -1.0
+    penalty[W == -np.inf] = -np.inf
     x = np.zeros_like(W)
     others = np.array([v for v in range(n) if v != root], dtype=np.int64)
     for b in range(W.shape[0]):
-        parent = _chu_liu_edmonds(W[b], root)
+        if nan[b]:
+            x[b] = np.nan
+            continue
+        if not _reaches_all(W[b] > -np.inf, root):
+            raise ValueError(
+                f"weights: in batch element {b} some node cannot be reached from the root {root} "
+                "by edges of finite weight, so no arborescence exists"
+            )
+        parent = _chu_liu_edmonds(penalty[b], W[b], root)
+        if single_root and (parent == root).sum() != 1:
+            raise ValueError(
+                f"weights: in batch element {b} no arborescence of finite weight has exactly one root edge"
+            )
         x[b, parent[others], others] = 1
     return torch.as_tensor(x, dtype=weights.dtype, device=weights.device).reshape(shape)
 

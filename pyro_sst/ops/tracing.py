@@ -1,0 +1,33 @@
+"""Data-dependent, non-differentiable computations (solvers, samplers, checks) as one opaque op.
+
+``torch.jit.trace`` freezes Python branches taken on tensor values (an early stop, a fallback,
+an error check) at the values seen while tracing. Inside a custom autograd Function the trace
+records a single call instead, and the Python code runs afresh on every call. Pyro's
+``JitTrace_ELBO`` and ``torch.compile`` (which runs such a Function's body eagerly where it
+cannot capture it) then give the same results as eager mode.
+"""
+
+import torch
+
+__all__ = []
+
+
+class _Opaque(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, fn, *tensors):
+        out = fn(*tensors)
+        ctx.mark_non_differentiable(*(out if isinstance(out, tuple) else (out,)))
+        return out
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return (None,) * len(ctx.needs_input_grad)
+
+
+def opaque_call(fn, *tensors):
+    """``fn(*tensors)`` without gradient, traced as one call.
+
+    ``fn`` must receive every tensor it reads as an argument: a tensor captured in a
+    closure would be frozen into a trace as a constant.
+    """
+    return _Opaque.apply(fn, *tensors)
