@@ -70,8 +70,8 @@ class GumbelSinkhorn(PermutationStructure, PerturbAndRelax):
         straight_through=False,
         validate_args=None,
     ):
-        self.n_iters = check_sinkhorn_args(n_iters, tol, backward)
-        self.tol, self.backward = tol, backward
+        self.n_iters, self.tol = check_sinkhorn_args(n_iters, tol, backward)
+        self.backward = backward
         super().__init__(logits, temperature, noise, straight_through, validate_args)
 
     def _relax(self, scores):

@@ -11,14 +11,16 @@ cost of Ryser's formula without its cancellations) and by the Bethe
 approximation beyond (a lower bound within a factor :math:`2^{n/2}`).
 """
 
+import functools
 import itertools
 import math
 
 import numpy as np
 import torch
 
-from .logspace import gradient_marginals, log_sum_exp
-from .validation import check_int, check_square
+from .logspace import fill_nan, gradient_marginals, log_sum_exp, nan_elements, program_log_partition
+from .tracing import opaque_call
+from .validation import check_float, check_int, check_square
 
 __all__ = [
     "BACKWARDS",
@@ -34,28 +36,37 @@ __all__ = [
 #: largest ``n`` for which :func:`log_permanent` is exact by default (``n^2 2^n`` work)
 EXACT_MAX_N = 12
 BACKWARDS = ("unrolled", "implicit")
+_STRUCTURE = "permutation"
 
 
 def check_sinkhorn_args(n_iters, tol, backward):
+    """``(n_iters, tol)`` as an int >= 1 and a float >= 0; ``backward`` one of :data:`BACKWARDS`."""
     n_iters = check_int(n_iters, "n_iters", 1)
-    if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not tol >= 0:
-        raise ValueError(f"tol must be a float >= 0, got {tol!r}")
+    tol = check_float(tol, "tol", 0.0, inclusive=True)
     if backward not in BACKWARDS:
         raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
-    return n_iters
+    return n_iters, tol
 
 
 def _sinkhorn_iterations(log_alpha, n_iters, tol):
-    """Alternate row and column log-normalisations; stop early once every row sum is within ``tol`` of 1."""
+    """Alternate row and column log-normalisations, each batch element until its row sums are within ``tol`` of 1.
+
+    A converged element is frozen, so its result does not depend on its neighbours in the
+    batch. The loop stops once every element has converged, except under ``torch.jit.trace``,
+    where it runs all ``n_iters`` iterations (the frozen elements make that the same result).
+    """
     # The row log-sums that measure the residual are the ones the next row normalisation divides by.
     row_log_sums = torch.logsumexp(log_alpha, -1, keepdim=True)
     log_p = log_alpha
+    active = torch.ones(log_alpha.shape[:-2] + (1, 1), dtype=torch.bool, device=log_alpha.device)
     for _ in range(n_iters):
-        log_p = log_p - row_log_sums
-        log_p = log_p - torch.logsumexp(log_p, -2, keepdim=True)
-        row_log_sums = torch.logsumexp(log_p, -1, keepdim=True)
+        step = log_p - row_log_sums
+        step = step - torch.logsumexp(step, -2, keepdim=True)
+        log_p = torch.where(active, step, log_p)
+        row_log_sums = torch.where(active, torch.logsumexp(log_p, -1, keepdim=True), row_log_sums)
         residual = (row_log_sums.detach().squeeze(-1).exp() - 1).abs().amax(-1)
-        if bool((residual <= tol).all()):
+        active = active & (residual > tol)[..., None, None]
+        if not torch.jit.is_tracing() and not bool(active.any()):
             break
     return log_p, residual
 
@@ -122,7 +133,7 @@ def sinkhorn(log_alpha, n_iters=100, tol=1e-6, backward="unrolled"):
         (shape ``log_alpha.shape[:-2]``), the largest ``|row sum - 1|`` at the end.
     """
     check_square(log_alpha, "log_alpha")
-    n_iters = check_sinkhorn_args(n_iters, tol, backward)
+    n_iters, tol = check_sinkhorn_args(n_iters, tol, backward)
     if backward == "implicit":
         return _ImplicitSinkhorn.apply(log_alpha, n_iters, tol)
     log_p, residual = _sinkhorn_iterations(log_alpha, n_iters, tol)
@@ -137,14 +148,25 @@ def max_assignment(weights):
     the input's device and dtype). Deterministic: scipy breaks ties the same way
     on every call.
     """
+    check_square(weights, "weights")
+    return opaque_call(_max_assignment, weights)
+
+
+def _max_assignment(weights):
     from scipy.optimize import linear_sum_assignment
 
-    check_square(weights, "weights")
     n = weights.shape[-1]
-    flat = weights.detach().reshape(-1, n, n).cpu().double().numpy()
+    flat = weights.reshape(-1, n, n).cpu().double().numpy()
+    nan = np.isnan(flat).any((-2, -1))
     x = np.zeros_like(flat)
     for b, w in enumerate(flat):
-        rows, cols = linear_sum_assignment(w, maximize=True)
+        if nan[b]:
+            x[b] = np.nan
+            continue
+        try:
+            rows, cols = linear_sum_assignment(w, maximize=True)
+        except ValueError as error:
+            raise ValueError(f"weights: batch element {b} has no assignment of finite weight ({error})") from None
         x[b, rows, cols] = 1
     return torch.as_tensor(x, dtype=weights.dtype, device=weights.device).reshape(weights.shape)
 
@@ -187,24 +209,34 @@ def bethe_log_permanent(logits, max_iters=2000):
     :returns: ``(log_perm_bethe, gamma)``.
     """
     check_square(logits)
-    tol = 1e-10 if logits.dtype == torch.float64 else 1e-6
-    with torch.no_grad():
-        theta = logits.detach()
-        g = theta.new_zeros(theta.shape[:-2] + theta.shape[-1:])
-        gamma = torch.softmax(theta, -1)
-        for _ in range(max_iters):
-            kernel = theta - torch.log1p(-gamma.clamp(max=1 - torch.finfo(theta.dtype).eps))
-            f = -torch.logsumexp(kernel + g[..., None, :], -1)
-            g = -torch.logsumexp(kernel + f[..., :, None], -2)
-            update = (kernel + f[..., :, None] + g[..., None, :]).exp()
-            change = (update - gamma).abs().amax()
-            gamma = 0.5 * (gamma + update)
-            if change < tol and (gamma.sum(-1) - 1).abs().amax() < tol:
-                break
-        gamma, _ = _sinkhorn_iterations(gamma.log(), 1000, tol)
-        gamma = gamma.exp()
+    gamma = opaque_call(functools.partial(_bethe_beliefs, max_iters=max_iters), logits)
     entropy = -torch.special.xlogy(gamma, gamma) + torch.special.xlogy(1 - gamma, 1 - gamma)
-    return (gamma * logits + entropy).sum((-2, -1)), gamma
+    energy = torch.where(gamma > 0, gamma * logits, torch.zeros_like(logits))
+    return (energy + entropy).sum((-2, -1)), gamma
+
+
+def _bethe_beliefs(logits, max_iters):
+    """The Bethe fixed point, each batch element iterated until its own convergence (then frozen)."""
+    tol = 1e-10 if logits.dtype == torch.float64 else 1e-6
+    nan = nan_elements(logits, 2)
+    theta = logits.masked_fill(nan[..., None, None], 0)
+    g = theta.new_zeros(theta.shape[:-2] + theta.shape[-1:])
+    gamma = torch.softmax(theta, -1)
+    active = torch.ones(theta.shape[:-2], dtype=torch.bool, device=theta.device)
+    for _ in range(max_iters):
+        kernel = theta - torch.log1p(-gamma.clamp(max=1 - torch.finfo(theta.dtype).eps))
+        f = -torch.logsumexp(kernel + g[..., None, :], -1)
+        g_next = -torch.logsumexp(kernel + f[..., :, None], -2)
+        update = (kernel + f[..., :, None] + g_next[..., None, :]).exp()
+        change = (update - gamma).abs().amax((-2, -1))
+        damped = 0.5 * (gamma + update)
+        gamma = torch.where(active[..., None, None], damped, gamma)
+        g = torch.where(active[..., None], g_next, g)
+        active = active & ~((change < tol) & ((damped.sum(-1) - 1).abs().amax(-1) < tol))
+        if not bool(active.any()):
+            break
+    log_gamma, _ = _sinkhorn_iterations(gamma.log(), 1000, tol)
+    return fill_nan(log_gamma.exp(), nan, 2)
 
 
 def _uses_bethe(logits, method):
@@ -230,7 +262,7 @@ def log_permanent(logits, method="auto"):
     bethe = _uses_bethe(logits, method)
     if logits.shape[-1] == 0:
         return logits.new_zeros(logits.shape[:-2])
-    return bethe_log_permanent(logits)[0] if bethe else _exact_log_permanent(logits)
+    return bethe_log_permanent(logits)[0] if bethe else program_log_partition(_exact_log_permanent, logits, _STRUCTURE)
 
 
 def permutation_marginals(logits, method="auto"):
@@ -241,7 +273,7 @@ def permutation_marginals(logits, method="auto"):
     """
     if _uses_bethe(logits, method):
         return bethe_log_permanent(logits)[1]
-    return gradient_marginals(lambda theta: log_permanent(theta, method), logits)
+    return gradient_marginals(_exact_log_permanent, logits, _STRUCTURE)
 
 
 def enumerate_permutations(n, dtype=None, device=None):

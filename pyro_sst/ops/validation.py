@@ -28,14 +28,15 @@ def check_int(value, name, low, high=None, context=""):
     return index
 
 
-def check_float(value, name, low=None):
-    """``value`` as a Python float (``> low`` if given); NumPy scalars and 0-d tensors are accepted."""
+def check_float(value, name, low=None, inclusive=False):
+    """``value`` as a Python float, above ``low`` (or equal, if ``inclusive``); NumPy scalars and 0-d tensors too."""
     try:
         number = None if isinstance(value, bool) else float(value)
     except (TypeError, ValueError, RuntimeError):
         number = None
-    if number is None or number != number or (low is not None and not number > low):
-        allowed = "a float" if low is None else f"a float > {low}"
+    in_range = number is not None and (low is None or number > low or (inclusive and number == low))
+    if not in_range or number != number:
+        allowed = "a float" if low is None else f"a float {'>=' if inclusive else '>'} {low}"
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
     return number
 
