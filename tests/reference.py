@@ -108,7 +108,7 @@ class ExpFamily:
         """Position of each value in the support (values: (S, ...) 0/1 arrays)."""
         flat = self.support.reshape(len(self.support), -1)
         values = np.asarray(values).reshape(len(values), -1)
-        match = (np.abs(values[:, None, :] - flat[None]).sum(-1) < 0.5)
+        match = np.abs(values[:, None, :] - flat[None]).sum(-1) < 0.5
         assert match.sum(-1).max() == 1, "value outside the support"
         return match.argmax(-1)
 

@@ -24,6 +24,7 @@ from torch.distributions import constraints
 from torch.distributions.utils import lazy_property
 
 from ..ops.noise import check_noise, sample_noise, utility_kl
+from ..ops.validation import check_tensor
 
 
 def validating(validate_args):
@@ -42,8 +43,18 @@ def check_same_options(q, p):
             raise ValueError(f"kl_divergence needs the same {name}, got {getattr(q, name)!r} and {getattr(p, name)!r}")
 
 
-def _as_tensor(x, like):
-    return torch.as_tensor(x, dtype=like.dtype, device=like.device)
+def _as_temperature(temperature, logits):
+    """``temperature`` as a positive tensor of the logits' dtype whose shape broadcasts with their batch shape."""
+    try:
+        t = torch.as_tensor(temperature, device=logits.device)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"temperature must be a positive number or tensor, got {temperature!r}") from None
+    if t.dtype == torch.bool or t.is_complex():
+        raise ValueError(f"temperature must be a positive real number or tensor, got dtype {t.dtype}")
+    t = t.to(logits.dtype)
+    if not bool((t > 0).all()):
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    return t
 
 
 class StructuredDistribution(TorchDistribution):
@@ -57,23 +68,24 @@ class StructuredDistribution(TorchDistribution):
     def _event_shape_of(self, logits):
         return logits.shape[logits.dim() - self.event_dim :]
 
-    def _init_structure(self, logits, extra_batch_shape, validate_args):
-        if logits.dim() < self.event_dim:
-            raise ValueError(
-                f"logits must have at least {self.event_dim} dims (event shape), got shape {tuple(logits.shape)}"
-            )
+    def _init_structure(self, logits, extra_batch_shape, validate_args, extra_name="temperature"):
+        check_tensor(logits, "logits", self.event_dim)
         event_shape = self._event_shape_of(logits)
         self._check_event_shape(event_shape)
-        batch_shape = torch.broadcast_shapes(logits.shape[: logits.dim() - self.event_dim], extra_batch_shape)
+        logits_batch = logits.shape[: logits.dim() - self.event_dim]
+        try:
+            batch_shape = torch.broadcast_shapes(logits_batch, extra_batch_shape)
+        except RuntimeError:
+            raise ValueError(
+                f"{extra_name} of shape {tuple(extra_batch_shape)} does not broadcast with the logits' batch shape "
+                f"{tuple(logits_batch)}"
+            ) from None
         self.logits = logits.expand(batch_shape + event_shape)
-        if validating(validate_args):
-            if not torch.isfinite(logits).all():
-                raise ValueError("logits must be finite (no NaN or inf); got non-finite entries")
-            self._check_logits(logits)
         super().__init__(batch_shape, event_shape, validate_args=validate_args)
-
-    def _check_logits(self, logits):
-        """Structure-specific checks of valid-shaped logits (run when validating)."""
+        if validating(validate_args):
+            # Only the entries that are read must be finite (the diagonal, say, may hold -inf).
+            if not bool(torch.isfinite(logits).logical_or(~self._free_mask).all()):
+                raise ValueError("logits must be finite (no NaN or inf) on the entries that are read")
 
     @lazy_property
     def _free_mask(self):
@@ -210,11 +222,8 @@ class PerturbAndRelax(StructuredDistribution):
 
     def __init__(self, logits, temperature, noise="gumbel", straight_through=False, validate_args=None):
         check_noise(noise)
-        if not torch.is_tensor(logits):
-            raise ValueError("logits must be a torch.Tensor")
-        temperature = _as_tensor(temperature, logits)
-        if not bool((temperature > 0).all()):
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        check_tensor(logits, "logits", self.event_dim)
+        temperature = _as_temperature(temperature, logits)
         self.noise = noise
         self.straight_through = bool(straight_through)
         self.temperature = temperature

@@ -1,10 +1,10 @@
 r"""k-subsets: the relaxed top-k (SST) and the exact exponential family over k-subsets."""
 
-import torch
 from torch.distributions.kl import register_kl
 
 from .. import ops
 from ..ops.subsets import RELAXATIONS, check_k, check_relaxation
+from ..ops.validation import check_tensor
 from . import constraints
 from .base import ExponentialFamily, PerturbAndRelax, exp_family_kl
 
@@ -27,8 +27,7 @@ class KSubsetStructure:
         return self.event_shape[-1]
 
     def _set_k(self, logits, k):
-        if not torch.is_tensor(logits) or logits.dim() < 1:
-            raise ValueError("logits must be a torch.Tensor of shape (..., d)")
+        check_tensor(logits, "logits", 1)
         self.k = check_k(k, logits.shape[-1])
 
     def _check_event_shape(self, event_shape):

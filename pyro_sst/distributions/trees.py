@@ -6,6 +6,7 @@ from torch.distributions.utils import lazy_property
 
 from .. import ops
 from ..ops.matrix_tree import check_root
+from ..ops.validation import check_square
 from . import constraints
 from .base import ExponentialFamily, PerturbAndRelax, exp_family_kl
 
@@ -31,10 +32,6 @@ class SpanningTreeStructure:
     @property
     def num_nodes(self):
         return self.event_shape[-1]
-
-    def _check_logits(self, logits):
-        if not torch.allclose(logits, logits.mT):
-            raise ValueError("logits must be symmetric for a spanning tree (only the upper triangle is read)")
 
     @lazy_property
     def _free_mask(self):
@@ -77,6 +74,7 @@ class ArborescenceStructure:
         return self.event_shape[-1]
 
     def _set_root(self, logits, root, single_root):
+        check_square(logits)
         self.root, self.single_root = check_root(logits.shape[-1], root, single_root), bool(single_root)
 
     @lazy_property

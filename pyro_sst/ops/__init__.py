@@ -10,7 +10,5 @@ from .subsets import *  # noqa: F403
 from .trees import *  # noqa: F403
 
 __all__ = sorted(
-    set().union(
-        *(m.__all__ for m in (layout, logspace, matrix_tree, noise, permutations, subsets, trees))
-    )
+    set().union(*(m.__all__ for m in (layout, logspace, matrix_tree, noise, permutations, subsets, trees)))
 )

@@ -12,6 +12,8 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
+from .tracing import untraced
+
 __all__ = ["gradient_marginals", "log_sum_exp", "program_log_partition"]
 
 
@@ -29,6 +31,11 @@ def log_sum_exp(x, dim):
     empty = s == 0
     log_s = torch.log(torch.where(empty, torch.ones_like(s), s))
     return torch.where(empty, torch.full_like(s, -math.inf), log_s + m.squeeze(dim))
+
+
+def zeros_in_graph(x):
+    """Zeros of ``x``'s shape that stay in its autograd graph (zero gradient, even where ``x`` is infinite)."""
+    return x.masked_fill(torch.ones_like(x, dtype=torch.bool), 0)
 
 
 def nan_elements(x, event_dim):
@@ -52,18 +59,25 @@ def check_nonempty(log_partition, structure):
 
 
 def program_gradient(program, theta, create_graph=False):
-    """``(x, A(x), dA/dx)`` of ``program`` at ``x``, a fresh leaf copy of ``theta``."""
-    with torch.enable_grad():
+    """``(x, A(x), dA/dx)`` of ``program`` at ``x``, a fresh leaf copy of ``theta``.
+
+    Without ``create_graph`` the value and gradient are returned detached (and may then be
+    used inside a traced Function body).
+    """
+    with torch.enable_grad(), untraced():
         x = theta.detach().requires_grad_()
         value = program(x)
         (mu,) = torch.autograd.grad(value.sum(), x, create_graph=create_graph, allow_unused=True)
-    return x, value, torch.zeros_like(theta) if mu is None else mu
+        mu = torch.zeros_like(theta) if mu is None else mu
+        if not create_graph:
+            value, mu = value.detach(), mu.detach()
+    return x, value, mu
 
 
 def program_hvp(program, theta, v):
     r"""The Hessian-vector product :math:`\nabla^2 A(\theta)\, v` of ``program`` by second-order autograd."""
     x, _, mu = program_gradient(program, theta, create_graph=True)
-    with torch.enable_grad():
+    with torch.enable_grad(), untraced():
         hvp = torch.autograd.grad(mu, x, v, allow_unused=True)[0] if mu.requires_grad else None
     return torch.zeros_like(theta) if hvp is None else hvp
 
@@ -88,10 +102,10 @@ class _GradientMarginals(torch.autograd.Function):
     @staticmethod
     def forward(ctx, program, structure, theta):
         _, value, mu = program_gradient(program, theta, create_graph=False)
-        check_nonempty(value.detach(), structure)
+        check_nonempty(value, structure)
         ctx.program = program
         ctx.save_for_backward(theta)
-        return mu.detach()
+        return mu.clone()  # jit.trace maps a Function's outputs through its recorded body: make mu part of it
 
     @staticmethod
     @once_differentiable

@@ -63,7 +63,15 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
-from .logspace import check_nonempty, fill_nan, log_sum_exp, nan_elements, program_gradient, program_hvp
+from .logspace import (
+    check_nonempty,
+    fill_nan,
+    log_sum_exp,
+    nan_elements,
+    program_gradient,
+    program_hvp,
+    zeros_in_graph,
+)
 from .validation import check_int, check_square
 
 __all__ = [
@@ -222,8 +230,8 @@ class _MatrixTreeMarginals(torch.autograd.Function):
         if not bool(ok.all()):
             bad = theta[~ok]
             _, log_z, mu_bad = program_gradient(_elimination(root, single_root), bad)
-            check_nonempty(log_z.detach(), _STRUCTURE)
-            mu[~ok] = mu_bad.detach().to(mu.dtype).masked_fill(~torch.isfinite(bad), 0)
+            check_nonempty(log_z, _STRUCTURE)
+            mu[~ok] = mu_bad.to(mu.dtype).masked_fill(~torch.isfinite(bad), 0)
         ctx.save_for_backward(theta, P, B, mu, ok)
         ctx.root, ctx.single_root = root, single_root
         return mu
@@ -266,11 +274,6 @@ class _LogPartition(torch.autograd.Function):
         return grad[..., None, None] * _MatrixTreeMarginals.apply(theta, ctx.root, ctx.single_root), None, None
 
 
-def _zeros_in_graph(x):
-    """Zeros of ``x``'s shape that stay in its autograd graph (zero gradient, even for infinite ``x``)."""
-    return x.masked_fill(torch.ones_like(x, dtype=torch.bool), 0)
-
-
 def _check_args(logits, root, single_root, name="logits"):
     check_square(logits, name)
     return check_root(logits.shape[-1], root, single_root)
@@ -306,7 +309,7 @@ def arborescence_log_partition(logits, root=0, single_root=False):
     """
     root = _check_args(logits, root, single_root)
     if logits.shape[-1] == 1:
-        return _zeros_in_graph(logits).sum((-2, -1))
+        return zeros_in_graph(logits).sum((-2, -1))
     return _apply_directed(_LogPartition, logits, root, single_root, 0)
 
 
@@ -319,5 +322,5 @@ def arborescence_marginals(logits, root=0, single_root=False):
     """
     root = _check_args(logits, root, single_root)
     if logits.shape[-1] == 1:
-        return _zeros_in_graph(logits)
+        return zeros_in_graph(logits)
     return _apply_directed(_MatrixTreeMarginals, logits, root, single_root, 2)

@@ -32,7 +32,14 @@ import math
 
 import torch
 
-from .logspace import fill_nan, gradient_marginals, log_sum_exp, nan_elements, program_log_partition
+from .logspace import (
+    fill_nan,
+    gradient_marginals,
+    log_sum_exp,
+    nan_elements,
+    program_log_partition,
+    zeros_in_graph,
+)
 from .noise import sample_noise
 from .tracing import opaque_call
 from .validation import check_int, check_tensor
@@ -221,6 +228,7 @@ def enumerate_k_subsets(d, k, dtype=None, device=None):
 # exact (it is the closed form on the active set for the piecewise-linear h) and its derivative is the implicit one,
 # d tau / d v_i = h'_i / sum_j h'_j.
 
+
 def _kth_largest(v, k):
     """The k-th largest entry of each row (raising where fewer than ``k`` entries are above ``-inf``)."""
     _check_enough_items(v, k, "v")
@@ -230,7 +238,7 @@ def _kth_largest(v, k):
 def _threshold_relaxation(h, h_prime, bracket, v, k):
     d = v.shape[-1]
     if k in (0, d):
-        return torch.full_like(v, float(k == d)).masked_fill(torch.isnan(v), math.nan) + 0 * v.detach()
+        return torch.full_like(v, float(k == d)).masked_fill(torch.isnan(v), math.nan) + zeros_in_graph(v)
     nan = nan_elements(v, 1)
     v = v.masked_fill(nan[..., None], 0)
     # Shift by the k-th largest score: tau lives near 0 and bisection keeps full relative precision.
@@ -250,7 +258,7 @@ def _threshold_relaxation(h, h_prime, bracket, v, k):
     # With exactly k items present every one is taken (tau = -inf for the smooth relaxations).
     present = z > -math.inf
     saturated = present.sum(-1, keepdim=True) == k
-    x = torch.where(saturated, present.to(z.dtype) + 0 * z, h(z - tau))
+    x = torch.where(saturated, present.to(z.dtype) + zeros_in_graph(z), h(z - tau))
     return fill_nan(x, nan, 1)
 
 

@@ -7,9 +7,30 @@ records a single call instead, and the Python code runs afresh on every call. Py
 cannot capture it) then give the same results as eager mode.
 """
 
+import contextlib
+
 import torch
 
 __all__ = []
+
+
+@contextlib.contextmanager
+def untraced():
+    """Suspend ``torch.jit.trace`` recording for autograd work inside a custom Function's body.
+
+    The trace records the Function as one call (and re-runs its Python body), but it also
+    records the body into a subgraph, where leaf copies that require grad and inner
+    ``autograd.grad`` calls are rejected. Tensors leaving this block must not require grad.
+    """
+    state = torch._C._get_tracing_state()
+    if state is None:
+        yield
+        return
+    torch._C._set_tracing_state(None)
+    try:
+        yield
+    finally:
+        torch._C._set_tracing_state(state)
 
 
 class _Opaque(torch.autograd.Function):

@@ -92,8 +92,9 @@ def sample_arborescence(logits, root=0, single_root=False, sample_shape=(), gene
     """
     root = _check_args(logits, root, single_root)
     sample_shape = torch.Size(sample_shape)
-    sample = functools.partial(_sample_arborescence, root=root, single_root=single_root, sample_shape=sample_shape,
-                               generator=generator)
+    sample = functools.partial(
+        _sample_arborescence, root=root, single_root=single_root, sample_shape=sample_shape, generator=generator
+    )
     return opaque_call(sample, logits)
 
 
@@ -194,7 +195,7 @@ def _chu_liu_edmonds(penalty, score, root):
             path.append(v)
             v = parent[v]
         if v != -1 and color[v] == start + 1:
-            cycle = path[path.index(v):]
+            cycle = path[path.index(v) :]
             break
         for u in path:
             color[u] = -1

@@ -1,0 +1,519 @@
+"""Adversarial inputs (issue 12): single-root partition functions, NaN and -inf, tracing, degenerate sizes, errors."""
+
+import math
+import warnings
+
+import numpy as np
+import pyro
+import pyro.distributions as pdist
+import pytest
+import torch
+from pyro.infer import SVI, JitTrace_ELBO, JitTraceGraph_ELBO
+from reference import ExpFamily, arborescence_family, arborescences, k_subsets, spanning_tree_family
+
+from pyro_sst import (
+    Arborescence,
+    GumbelSinkhorn,
+    KSubset,
+    RelaxedArborescence,
+    RelaxedSpanningTree,
+    RelaxedTopK,
+    SpanningTree,
+    ops,
+)
+
+RELAXATIONS = list(ops.RELAXATIONS)
+REPRODUCER = [[0.0, 0, 5.5], [160, 0, 179], [-24, 0, 0]]
+
+
+def randn(*shape, seed=0, scale=1.0, dtype=torch.float64):
+    return scale * torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def finite_reference(theta, root=0, single_root=False):
+    """Enumeration with -inf logits as absent edges (the reference multiplies 0 * theta)."""
+    support = arborescences(theta.shape[-1], root, single_root)
+    theta = np.asarray(theta, dtype=np.float64)
+    present = (support * np.isinf(theta)).sum((-2, -1)) == 0
+    return ExpFamily(support[present], np.where(np.isinf(theta), 0.0, theta))
+
+
+# ------------------------------------------------------------------ 1. single root with strong root edges
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_single_root_reproducer_matches_enumeration(dtype):
+    theta = torch.tensor(REPRODUCER, dtype=dtype)
+    ref = arborescence_family(theta.double().numpy(), 1, True)
+    log_z = ops.arborescence_log_partition(theta, 1, True)
+    assert log_z.item() == pytest.approx(ref.log_partition, rel=1e-6)
+    mu = ops.arborescence_marginals(theta, 1, True)
+    np.testing.assert_allclose(mu.double().numpy(), ref.marginals, atol=1e-6)
+    torch.manual_seed(0)
+    x = Arborescence(theta, root=1, single_root=True).sample((200,))
+    assert (x[:, 1].sum(-1) == 1).all() and Arborescence(theta, root=1, single_root=True).support.check(x).all()
+
+
+@pytest.mark.parametrize("root_shift", [0.0, 25.0, 100.0, 400.0])
+@pytest.mark.parametrize("root", [0, 3])
+def test_single_root_with_heavy_root_row_matches_enumeration(root_shift, root):
+    theta = randn(5, 5, seed=int(root_shift) + root, scale=3.0)
+    theta[root] += root_shift
+    ref = arborescence_family(theta.numpy(), root, True)
+    assert ops.arborescence_log_partition(theta, root, True).item() == pytest.approx(ref.log_partition, rel=1e-10)
+    np.testing.assert_allclose(ops.arborescence_marginals(theta, root, True).numpy(), ref.marginals, atol=1e-9)
+    # float32 at low temperature: every relaxed sample has root out-degree 1.
+    relaxed = RelaxedArborescence(theta.float(), 0.05, root=root, single_root=True).rsample((64,))
+    torch.testing.assert_close(relaxed[:, root].sum(-1), torch.ones(64), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("single_root", [False, True])
+def test_batch_elements_are_independent(single_root):
+    """A batch mixing easy elements with ones that need the exact fallback gives the unbatched results."""
+    hard = torch.tensor(REPRODUCER, dtype=torch.float64)
+    batch = torch.stack([hard, 0.01 * hard, randn(3, 3, seed=1), 50 * randn(3, 3, seed=2)])
+    for fn in (ops.arborescence_log_partition, ops.arborescence_marginals):
+        together = fn(batch, 1, single_root)
+        for b in range(len(batch)):
+            torch.testing.assert_close(together[b], fn(batch[b], 1, single_root), rtol=1e-12, atol=1e-12)
+    logits = torch.stack([randn(6, 6, seed=3), 30 * randn(6, 6, seed=4)])
+    p, _ = ops.sinkhorn(logits, n_iters=500, tol=1e-9)
+    for b in range(2):
+        torch.testing.assert_close(p[b], ops.sinkhorn(logits[b], n_iters=500, tol=1e-9)[0], rtol=0, atol=0)
+    big = torch.stack([randn(13, 13, seed=5), 5 * randn(13, 13, seed=6)])
+    gamma = ops.bethe_log_permanent(big)[1]
+    for b in range(2):
+        torch.testing.assert_close(gamma[b], ops.bethe_log_permanent(big[b])[1], rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------ 2. NaN in, NaN out
+
+
+def _nan_batch(event_shape):
+    logits = randn(2, *event_shape, seed=7)
+    logits[0].view(-1)[1] = math.nan
+    return logits
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda x: RelaxedSpanningTree(x, 0.5, validate_args=False),
+        lambda x: RelaxedArborescence(x, 0.5, validate_args=False),
+        lambda x: RelaxedArborescence(x, 0.5, root=2, single_root=True, validate_args=False),
+        lambda x: GumbelSinkhorn(x, 0.5, validate_args=False),
+    ],
+)
+def test_nan_logits_give_nan_everywhere_for_matrices(make):
+    _check_nan_propagation(make, (5, 5))
+
+
+@pytest.mark.parametrize("relaxation", RELAXATIONS)
+def test_nan_logits_give_nan_everywhere_for_subsets(relaxation):
+    _check_nan_propagation(lambda x: RelaxedTopK(x, 2, 0.5, relaxation=relaxation, validate_args=False), (6,))
+
+
+def _check_nan_propagation(make, event_shape):
+    logits = _nan_batch(event_shape)
+    d, clean = make(logits), make(logits[1])
+    assert torch.isnan(d.log_partition[0]) and torch.isnan(d.marginals[0]).all()
+    assert torch.isnan(d.mode[0]).all() and torch.isnan(d.hard_sample((3,))[:, 0]).all()
+    assert torch.isnan(d.rsample((3,))[:, 0]).all() and torch.isnan(d.log_prob(d.mode)[0])
+    torch.testing.assert_close(d.log_partition[1], clean.log_partition)
+    torch.testing.assert_close(d.mode[1], clean.mode)
+    assert torch.isfinite(d.rsample((3,))[:, 1]).all()
+
+
+def test_nan_logits_in_exact_samplers():
+    tree = SpanningTree(_nan_batch((4, 4)), validate_args=False).sample((5,))
+    subset = KSubset(_nan_batch((6,)), 2, validate_args=False).sample((5,))
+    for x in (tree, subset):
+        assert torch.isnan(x[:, 0]).all() and not torch.isnan(x[:, 1]).any()
+
+
+def test_nan_on_ignored_entries_is_ignored():
+    logits = randn(4, 4, seed=8)
+    masked = logits.clone()
+    masked.diagonal().fill_(math.nan)
+    masked[3, 0] = math.nan  # lower triangle: not read by spanning trees
+    torch.testing.assert_close(ops.spanning_tree_log_partition(masked), ops.spanning_tree_log_partition(logits))
+    torch.testing.assert_close(ops.max_spanning_tree(masked), ops.max_spanning_tree(logits))
+
+
+# ------------------------------------------------------------------ 3. -inf: absent edges, empty supports
+
+
+def test_masked_but_connected_graph_is_exact():
+    theta = randn(5, 5, seed=9)
+    theta[0, 3] = theta[1, 3] = theta[2, 4] = theta[4, 1] = -math.inf
+    for root, single_root in [(0, False), (0, True), (2, False)]:
+        ref = finite_reference(theta.numpy(), root, single_root)
+        assert ops.arborescence_log_partition(theta, root, single_root).item() == pytest.approx(ref.log_partition)
+        mu = ops.arborescence_marginals(theta, root, single_root)
+        np.testing.assert_allclose(mu.numpy(), ref.marginals, atol=1e-10)
+        x = ops.max_arborescence(theta, root, single_root)
+        assert (theta * x).nan_to_num(0.0).sum().item() == pytest.approx(ref.max_score)
+        torch.manual_seed(0)
+        samples = ops.sample_arborescence(theta, root, single_root, (20000,))
+        assert ref.total_variation(samples.numpy()) < 0.03
+
+
+def test_disconnected_tree_has_log_partition_minus_inf_and_clear_errors():
+    theta = randn(4, 4, seed=10)
+    theta[:, 3] = theta[3, :] = -math.inf  # node 3 has no edge
+    assert ops.spanning_tree_log_partition(theta).item() == -math.inf
+    assert ops.arborescence_log_partition(theta, 0).item() == -math.inf
+    for fn in (ops.spanning_tree_marginals, ops.max_spanning_tree, ops.sample_spanning_tree):
+        with pytest.raises(ValueError, match="spanning tree|finite weight"):
+            fn(theta)
+    for fn in (ops.arborescence_marginals, ops.max_arborescence, ops.sample_arborescence):
+        with pytest.raises(ValueError, match="arborescence|finite weight"):
+            fn(theta, 0)
+    with pytest.raises(ValueError, match="finite weight"):
+        RelaxedSpanningTree(theta, 0.5, validate_args=False).rsample()
+
+
+def test_single_root_infeasible_is_minus_inf():
+    """Nodes 1 and 2 can only hang from the root: every arborescence has two root edges."""
+    theta = randn(4, 4, seed=11)
+    theta[1:, 1] = theta[1:, 2] = -math.inf
+    assert not ((arborescences(4, 0, True) * np.isinf(theta.numpy())).sum((-2, -1)) == 0).any()
+    assert ops.arborescence_log_partition(theta, 0, True).item() == -math.inf
+    assert ops.arborescence_log_partition(theta, 0, False).item() == pytest.approx(
+        finite_reference(theta.numpy(), 0, False).log_partition
+    )
+    for fn in (ops.arborescence_marginals, ops.max_arborescence, ops.sample_arborescence):
+        with pytest.raises(ValueError, match="root|finite weight"):
+            fn(theta, 0, True)
+
+
+@pytest.mark.parametrize("relaxation", RELAXATIONS)
+def test_top_k_with_minus_inf_logits(relaxation):
+    v = randn(3, 8, seed=12)
+    v[:, :3] = -math.inf
+    for k in (1, 3, 4, 5):
+        x = ops.relaxed_top_k(v / 0.3, k, relaxation)
+        assert torch.isfinite(x).all() and (x[:, :3] == 0).all()
+        torch.testing.assert_close(x.sum(-1), torch.full((3,), float(k), dtype=torch.float64), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="k=6|no k-subset"):
+        ops.relaxed_top_k(v, 6, relaxation)
+
+
+def test_k_subset_with_minus_inf_logits():
+    v = randn(7, seed=13)
+    v[[1, 4]] = -math.inf
+    for k in range(8):
+        present = np.isfinite(v.numpy())
+        expected = (
+            -math.inf
+            if k > 5
+            else float(np.log(sum(np.exp(v.numpy()[list(s)].sum()) for s in _index_sets(np.flatnonzero(present), k))))
+        )
+        assert ops.log_elementary_symmetric(v, k).item() == pytest.approx(expected, rel=1e-10)
+    ref = ExpFamily(k_subsets(5, 3), v[np.isfinite(v.numpy())].numpy())
+    np.testing.assert_allclose(ops.subset_marginals(v, 3)[np.isfinite(v.numpy())].numpy(), ref.marginals, atol=1e-12)
+    for fn in (ops.subset_marginals, ops.sample_k_subset, ops.top_k_mask):
+        with pytest.raises(ValueError, match="k"):
+            fn(v, 6)
+
+
+def _index_sets(items, k):
+    import itertools
+
+    return [list(s) for s in itertools.combinations(items, k)]
+
+
+# ------------------------------------------------------------------ 4. tracing and compilation
+
+
+def _trace(fn, example):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.jit.trace(fn, example, check_trace=False)
+
+
+def test_jit_trace_does_not_freeze_the_fallback():
+    easy, hard = randn(2, 6, 6, seed=14), 400 * randn(2, 6, 6, seed=15)
+    for fn in (
+        ops.spanning_tree_marginals,
+        ops.spanning_tree_log_partition,
+        lambda x: ops.arborescence_marginals(x, 1, True),
+        lambda x: ops.arborescence_log_partition(x, 1, True),
+        ops.max_spanning_tree,
+        lambda x: ops.sinkhorn(x, 1000, 1e-9)[0],
+        lambda x: ops.log_elementary_symmetric(x[..., 0], 4),
+        lambda x: ops.subset_marginals(x[..., 0], 4),
+        lambda x: ops.binary_entropy_top_k(x[..., 0], 4),
+    ):
+        traced = _trace(fn, easy)
+        torch.testing.assert_close(traced(hard), fn(hard), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(traced(easy), fn(easy), rtol=1e-10, atol=1e-10)
+    # At logit scale 400 the exact sampler returns the maximum spanning tree (almost surely).
+    traced = _trace(lambda x: ops.sample_spanning_tree(x, (3,)), easy)
+    assert torch.equal(traced(hard), ops.max_spanning_tree(hard).expand(3, 2, 6, 6))
+
+
+def test_jit_trace_checks_run_at_call_time():
+    traced = _trace(ops.max_spanning_tree, randn(4, 4, seed=16))
+    disconnected = randn(4, 4, seed=16)
+    disconnected[:, 3] = disconnected[3, :] = -math.inf
+    with pytest.raises(Exception, match="no spanning tree"):
+        traced(disconnected)
+
+
+GUIDES = [
+    (lambda w: RelaxedSpanningTree(w, 0.02), (5, 5)),
+    (lambda w: RelaxedSpanningTree(w, 0.5, straight_through=True), (5, 5)),
+    (lambda w: RelaxedArborescence(40 * w, 0.02, root=1, single_root=True), (5, 5)),
+    (lambda w: GumbelSinkhorn(w, 0.5), (4, 4)),
+    (lambda w: GumbelSinkhorn(w, 0.5, backward="implicit"), (4, 4)),
+] + [(lambda w, r=r: RelaxedTopK(w, 2, 0.5, relaxation=r), (6,)) for r in RELAXATIONS]
+
+
+@pytest.mark.parametrize("make,shape", GUIDES)
+def test_jit_trace_elbo_with_relaxed_guides(make, shape):
+    _run_jit_svi(make, shape, JitTrace_ELBO())
+
+
+@pytest.mark.parametrize(
+    "make,shape",
+    [(SpanningTree, (5, 5)), (lambda w: Arborescence(w, single_root=True), (4, 4)), (lambda w: KSubset(w, 3), (6,))],
+)
+def test_jit_trace_graph_elbo_with_exact_guides(make, shape):
+    _run_jit_svi(make, shape, JitTraceGraph_ELBO())
+
+
+def _run_jit_svi(make, shape, elbo):
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    target = torch.zeros(shape)
+
+    def model():
+        x = pyro.sample("x", make(torch.zeros(shape)))
+        pyro.sample("y", pdist.Normal(x, 1.0).to_event(len(shape)), obs=target)
+
+    def guide():
+        pyro.sample("x", make(pyro.param("w", torch.zeros(shape))))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), elbo)
+        losses = [svi.step() for _ in range(4)]
+    assert all(math.isfinite(loss) for loss in losses)
+    assert torch.isfinite(pyro.param("w")).all() and (pyro.param("w") != 0).any()
+
+
+@pytest.mark.parametrize(
+    "make,shape",
+    [
+        (lambda w: RelaxedSpanningTree(w, 0.02), (5, 5)),
+        (lambda w: RelaxedArborescence(w, 0.1, single_root=True), (5, 5)),
+        (lambda w: RelaxedTopK(w, 2, 0.3), (6,)),
+        (lambda w: RelaxedTopK(w, 2, 0.3, relaxation="binary_entropy"), (6,)),
+        (lambda w: GumbelSinkhorn(w, 0.3), (4, 4)),
+    ],
+)
+def test_torch_compile_matches_eager(make, shape):
+    logits = randn(*shape, seed=17, scale=20.0, dtype=torch.float32)
+    utilities = logits + randn(*shape, seed=18, dtype=torch.float32)
+
+    def step(w, u):
+        d = make(w)
+        hard = d.solve(u)
+        return d.relax(u), hard, d.log_prob(hard)
+
+    def run(fn):
+        w = logits.clone().requires_grad_()
+        soft, hard, log_prob = fn(w, utilities)
+        ((soft * utilities).sum() + log_prob).backward()
+        return soft, hard, log_prob, w.grad
+
+    torch._dynamo.reset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = run(torch.compile(step, backend="aot_eager"))
+    for a, b in zip(got, run(step), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------ 5. degenerate sizes
+
+
+@pytest.mark.parametrize("d,k", [(9, 5), (9, 7), (9, 8), (9, 9), (9, 0), (2, 1), (1, 1), (1, 0)])
+def test_complement_and_trivial_k_match_enumeration(d, k):
+    theta = randn(2, d, seed=d + k, scale=3.0)
+    log_z, mu = ops.log_elementary_symmetric(theta, k), ops.subset_marginals(theta, k)
+    for b in range(2):
+        ref = ExpFamily(k_subsets(d, k), theta[b].numpy())
+        assert log_z[b].item() == pytest.approx(ref.log_partition, abs=1e-10)
+        np.testing.assert_allclose(mu[b].numpy(), ref.marginals, atol=1e-10)
+    torch.manual_seed(0)
+    if math.comb(d, k) > 1:
+        assert (
+            ExpFamily(k_subsets(d, k), theta[0].numpy()).total_variation(
+                ops.sample_k_subset(theta[0], k, (20000,)).numpy()
+            )
+            < 0.03
+        )
+    torch.autograd.gradcheck(lambda t: ops.subset_marginals(t, k), (theta.clone().requires_grad_(),))
+
+
+def test_k_near_d_is_fast_at_d_10k():
+    d = 10_000
+    logits = randn(d, seed=19, dtype=torch.float32).requires_grad_()
+    for k in (d - 1, d):
+        x = RelaxedTopK(logits, k, 0.5).rsample()
+        assert x.sum().item() == pytest.approx(k, rel=1e-6)
+        x.pow(2).sum().backward()
+        assert torch.isfinite(logits.grad).all()
+    assert torch.equal(RelaxedTopK(logits, d, 0.5).rsample(), torch.ones(d))
+    assert torch.equal(RelaxedTopK(logits, 0, 0.5).rsample(), torch.zeros(d))
+
+
+@pytest.mark.parametrize("relaxation", RELAXATIONS)
+def test_single_item_sample_is_differentiable(relaxation):
+    logits = torch.zeros(1, requires_grad=True)
+    x = RelaxedTopK(logits, 1, 0.5, relaxation=relaxation).rsample()
+    x.sum().backward()
+    assert x.item() == 1.0 and logits.grad is not None
+
+
+# ------------------------------------------------------------------ 6. bad input: clear ValueErrors
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        ops.spanning_tree_log_partition,
+        ops.spanning_tree_marginals,
+        ops.max_spanning_tree,
+        ops.sample_spanning_tree,
+        ops.arborescence_log_partition,
+        ops.arborescence_marginals,
+        ops.max_arborescence,
+        ops.sample_arborescence,
+        ops.sinkhorn,
+        ops.max_assignment,
+        ops.log_permanent,
+        ops.permutation_marginals,
+    ],
+)
+def test_ops_reject_bad_matrices(fn):
+    for bad in (
+        torch.zeros(4, 3),
+        torch.zeros(4),
+        torch.zeros(0, 0),
+        torch.zeros(3, 3, dtype=torch.long),
+        torch.zeros(3, 3, dtype=torch.float16),
+        [[0.0, 1.0], [1.0, 0.0]],
+    ):
+        with pytest.raises(ValueError, match="logits|weights|log_alpha"):
+            fn(bad)
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: RelaxedSpanningTree(torch.zeros(4, 4, dtype=torch.long), 2.7), "float32 or float64"),
+        (lambda: SpanningTree(torch.zeros(4, 4, dtype=torch.int32)), "float32 or float64"),
+        (lambda: RelaxedTopK(torch.zeros(5, dtype=torch.long), 2, 0.5), "float32 or float64"),
+        (lambda: RelaxedSpanningTree([[0.0, 1.0], [1.0, 0.0]], 0.5), "torch.Tensor"),
+        (lambda: KSubset([0.0, 1.0], 1), "torch.Tensor"),
+        (lambda: RelaxedArborescence([[0.0, 1.0], [1.0, 0.0]], 0.5), "torch.Tensor"),
+        (lambda: RelaxedSpanningTree(torch.zeros(3, 4, 4), torch.ones(2)), "temperature"),
+        (lambda: RelaxedTopK(torch.zeros(3, 5), 2, torch.ones(4)), "temperature"),
+        (lambda: RelaxedSpanningTree(torch.zeros(0, 0), 0.5), "logits"),
+        (lambda: RelaxedTopK(torch.zeros(0), 0, 0.5), "logits"),
+        (lambda: GumbelSinkhorn(torch.zeros(4, 4, dtype=torch.float16), 0.5), "float32 or float64"),
+        (lambda: GumbelSinkhorn(torch.zeros(4, 4), 0.5, tol="small"), "tol"),
+        (lambda: GumbelSinkhorn(torch.zeros(4, 4), 0.5, tol=-1.0), "tol"),
+        (lambda: RelaxedSpanningTree(torch.zeros(4, 4), "hot"), "temperature"),
+    ],
+)
+def test_distributions_reject_bad_arguments(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_temperature_keeps_its_value():
+    assert RelaxedSpanningTree(torch.zeros(4, 4), 2.7).temperature.item() == pytest.approx(2.7)
+    assert RelaxedTopK(torch.zeros(5, dtype=torch.float64), 2, 0.5).temperature.item() == 0.5
+
+
+def test_tol_accepts_numpy_scalars_and_0d_tensors():
+    logits = randn(5, 5, seed=20)
+    expected = GumbelSinkhorn(logits, 0.5, tol=1e-6).relax(logits)
+    for tol in (np.float64(1e-6), np.float32(1e-6), torch.tensor(1e-6)):
+        d = GumbelSinkhorn(logits, 0.5, tol=tol)
+        assert isinstance(d.tol, float)
+        torch.testing.assert_close(d.relax(logits), expected, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(ops.sinkhorn(logits, tol=tol)[0], ops.sinkhorn(logits)[0], rtol=1e-6, atol=1e-6)
+
+
+def test_minus_inf_on_ignored_entries_is_accepted_when_validating():
+    logits = randn(5, 5, seed=21)
+    masked = logits.clone()
+    masked.diagonal().fill_(-math.inf)
+    masked[:, 2] = -math.inf  # the root column is ignored too
+    for a, b in [
+        (RelaxedArborescence(masked, 0.5, root=2, validate_args=True), RelaxedArborescence(logits, 0.5, root=2)),
+        (Arborescence(masked, root=2, validate_args=True), Arborescence(logits, root=2)),
+    ]:
+        torch.testing.assert_close(a.log_partition, b.log_partition)
+        torch.testing.assert_close(a.marginals, b.marginals)
+        assert torch.equal(a.mode, b.mode)
+    with pytest.raises(ValueError, match="finite"):
+        RelaxedArborescence(
+            logits.masked_fill(torch.eye(5, dtype=torch.bool).roll(1, 0), -math.inf), 0.5, root=2, validate_args=True
+        )
+
+
+# ------------------------------------------------------------------ 7. single-root MAP with huge finite logits
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_single_root_map_is_exact_with_huge_finite_logits(seed):
+    theta = randn(5, 5, seed=seed, scale=2.0)
+    theta[seed % 5, (seed + 2) % 5] = -1e16
+    theta[(seed + 1) % 5, (seed + 3) % 5] = 1e15
+    for root in (0, 2):
+        ref = arborescence_family(theta.numpy(), root, True)
+        x = ops.max_arborescence(theta, root, True)
+        assert (x[root].sum() == 1) and (theta * x).sum().item() == ref.max_score
+
+
+# ------------------------------------------------------------------ 8. the natural spanning-tree guide
+
+
+def test_spanning_tree_reads_the_upper_triangle_of_any_square_logits():
+    logits = randn(5, 5, seed=22)
+    sym = ops.symmetrize_upper(logits)
+    a, b = RelaxedSpanningTree(logits, 0.5, validate_args=True), RelaxedSpanningTree(sym, 0.5)
+    torch.testing.assert_close(a.log_partition, b.log_partition)
+    torch.testing.assert_close(a.marginals, b.marginals)
+    assert torch.equal(a.mode, b.mode)
+    assert a.log_partition.item() == pytest.approx(spanning_tree_family(sym.numpy()).log_partition)
+
+
+def test_natural_spanning_tree_guide_trains_with_validation():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    n = 5
+    truth = torch.zeros(n, n)
+    for j in range(1, n):
+        truth[j - 1, j] = truth[j, j - 1] = 1
+    data = truth + 0.3 * torch.randn(10, n, n)
+
+    def model():
+        tree = pyro.sample("tree", RelaxedSpanningTree(torch.zeros(n, n), 0.5))
+        with pyro.plate("obs", len(data)):
+            pyro.sample("y", pdist.Normal(tree, 0.3).to_event(2), obs=data)
+
+    def guide():
+        pyro.sample("tree", RelaxedSpanningTree(pyro.param("w", torch.zeros(n, n)), 0.5))
+
+    with pyro.validation_enabled(True):
+        svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.1}), pyro.infer.Trace_ELBO())
+        for _ in range(200):
+            svi.step()
+    assert torch.equal(RelaxedSpanningTree(pyro.param("w").detach(), 0.5).mode, truth)
