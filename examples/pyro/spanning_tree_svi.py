@@ -29,8 +29,8 @@ def model(data, temperature):
 
 def guide(data, temperature):
     n = data.shape[-1]
-    logits = pyro.param("edge_logits", torch.zeros(n, n))
-    pyro.sample("tree", RelaxedSpanningTree(ops.symmetrize_upper(logits), temperature))
+    # Any square parameter works: the distribution reads its strict upper triangle.
+    pyro.sample("tree", RelaxedSpanningTree(pyro.param("edge_logits", torch.zeros(n, n)), temperature))
 
 
 def precision_recall(estimate, truth):
@@ -50,8 +50,7 @@ def main(args):
         loss = svi.step(data, args.temperature)
         if step % max(args.steps // 10, 1) == 0 or step == args.steps - 1:
             print(f"step {step:5d}  loss {loss:12.3f}", flush=True)
-    logits = ops.symmetrize_upper(pyro.param("edge_logits").detach())
-    estimate = RelaxedSpanningTree(logits, args.temperature).mode
+    estimate = RelaxedSpanningTree(pyro.param("edge_logits").detach(), args.temperature).mode
     precision, recall = precision_recall(estimate, truth)
     print(f"recovered tree: edge precision {precision:.3f}, recall {recall:.3f}")
     return precision, recall
