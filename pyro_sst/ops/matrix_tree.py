@@ -36,12 +36,16 @@ so no double backward through ``slogdet`` is ever needed.
 
 When weights spread so far that :math:`M` is singular in floating point (a
 cluster of nodes joined by edges :math:`e^{60}` times heavier than its links to
-the rest), the inverse is meaningless. Those batch elements fall back to an
-exact log-space Gaussian elimination (Kron reduction, the GTH trick): eliminating
-node :math:`k` adds :math:`w_{ik} w_{kj} / d_k` to every remaining weight, a sum
-of positive terms with no cancellation, and the log-determinant is the sum of
-the log pivots :math:`\log d_k`. Its gradient (the marginals) and their backward
-are taken by autograd on those elements only. For ``single_root`` the root's
+the rest, the common case for :math:`U / t` at low temperature), the inverse is
+meaningless. A float32 element is first retried with a float64 inverse; what
+still fails falls back to an exact log-space Gaussian elimination (Kron
+reduction, the GTH trick): eliminating node :math:`k` adds
+:math:`w_{ik} w_{kj} / d_k` to every remaining weight, a sum of positive terms with
+no cancellation, and the log-determinant is the sum of the log pivots
+:math:`\log d_k`. Its marginals come from an explicit reverse pass in probability
+units (see :func:`_reverse`) and their backward from the forward-mode derivative
+of that pass: :math:`O(n^3)` time and saved memory, no autograd graph.
+For ``single_root`` the root's
 out-edges are scaled by :math:`s = e^{-c}`, so that
 :math:`Z(s) = s Z_1 + s^2 Z_2 + \dots` and :math:`\log Z_1 = \log Z(s) + c` up to a
 relative error below :math:`e^{-60}`; ``c`` is chosen per batch element from the
@@ -57,21 +61,12 @@ independently of the others. The data-dependent branches live inside custom
 autograd Functions, so ``torch.jit.trace`` records them as calls and re-runs them.
 """
 
-import functools
 import math
 
 import torch
 from torch.autograd.function import once_differentiable
 
-from .logspace import (
-    check_nonempty,
-    fill_nan,
-    log_sum_exp,
-    nan_elements,
-    program_gradient,
-    program_hvp,
-    zeros_in_graph,
-)
+from .logspace import check_nonempty, fill_nan, log_sum_exp, nan_elements, zeros_in_graph
 from .validation import check_int, check_square
 
 __all__ = [
@@ -172,8 +167,14 @@ def _scaled_inverse(theta, root, single_root):
     return P, log_norm, M, B, _well_conditioned(M, B, info)
 
 
-def _elimination_log_partition(theta, root, single_root):
-    """Exact log-partition of ``(B, n, n)`` directed log-weights by log-space Kron reduction (float64)."""
+def _eliminate(theta, root, single_root, keep_steps=False):
+    """Log-space Kron reduction of ``(B, n, n)`` directed log-weights (float64).
+
+    Returns ``(log_z, steps, order)``; with ``keep_steps``, ``steps`` holds per eliminated
+    node what the reverse pass needs: the share of every reduced weight that was already
+    there (not created by the path through the node) and the node's parent distribution
+    ``pi``. ``order`` puts the root first.
+    """
     n = theta.shape[-1]
     order = [root] + [i for i in range(n) if i != root]
     X = theta.double()[..., order, :][..., :, order]
@@ -191,79 +192,191 @@ def _elimination_log_partition(theta, root, single_root):
         shift = torch.where(complete, spread + 2 * log_n, (n - 1) * spread + n * log_n) + 60.0
         X = torch.cat([X[..., :1, :] - shift[..., None, None], X[..., 1:, :]], dim=-2)
     total = X.new_zeros(X.shape[:-2])
+    steps = []
     for k in range(n - 1, 0, -1):
         into_k = X[..., :k, k]
-        out_of_k = X[..., k, :k]
         log_pivot = log_sum_exp(into_k, -1)
         total = total + log_pivot
-        # A zero pivot means no tree exists (total is -inf); keep -inf - (-inf) from making NaN.
-        connected = torch.isfinite(log_pivot)[..., None, None]
-        fill = into_k[..., :, None] + out_of_k[..., None, :] - torch.where(connected, log_pivot[..., None, None], 0)
-        X = log_sum_exp(torch.stack([X[..., :k, :k], fill.masked_fill(~connected, -math.inf)]), 0)
+        # A zero pivot (no tree) leaves every into_k at -inf: keep -inf - (-inf) from making NaN.
+        log_pi = into_k - torch.where(torch.isfinite(log_pivot), log_pivot, 0)[..., None]
+        old = X[..., :k, :k]
+        X = torch.logaddexp(old, log_pi[..., :, None] + X[..., k, None, :k])
+        if keep_steps:
+            steps.append(((old - X).exp_().nan_to_num_(0.0), log_pi.exp()))  # share: NaN where both are absent
     log_z = total + shift
     if single_root:
         # If Z_1 > 0 then log Z_1 >= (n - 1) * smallest; if Z_1 = 0 the bound above puts the value 60 below.
         log_z = log_z.masked_fill(log_z < (n - 1) * smallest - 30.0, -math.inf)
-    return log_z
+    return log_z, steps, order
+
+
+def _step_tangents(steps, dX):
+    """Directional derivatives of each step's ``(share, pi)`` along ``dX`` (log-weights in elimination order)."""
+    tangents = []
+    for share, pi in steps:
+        k = pi.shape[-1]
+        d_log_pi = dX[..., :k, k] - (pi * dX[..., :k, k]).sum(-1, keepdim=True)
+        d_via_k = d_log_pi[..., :, None] + dX[..., k, None, :k]
+        d_diff = dX[..., :k, :k] - d_via_k
+        dX = d_via_k + share * d_diff
+        tangents.append((share * (1 - share) * d_diff, pi * d_log_pi))
+    return tangents
+
+
+def _reverse(steps, tangents=None):
+    r"""Marginals (and their directional derivative) from the elimination steps, in elimination order.
+
+    Undoing the elimination of node :math:`k`, which replaced :math:`w_{ij}` by
+    :math:`w'_{ij} = w_{ij} + \pi_i w_{kj}`: given the marginals :math:`\mu'` of the reduced
+    graph and the share :math:`f_{ij} = w_{ij} / w'_{ij}`, with :math:`T = \mu' (1 - f)`,
+
+    .. math::
+
+        \mu_{ij} = \mu'_{ij} f_{ij}, \qquad \mu_{kj} = \sum_i T_{ij}, \qquad
+        \mu_{ik} = \pi_i \Big(1 - \sum_{l, j} T_{lj}\Big) + \sum_j T_{ij}.
+
+    Every quantity is a probability or an expected count: no cancellation at any spread.
+    """
+    share, pi = steps[0]
+    n = pi.shape[-1] + 1
+    mu = pi.new_zeros(pi.shape[:-1] + (n, n))
+    d_mu = None if tangents is None else torch.zeros_like(mu)
+    for i in range(len(steps) - 1, -1, -1):
+        share, pi = steps[i]
+        k = pi.shape[-1]
+        top = mu[..., :k, :k]
+        through_k = top - top * share
+        through_total = through_k.sum((-2, -1))[..., None]
+        if d_mu is not None:
+            d_share, d_pi = tangents[i]
+            d_top = d_mu[..., :k, :k]
+            d_through_k = d_top - d_top * share - top * d_share
+            d_into_k = d_pi * (1 - through_total) - pi * d_through_k.sum((-2, -1))[..., None]
+            d_mu[..., :k, k] = d_into_k + d_through_k.sum(-1)
+            d_mu[..., k, :k] = d_through_k.sum(-2)
+            d_top.mul_(share).add_(top * d_share)
+        mu[..., :k, k] = pi * (1 - through_total) + through_k.sum(-1)
+        mu[..., k, :k] = through_k.sum(-2)
+        top.mul_(share)
+    return mu, d_mu
+
+
+def _permute(x, order):
+    return x[..., order, :][..., :, order]
+
+
+def _elimination_marginals(theta, root, single_root):
+    """Log-partition, exact marginals and the elimination steps of ``(B, n, n)`` directed log-weights (float64)."""
+    log_z, steps, order = _eliminate(theta, root, single_root, keep_steps=True)
+    mu, _ = _reverse(steps)
+    return log_z, _permute(mu, sorted(range(len(order)), key=order.__getitem__)), (steps, order)
+
+
+def _elimination_hvp(elimination, v):
+    """The Hessian-vector product of the log-partition: the marginals' derivative along ``v``.
+
+    Forward mode through the saved steps of :func:`_elimination_marginals` and its reverse pass,
+    so there is no autograd graph and no second elimination.
+    """
+    steps, order = elimination
+    _, d_mu = _reverse(steps, _step_tangents(steps, _permute(v.double(), order)))
+    return _permute(d_mu, sorted(range(len(order)), key=order.__getitem__))
 
 
 _STRUCTURE = "spanning tree or arborescence"
 
 
-def _elimination(root, single_root):
-    return functools.partial(_elimination_log_partition, root=root, single_root=single_root)
+def _inverse_marginals(theta, root, single_root):
+    """``(mu, P, B, ok)`` by the explicit inverse formula; ``mu`` and ``B`` are zero where ``ok`` fails."""
+    P, _, _, B, ok = _scaled_inverse(theta, root, single_root)
+    B = torch.where(ok[..., None, None], B, 0)
+    mu = torch.where(ok[..., None, None], P * _laplacian_adjoint(B.mT, root, single_root), 0)
+    return mu, P, B, ok
+
+
+def _inverse_hvp(grad_mu, mu, P, B, ok, root, single_root):
+    """The backward of :func:`_inverse_marginals` (zero where ``ok`` fails)."""
+    # mu = P * A(B^T): d<G, mu>/dB^T = A*(G * P); through B = M^{-1}:
+    # dM = -B^T dB B^T; M = A*(P) gives d/dP = A(dM); theta enters as P * d/dP.
+    grad_Bt = _laplacian_map(grad_mu * P, root, single_root)
+    grad_M = -B.mT @ grad_Bt.mT @ B.mT
+    grad = grad_mu * mu + P * _laplacian_adjoint(grad_M, root, single_root)
+    return torch.where(ok[..., None, None], grad, 0)
 
 
 class _MatrixTreeMarginals(torch.autograd.Function):
-    """Marginals of ``(B, n, n)`` directed log-weights: explicit inverse, log-space elimination where singular.
+    """Marginals of ``(B, n, n)`` directed log-weights, each batch element by the cheapest exact path.
 
-    The backward is the explicit Hessian-vector product on the inverse path and
-    second-order autograd of the elimination on the other elements.
+    1. The explicit inverse in the input's dtype, where its condition test passes;
+    2. for float32 input, the float64 inverse of the rejected elements (on a CPU it costs
+       about as much as float32, and its test passes up to ~1e4 times worse conditioning);
+    3. log-space elimination with its explicit reverse pass for the rest.
+
+    The backward is the explicit Hessian-vector product on the inverse paths and the
+    forward-mode derivative of the elimination's reverse pass on the other elements.
     """
 
     @staticmethod
     def forward(ctx, theta, root, single_root):
-        P, _, _, B, ok = _scaled_inverse(theta, root, single_root)
-        B = torch.where(ok[..., None, None], B, 0)
-        mu = P * _laplacian_adjoint(B.mT, root, single_root)
-        mu = torch.where(ok[..., None, None], mu, 0)
-        if not bool(ok.all()):
-            bad = theta[~ok]
-            _, log_z, mu_bad = program_gradient(_elimination(root, single_root), bad)
+        mu, *inverse = _inverse_marginals(theta, root, single_root)
+        ctx.tiers = [(None, mu, *inverse)]
+        rest = (~inverse[-1]).nonzero().squeeze(-1)
+        if rest.numel() and theta.dtype != torch.float64:
+            mu64, *inverse64 = _inverse_marginals(theta[rest].double(), root, single_root)
+            mu[rest] = mu64.to(mu.dtype)
+            ctx.tiers.append((rest, mu64, *inverse64))
+            rest = rest[~inverse64[-1]]
+        ctx.rest = rest
+        if rest.numel():
+            bad = theta[rest]
+            log_z, mu_bad, ctx.elimination = _elimination_marginals(bad, root, single_root)
             check_nonempty(log_z, _STRUCTURE)
-            mu[~ok] = mu_bad.to(mu.dtype).masked_fill(~torch.isfinite(bad), 0)
-        ctx.save_for_backward(theta, P, B, mu, ok)
+            mu[rest] = mu_bad.to(mu.dtype).masked_fill(~torch.isfinite(bad), 0)
+        ctx.save_for_backward(theta)
         ctx.root, ctx.single_root = root, single_root
         return mu
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_mu):
-        theta, P, B, mu, ok = ctx.saved_tensors
-        root, single_root = ctx.root, ctx.single_root
-        # mu = P * A(B^T): d<G, mu>/dB^T = A*(G * P); through B = M^{-1}:
-        # dM = -B^T dB B^T; M = A*(P) gives d/dP = A(dM); theta enters as P * d/dP.
-        grad_Bt = _laplacian_map(grad_mu * P, root, single_root)
-        grad_M = -B.mT @ grad_Bt.mT @ B.mT
-        grad = grad_mu * mu + P * _laplacian_adjoint(grad_M, root, single_root)
-        grad = torch.where(ok[..., None, None], grad, 0)
-        if not bool(ok.all()):
-            hvp = program_hvp(_elimination(root, single_root), theta[~ok], grad_mu[~ok].double())
-            grad[~ok] = hvp.to(grad.dtype).masked_fill(~torch.isfinite(theta[~ok]), 0)
+        (theta,) = ctx.saved_tensors
+        root, single_root, rest = ctx.root, ctx.single_root, ctx.rest
+        grad = torch.zeros_like(theta)
+        for index, *tier in ctx.tiers:
+            if index is None:
+                grad = _inverse_hvp(grad_mu, *tier, root, single_root)
+            else:
+                ok = tier[-1]
+                hvp = _inverse_hvp(grad_mu[index].to(tier[0].dtype), *tier, root, single_root)
+                grad[index[ok]] = hvp[ok].to(grad.dtype)
+        if rest.numel():
+            bad = theta[rest]
+            hvp = _elimination_hvp(ctx.elimination, grad_mu[rest].masked_fill(~torch.isfinite(bad), 0))
+            grad[rest] = hvp.to(grad.dtype).masked_fill(~torch.isfinite(bad), 0)
         return grad, None, None
 
 
+def _determinant_log_partition(theta, root, single_root):
+    """Log-partition by ``slogdet`` of the scaled minor, and the mask of elements where it can be trusted."""
+    _, log_norm, M, _, ok = _scaled_inverse(theta, root, single_root)
+    sign, logabsdet = torch.linalg.slogdet(M)
+    return logabsdet + log_norm.sum(-1), ok & (sign > 0)
+
+
 class _LogPartition(torch.autograd.Function):
-    """Log-partition of ``(B, n, n)`` directed log-weights; its backward is the (differentiable) marginals."""
+    """Log-partition of ``(B, n, n)`` directed log-weights (same tiers as the marginals); its backward is the
+    (differentiable) marginals."""
 
     @staticmethod
     def forward(ctx, theta, root, single_root):
-        _, log_norm, M, _, ok = _scaled_inverse(theta, root, single_root)
-        sign, logabsdet = torch.linalg.slogdet(M)
-        ok = ok & (sign > 0)
-        log_z = logabsdet + log_norm.sum(-1)
-        if not bool(ok.all()):
-            log_z[~ok] = _elimination_log_partition(theta[~ok], root, single_root).to(log_z.dtype)
+        log_z, ok = _determinant_log_partition(theta, root, single_root)
+        rest = (~ok).nonzero().squeeze(-1)
+        if rest.numel() and theta.dtype != torch.float64:
+            log_z64, ok64 = _determinant_log_partition(theta[rest].double(), root, single_root)
+            log_z[rest] = log_z64.to(log_z.dtype)
+            rest = rest[~ok64]
+        if rest.numel():
+            log_z[rest] = _eliminate(theta[rest], root, single_root)[0].to(log_z.dtype)
         ctx.save_for_backward(theta)
         ctx.root, ctx.single_root = root, single_root
         return log_z
