@@ -1,6 +1,7 @@
 """Permutations: Sinkhorn, assignment, log-permanent and GumbelSinkhorn against brute force and scipy."""
 
 import math
+import warnings
 
 import numpy as np
 import pyro
@@ -230,3 +231,42 @@ def test_svi_gumbel_sinkhorn_recovers_permutation(elbo, backward):
     for _ in range(200):
         svi.step()
     assert torch.equal(factory(pyro.param("q_logits").detach()).mode, truth)
+
+
+@pytest.mark.parametrize("n", [12, 20, 50])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gumbel_sinkhorn_defaults_converge_down_to_temperature_0_1(n, dtype):
+    g = torch.Generator().manual_seed(n)
+    logits = torch.randn(8, n, n, generator=g, dtype=dtype)
+    for t in (1.0, 0.5, 0.2, 0.1):
+        d = GumbelSinkhorn(logits, t)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            x = d.relax(d.sample_utilities()).double()
+        tol = 1e-6 if dtype == torch.float64 else 1e-5
+        assert (x.sum(-1) - 1).abs().max() < tol and (x.sum(-2) - 1).abs().max() < tol
+
+
+def test_gumbel_sinkhorn_warns_when_the_cap_is_hit():
+    logits = torch.randn(4, 20, 20, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    d = GumbelSinkhorn(logits, 0.1, n_iters=3, backward="unrolled")
+    with pytest.warns(RuntimeWarning, match="residual"):
+        d.rsample()
+
+
+def test_implicit_sinkhorn_memory_does_not_grow_with_iterations():
+    logits = torch.randn(4, 20, 20, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    logits.requires_grad_()
+    saved = {}
+    for n_iters in (1, 20, 500):
+        total = 0
+
+        def pack(t):
+            nonlocal total
+            total += t.numel()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            ops.sinkhorn(logits / 0.2, n_iters, 0.0, "implicit")
+        saved[n_iters] = total
+    assert saved[1] == saved[20] == saved[500]

@@ -1,5 +1,8 @@
 r"""Permutations: Gumbel-Sinkhorn (the SST over the Birkhoff polytope)."""
 
+import warnings
+
+import torch
 from torch.distributions.kl import register_kl
 
 from .. import ops
@@ -40,18 +43,21 @@ class GumbelSinkhorn(PermutationStructure, PerturbAndRelax):
 
     .. math:: X_t = \arg\max_{P \in \mathcal B_n} \langle U, P\rangle + t H(P) = S(U / t),
 
-    computed by log-domain Sinkhorn (:func:`pyro_sst.ops.sinkhorn`) with at most
-    ``n_iters`` iterations, stopping once the rows sum to 1 within ``tol``
-    (columns always do). ``log_partition`` and ``marginals`` are the exponential
-    family's over permutations: exact for ``n <= 12``, Bethe beyond, so
+    computed by :func:`pyro_sst.ops.sinkhorn` (by default Newton's method on the
+    Sinkhorn dual, at most ``n_iters`` steps, stopping once the rows sum to 1
+    within ``tol``; columns always do). If an element stops at the cap with a
+    larger residual, a ``RuntimeWarning`` names the residual (never silently).
+    ``log_partition`` and ``marginals`` are the exponential family's over
+    permutations: exact for ``n <= 12``, Bethe beyond, so
     ``log_prob`` of a hard value is exact for ``n <= 12``.
 
     :param torch.Tensor logits: ``(..., n, n)``.
     :param temperature: positive scalar or tensor broadcastable to the batch shape.
-    :param int n_iters: Sinkhorn iteration cap.
-    :param float tol: Sinkhorn convergence tolerance on the row sums.
-    :param str backward: ``"unrolled"`` (differentiate the iterations) or ``"implicit"``
-        (differentiate the fixed point; memory independent of ``n_iters``).
+    :param int n_iters: cap on Newton steps (``"implicit"``) or Sinkhorn sweeps (``"unrolled"``).
+    :param float tol: convergence tolerance on the row sums.
+    :param str backward: ``"implicit"`` (default: Newton to the fixed point, whose
+        derivative is taken; memory independent of ``n_iters``) or ``"unrolled"``
+        (plain sweeps, differentiated through).
     :param str noise: ``"gumbel"`` (default), ``"gaussian"`` or ``"negative_exponential"``.
     :param bool straight_through: hard forward value, relaxed gradient.
     """
@@ -65,7 +71,7 @@ class GumbelSinkhorn(PermutationStructure, PerturbAndRelax):
         *,
         n_iters=100,
         tol=1e-6,
-        backward="unrolled",
+        backward="implicit",
         noise="gumbel",
         straight_through=False,
         validate_args=None,
@@ -75,7 +81,17 @@ class GumbelSinkhorn(PermutationStructure, PerturbAndRelax):
         super().__init__(logits, temperature, noise, straight_through, validate_args)
 
     def _relax(self, scores):
-        return ops.sinkhorn(scores, self.n_iters, self.tol, self.backward)[0]
+        p, residual = ops.sinkhorn(scores, self.n_iters, self.tol, self.backward)
+        if not torch.jit.is_tracing():  # a traced graph has no Python left to warn from
+            worst = residual.detach().max().item() if residual.numel() else 0.0
+            if worst > self.tol:
+                warnings.warn(
+                    f"GumbelSinkhorn: stopped at n_iters={self.n_iters} with row residual {worst:.3g} > "
+                    f"tol={self.tol:g}; raise n_iters or the temperature",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+        return p
 
     @property
     def support(self):

@@ -71,6 +71,53 @@ def _sinkhorn_iterations(log_alpha, n_iters, tol):
     return log_p, residual
 
 
+def _sinkhorn_newton(log_alpha, max_steps, tol):
+    r"""The Sinkhorn fixed point by Newton's method on the dual (float64 inside), each element until ``tol``.
+
+    With columns normalised for row potentials :math:`f`, the dual
+    :math:`\psi(f) = \sum_j \operatorname{logsumexp}_i (X_{ij} + f_i) - \sum_i f_i` is convex with
+    gradient :math:`r - 1` (the row sums) and Hessian :math:`\operatorname{diag}(r) - P P^\top`, singular
+    along the gauge :math:`f + c`. Each step solves
+    :math:`(\operatorname{diag}(r) - P P^\top + \tfrac1n 1 1^\top + \|r - 1\|_\infty^2 I)\,\delta = 1 - r`
+    (the damping vanishes at the solution, so convergence stays quadratic) with a backtracking
+    (Armijo) line search on :math:`\psi`; where the solve breaks down, a plain sweep. Where plain
+    Sinkhorn needs thousands of sweeps near a vertex (low temperature), this takes 5-50 steps of one
+    ``n x n`` solve each.
+    """
+    X = log_alpha.double()
+    n = X.shape[-1]
+    f = -torch.logsumexp(X, -1)
+    gauge = torch.full((n, n), 1.0 / n, dtype=X.dtype, device=X.device)
+
+    def dual(f):
+        return torch.logsumexp(X + f[..., :, None], -2).sum(-1) - f.sum(-1)
+
+    for step in range(max_steps + 1):
+        log_p = X + f[..., :, None]
+        log_p = log_p - torch.logsumexp(log_p, -2, keepdim=True)
+        p = log_p.exp()
+        rows = p.sum(-1)
+        residual = (rows - 1).abs().amax(-1)
+        active = residual > tol  # NaN elements are never active
+        if not bool(active.any()) or step == max_steps:
+            break
+        hessian = torch.diag_embed(rows + residual[..., None] ** 2) - p @ p.mT + gauge
+        delta = -torch.linalg.solve_ex(hessian, (rows - 1)[..., None])[0].squeeze(-1)
+        slope = ((rows - 1) * delta).sum(-1)
+        base, alpha = dual(f), torch.ones_like(residual)
+        rounding = 8 * torch.finfo(X.dtype).eps * base.abs()  # near the optimum the decrease is below rounding
+        for _ in range(40):
+            accepted = dual(f + alpha[..., None] * delta) <= base + 1e-4 * alpha * slope + rounding
+            if bool(accepted.all()):
+                break
+            alpha = torch.where(accepted, alpha, alpha / 2)
+        # Where the solve broke down (a numerically singular system) take a plain Sinkhorn sweep instead.
+        newton = f + alpha[..., None] * delta
+        sweep = f - rows.log()
+        f = torch.where(active[..., None], torch.where(accepted[..., None], newton, sweep), f)
+    return log_p.to(log_alpha.dtype), residual.to(log_alpha.dtype)
+
+
 class _ImplicitSinkhorn(torch.autograd.Function):
     r"""Sinkhorn with the backward of its fixed point (memory independent of the iteration count).
 
@@ -91,7 +138,7 @@ class _ImplicitSinkhorn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, log_alpha, n_iters, tol):
-        log_p, residual = _sinkhorn_iterations(log_alpha, n_iters, tol)
+        log_p, residual = _sinkhorn_newton(log_alpha, n_iters, tol)
         p = log_p.exp()
         ctx.save_for_backward(p)
         ctx.mark_non_differentiable(residual)
@@ -112,7 +159,7 @@ class _ImplicitSinkhorn(torch.autograd.Function):
         return p * (grad_p - lam[..., :, None] - kappa[..., None, :]), None, None
 
 
-def sinkhorn(log_alpha, n_iters=100, tol=1e-6, backward="unrolled"):
+def sinkhorn(log_alpha, n_iters=100, tol=1e-6, backward="implicit"):
     r"""Log-domain Sinkhorn (Mena et al., 2018): the doubly stochastic scaling of :math:`e^{X}`.
 
     .. math::
@@ -122,13 +169,15 @@ def sinkhorn(log_alpha, n_iters=100, tol=1e-6, backward="unrolled"):
         \mathcal T_c(X) = X - \operatorname{logsumexp}_i X_{ij},
 
     the maximiser of :math:`\langle X, P\rangle + H(P)` over the Birkhoff polytope.
-    Iterates at most ``n_iters`` times, stopping once every row sum is within
-    ``tol`` of 1 (columns sum to 1 after every iteration).
 
-    :param backward: ``"unrolled"`` differentiates through the iterations (the
-        exact derivative of what is returned; memory grows with the iterations);
-        ``"implicit"`` differentiates the fixed point (constant memory; exact once
-        converged, see :class:`_ImplicitSinkhorn`).
+    :param backward: ``"implicit"`` (default) solves for the fixed point by Newton's
+        method on the dual (:func:`_sinkhorn_newton`; at most ``n_iters`` steps, each
+        element until its row sums are within ``tol`` of 1; converges at temperatures
+        where plain sweeps take thousands of iterations) and differentiates the fixed
+        point (:class:`_ImplicitSinkhorn`; constant memory, exact once converged).
+        ``"unrolled"`` runs at most ``n_iters`` plain row/column sweeps with the same
+        stopping rule and differentiates through them (the exact derivative of what
+        is returned; memory grows with the iterations; slow to converge near a vertex).
     :returns: ``(P, residual)``: ``P`` of the input's shape, and ``residual``
         (shape ``log_alpha.shape[:-2]``), the largest ``|row sum - 1|`` at the end.
     """
