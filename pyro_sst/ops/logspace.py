@@ -38,9 +38,13 @@ def zeros_in_graph(x):
     return x.masked_fill(torch.ones_like(x, dtype=torch.bool), 0)
 
 
-def nan_elements(x, event_dim):
-    """Batch mask of the elements of ``x`` with a NaN anywhere in their last ``event_dim`` dims."""
-    return torch.isnan(x).flatten(x.dim() - event_dim).any(-1) if event_dim else torch.isnan(x)
+def mask_nan_elements(x, event_dim):
+    """``(x with its NaN batch elements set to 0, their mask)``: compute on the first, then :func:`fill_nan`.
+
+    A batch element is NaN if a NaN is anywhere in its last ``event_dim`` dims.
+    """
+    nan = torch.isnan(x).flatten(x.dim() - event_dim).any(-1) if event_dim else torch.isnan(x)
+    return x.masked_fill(nan.reshape(nan.shape + (1,) * event_dim), 0), nan
 
 
 def fill_nan(out, mask, event_dim):

@@ -66,7 +66,7 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
-from .logspace import check_nonempty, fill_nan, log_sum_exp, nan_elements, zeros_in_graph
+from .logspace import check_nonempty, fill_nan, log_sum_exp, mask_nan_elements, zeros_in_graph
 from .validation import check_int, check_square
 
 __all__ = [
@@ -242,9 +242,9 @@ def _reverse(steps, tangents=None):
 
     Every quantity is a probability or an expected count: no cancellation at any spread.
     """
-    share, pi = steps[0]
-    n = pi.shape[-1] + 1
-    mu = pi.new_zeros(pi.shape[:-1] + (n, n))
+    first_pi = steps[0][1]
+    n = first_pi.shape[-1] + 1
+    mu = first_pi.new_zeros(first_pi.shape[:-1] + (n, n))
     d_mu = None if tangents is None else torch.zeros_like(mu)
     for i in range(len(steps) - 1, -1, -1):
         share, pi = steps[i]
@@ -271,10 +271,14 @@ def _permute(x, order):
 
 
 def _elimination_marginals(theta, root, single_root):
-    """Log-partition, exact marginals and the elimination steps of ``(B, n, n)`` directed log-weights (float64)."""
+    """Log-partition, exact marginals and the elimination state of ``(B, n, n)`` directed log-weights (float64).
+
+    The state (the steps, the elimination order and its inverse) serves :func:`_elimination_hvp`.
+    """
     log_z, steps, order = _eliminate(theta, root, single_root, keep_steps=True)
     mu, _ = _reverse(steps)
-    return log_z, _permute(mu, sorted(range(len(order)), key=order.__getitem__)), (steps, order)
+    inverse = sorted(range(len(order)), key=order.__getitem__)
+    return log_z, _permute(mu, inverse), (steps, order, inverse)
 
 
 def _elimination_hvp(elimination, v):
@@ -283,9 +287,9 @@ def _elimination_hvp(elimination, v):
     Forward mode through the saved steps of :func:`_elimination_marginals` and its reverse pass,
     so there is no autograd graph and no second elimination.
     """
-    steps, order = elimination
+    steps, order, inverse = elimination
     _, d_mu = _reverse(steps, _step_tangents(steps, _permute(v.double(), order)))
-    return _permute(d_mu, sorted(range(len(order)), key=order.__getitem__))
+    return _permute(d_mu, inverse)
 
 
 _STRUCTURE = "spanning tree or arborescence"
@@ -309,6 +313,23 @@ def _inverse_hvp(grad_mu, mu, P, B, ok, root, single_root):
     return torch.where(ok[..., None, None], grad, 0)
 
 
+def _by_inverse_tiers(theta, direct):
+    """``direct(theta, out_dtype) -> (value, ok, state)`` in the input's dtype, then in float64 where rejected.
+
+    Returns the values (wrong where still rejected), the tiers ``[(index or None, state)]`` and the
+    indices of the elements that no inverse could be trusted for (they need the elimination).
+    """
+    value, ok, state = direct(theta, theta.dtype)
+    tiers = [(None, state)]
+    rest = (~ok).nonzero().squeeze(-1)
+    if rest.numel() and theta.dtype != torch.float64:
+        value64, ok64, state64 = direct(theta[rest].double(), theta.dtype)
+        value[rest] = value64.to(value.dtype)
+        tiers.append((rest, state64))
+        rest = rest[~ok64]
+    return value, tiers, rest
+
+
 class _MatrixTreeMarginals(torch.autograd.Function):
     """Marginals of ``(B, n, n)`` directed log-weights, each batch element by the cheapest exact path.
 
@@ -323,14 +344,11 @@ class _MatrixTreeMarginals(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, theta, root, single_root):
-        mu, *inverse = _inverse_marginals(theta, root, single_root)
-        ctx.tiers = [(None, mu, *inverse)]
-        rest = (~inverse[-1]).nonzero().squeeze(-1)
-        if rest.numel() and theta.dtype != torch.float64:
-            mu64, *inverse64 = _inverse_marginals(theta[rest].double(), root, single_root, theta.dtype)
-            mu[rest] = mu64.to(mu.dtype)
-            ctx.tiers.append((rest, mu64, *inverse64))
-            rest = rest[~inverse64[-1]]
+        def direct(t, out_dtype):
+            state = _inverse_marginals(t, root, single_root, out_dtype)
+            return state[0], state[-1], state
+
+        mu, ctx.tiers, rest = _by_inverse_tiers(theta, direct)
         ctx.rest = rest
         if rest.numel():
             bad = theta[rest]
@@ -346,14 +364,12 @@ class _MatrixTreeMarginals(torch.autograd.Function):
     def backward(ctx, grad_mu):
         (theta,) = ctx.saved_tensors
         root, single_root, rest = ctx.root, ctx.single_root, ctx.rest
-        grad = torch.zeros_like(theta)
-        for index, *tier in ctx.tiers:
-            if index is None:
-                grad = _inverse_hvp(grad_mu, *tier, root, single_root)
-            else:
-                ok = tier[-1]
-                hvp = _inverse_hvp(grad_mu[index].to(tier[0].dtype), *tier, root, single_root)
-                grad[index[ok]] = hvp[ok].to(grad.dtype)
+        (_, whole), *retried = ctx.tiers
+        grad = _inverse_hvp(grad_mu, *whole, root, single_root)
+        for index, tier in retried:
+            ok = tier[-1]
+            hvp = _inverse_hvp(grad_mu[index].to(tier[0].dtype), *tier, root, single_root)
+            grad[index[ok]] = hvp[ok].to(grad.dtype)
         if rest.numel():
             bad = theta[rest]
             hvp = _elimination_hvp(ctx.elimination, grad_mu[rest].masked_fill(~torch.isfinite(bad), 0))
@@ -374,12 +390,10 @@ class _LogPartition(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, theta, root, single_root):
-        log_z, ok = _determinant_log_partition(theta, root, single_root)
-        rest = (~ok).nonzero().squeeze(-1)
-        if rest.numel() and theta.dtype != torch.float64:
-            log_z64, ok64 = _determinant_log_partition(theta[rest].double(), root, single_root, theta.dtype)
-            log_z[rest] = log_z64.to(log_z.dtype)
-            rest = rest[~ok64]
+        def direct(t, out_dtype):
+            return *_determinant_log_partition(t, root, single_root, out_dtype), None
+
+        log_z, _, rest = _by_inverse_tiers(theta, direct)
         if rest.numel():
             log_z[rest] = _eliminate(theta[rest], root, single_root)[0].to(log_z.dtype)
         ctx.save_for_backward(theta)
@@ -409,8 +423,7 @@ def _apply_directed(function, logits, root, single_root, event_dim):
     """``function`` on the read entries of ``logits``, flattened to ``(B, n, n)``; NaN elements give NaN."""
     n = logits.shape[-1]
     theta = directed_log_weights(logits, root)
-    nan = nan_elements(theta, 2)
-    theta = theta.masked_fill(nan[..., None, None], 0)
+    theta, nan = mask_nan_elements(theta, 2)
     out = function.apply(theta.reshape(-1, n, n), root, single_root)
     return fill_nan(out.reshape(logits.shape[: logits.dim() - 2 + event_dim]), nan, event_dim)
 

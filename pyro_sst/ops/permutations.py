@@ -18,7 +18,7 @@ import math
 import numpy as np
 import torch
 
-from .logspace import fill_nan, gradient_marginals, log_sum_exp, nan_elements, program_log_partition
+from .logspace import fill_nan, gradient_marginals, log_sum_exp, mask_nan_elements, program_log_partition
 from .tracing import opaque_call
 from .validation import check_float, check_int, check_square
 
@@ -94,7 +94,8 @@ def _sinkhorn_newton(log_alpha, max_steps, tol):
 
     for step in range(max_steps + 1):
         log_p = X + f[..., :, None]
-        log_p = log_p - torch.logsumexp(log_p, -2, keepdim=True)
+        column_log_sums = torch.logsumexp(log_p, -2, keepdim=True)
+        log_p = log_p - column_log_sums
         p = log_p.exp()
         rows = p.sum(-1)
         residual = (rows - 1).abs().amax(-1)
@@ -104,7 +105,7 @@ def _sinkhorn_newton(log_alpha, max_steps, tol):
         hessian = torch.diag_embed(rows + residual[..., None] ** 2) - p @ p.mT + gauge
         delta = -torch.linalg.solve_ex(hessian, (rows - 1)[..., None])[0].squeeze(-1)
         slope = ((rows - 1) * delta).sum(-1)
-        base, alpha = dual(f), torch.ones_like(residual)
+        base, alpha = column_log_sums.sum((-2, -1)) - f.sum(-1), torch.ones_like(residual)  # dual(f)
         rounding = 8 * torch.finfo(X.dtype).eps * base.abs()  # near the optimum the decrease is below rounding
         for _ in range(40):
             accepted = dual(f + alpha[..., None] * delta) <= base + 1e-4 * alpha * slope + rounding
@@ -267,8 +268,7 @@ def bethe_log_permanent(logits, max_iters=2000):
 def _bethe_beliefs(logits, max_iters):
     """The Bethe fixed point, each batch element iterated until its own convergence (then frozen)."""
     tol = 1e-10 if logits.dtype == torch.float64 else 1e-6
-    nan = nan_elements(logits, 2)
-    theta = logits.masked_fill(nan[..., None, None], 0)
+    theta, nan = mask_nan_elements(logits, 2)
     g = theta.new_zeros(theta.shape[:-2] + theta.shape[-1:])
     gamma = torch.softmax(theta, -1)
     active = torch.ones(theta.shape[:-2], dtype=torch.bool, device=theta.device)

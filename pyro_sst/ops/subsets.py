@@ -36,7 +36,7 @@ from .logspace import (
     fill_nan,
     gradient_marginals,
     log_sum_exp,
-    nan_elements,
+    mask_nan_elements,
     program_log_partition,
     zeros_in_graph,
 )
@@ -179,8 +179,7 @@ def sample_k_subset(logits, k, sample_shape=(), generator=None):
 
 def _sample_k_subset(logits, k, sample_shape, generator):
     d = logits.shape[-1]
-    nan = nan_elements(logits, 1)
-    theta = logits.masked_fill(nan[..., None], 0)
+    theta, nan = mask_nan_elements(logits, 1)
     _check_enough_items(theta, k)
     reduced, k_reduced, offset = _reduced_problem(theta, k)
     levels = _polynomial_tree(reduced, k if offset is None else d - k)
@@ -204,8 +203,7 @@ def top_k_mask(utilities, k):
 
 
 def _top_k_mask(utilities, k):
-    nan = nan_elements(utilities, 1)
-    utilities = utilities.masked_fill(nan[..., None], 0)
+    utilities, nan = mask_nan_elements(utilities, 1)
     _check_enough_items(utilities, k, "utilities")
     order = torch.sort(utilities, dim=-1, descending=True, stable=True).indices
     mask = torch.zeros_like(utilities).scatter(-1, order[..., :k], 1.0)
@@ -239,8 +237,7 @@ def _threshold_relaxation(h, h_prime, bracket, v, k):
     d = v.shape[-1]
     if k in (0, d):
         return torch.full_like(v, float(k == d)).masked_fill(torch.isnan(v), math.nan) + zeros_in_graph(v)
-    nan = nan_elements(v, 1)
-    v = v.masked_fill(nan[..., None], 0)
+    v, nan = mask_nan_elements(v, 1)
     # Shift by the k-th largest score: tau lives near 0 and bisection keeps full relative precision.
     shift = opaque_call(functools.partial(_kth_largest, k=k), v)
     with torch.no_grad():

@@ -20,7 +20,7 @@ import functools
 import numpy as np
 import torch
 
-from .logspace import fill_nan, nan_elements
+from .logspace import fill_nan, mask_nan_elements
 from .matrix_tree import (
     _check_args,
     arborescence_log_partition,
@@ -101,8 +101,7 @@ def sample_arborescence(logits, root=0, single_root=False, sample_shape=(), gene
 def _sample_arborescence(logits, root, single_root, sample_shape, generator):
     n = logits.shape[-1]
     theta = directed_log_weights(logits, root)
-    nan = nan_elements(theta, 2)
-    theta = theta.masked_fill(nan[..., None, None], 0)
+    theta, nan = mask_nan_elements(theta, 2)
     theta = theta.expand(sample_shape + theta.shape).clone()
     for j in range(n):
         if j == root:
@@ -136,8 +135,7 @@ def max_spanning_tree(weights):
 def _prim(weights):
     shape, n = weights.shape, weights.shape[-1]
     W = symmetrize_upper(weights).reshape(-1, n, n)
-    nan = nan_elements(W, 2)
-    W = W.masked_fill(nan[:, None, None], 0)
+    W, nan = mask_nan_elements(W, 2)
     batch = torch.arange(W.shape[0], device=W.device)
     in_tree = torch.zeros(W.shape[0], n, dtype=torch.bool, device=W.device)
     in_tree[:, 0] = True
