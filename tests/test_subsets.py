@@ -52,6 +52,29 @@ def test_marginals_backward_is_exact():
     np.testing.assert_allclose(jac.numpy(), covariance, atol=1e-10)
 
 
+@pytest.mark.parametrize("k", [3, 6])  # 6 of 9 runs on the complement
+def test_linear_and_log_space_tiers_match_enumeration(k):
+    """A batch mixing an element the float64 linear pass takes and one only log space can resolve."""
+    from pyro_sst.ops.subsets import _linear_inside, _reduced_problem
+
+    gen = torch.Generator().manual_seed(k)
+    theta = torch.randn(2, 9, dtype=torch.float64, generator=gen) * torch.tensor([[2.0], [2000.0]], dtype=torch.float64)
+    reduced, k_reduced, _ = _reduced_problem(theta, k)
+    assert _linear_inside(reduced, int(k_reduced.max()), k_reduced)[-1].tolist() == [True, False]
+    theta.requires_grad_()
+    log_z, mu = ops.log_elementary_symmetric(theta, k), ops.subset_marginals(theta, k)
+    v = torch.randn(2, 9, dtype=torch.float64, generator=gen)
+    (hvp,) = torch.autograd.grad(mu, theta, v)
+    for b in range(2):
+        ref = family(theta[b].detach().numpy(), k)
+        assert abs(log_z[b].item() - ref.log_partition) < 1e-10 * max(1.0, abs(ref.log_partition))
+        np.testing.assert_allclose(mu[b].detach().numpy(), ref.marginals, atol=1e-10)
+        centred = ref.support - ref.marginals
+        covariance = (ref.probs[:, None, None] * centred[:, :, None] * centred[:, None, :]).sum(0)
+        np.testing.assert_allclose(hvp[b].numpy(), covariance @ v[b].numpy(), atol=1e-10)
+    assert torch.autograd.gradcheck(lambda t: ops.subset_marginals(t, k), (theta,))
+
+
 def test_exact_sampler_matches_enumeration():
     theta = torch.randn(6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     samples = ops.sample_k_subset(theta, 2, (40000,), generator=torch.Generator().manual_seed(2))

@@ -7,14 +7,23 @@ The exponential family :math:`q(x) \propto e^{\langle\theta, x\rangle}` over
 k-hot vectors has log-partition :math:`A(\theta) = \log e_k(e^{\theta})`, the
 elementary symmetric polynomial, i.e. the coefficient of :math:`z^k` in
 :math:`\prod_i (1 + e^{\theta_i} z)`. It is computed by multiplying the
-factors pairwise in a balanced tree, in log-space and truncated at degree
+factors pairwise in a balanced tree (the *inside* pass), truncated at degree
 ``k``: :math:`O(d k)` work like the sequential DP, but in
-:math:`\lceil\log_2 d\rceil` batched steps instead of ``d``. Every step is a
-max-shifted log-sum-exp, so nothing overflows; the marginals are the exact
-gradient of that computation, and their backward is exact second-order
-autograd (no finite differences). The same tree of partial polynomials drives
-the exact sampler: walking it top-down, each node splits its count between its
-two halves in proportion to the product of their coefficients.
+:math:`\lceil\log_2 d\rceil` batched steps instead of ``d``. The marginals
+:math:`\mu_i = e^{\theta_i} e_{k-1}(e^{\theta_{-i}}) / e_k` come from the
+matching *outside* pass down the same tree, and their backward (the Hessian-
+vector product of :math:`A`) is the forward-mode derivative of the two passes:
+no finite differences and no second-order autograd graph.
+
+Each batch element takes the cheapest exact path. The weights are scaled by
+:math:`e^{-c}`, ``c`` the mean of the top-``k`` logits, and the passes run in
+float64 linear space, where they add and multiply positive numbers only and so
+lose no relative precision, unless the coefficients span more than
+:math:`e^{600}` (very low temperatures); those elements run in log space,
+where every step is a max-shifted log-sum-exp. The log-space inside pass
+also drives the exact sampler: walking the tree top-down, each node splits
+its count between its two halves in proportion to the product of their
+coefficients.
 
 For ``k > d / 2`` everything runs on the complement,
 :math:`e_k(w) = \prod_i w_i \; e_{d-k}(1 / w)`, so the work is
@@ -31,17 +40,11 @@ import itertools
 import math
 
 import torch
+from torch.autograd.function import once_differentiable
 
-from .logspace import (
-    fill_nan,
-    gradient_marginals,
-    log_sum_exp,
-    mask_nan_elements,
-    program_log_partition,
-    zeros_in_graph,
-)
+from .logspace import check_nonempty, fill_nan, log_sum_exp, mask_nan_elements, zeros_in_graph
 from .noise import sample_noise
-from .tracing import opaque_call
+from .tracing import opaque_call, untraced
 from .validation import check_int, check_tensor
 
 __all__ = [
@@ -92,30 +95,6 @@ def _split_terms(left, right, totals):
     return torch.where((rest >= 0) & (rest < length), terms, torch.full_like(terms, -math.inf))
 
 
-def _multiply(left, right, k):
-    """Log-coefficients of the product of two truncated polynomials, ``(..., L)`` each."""
-    out_length = min(2 * (left.shape[-1] - 1), k) + 1
-    return log_sum_exp(_split_terms(left, right, torch.arange(out_length, device=left.device)), -1)
-
-
-def _polynomial_tree(logits, k):
-    """Levels of log-coefficients of :math:`\\prod_{i \\in \\text{block}} (1 + e^{\\theta_i} z)` up to degree k.
-
-    ``d`` is padded to a power of two ``2^m`` with absent items (``-inf`` logits,
-    factor 1); level ``l`` has shape ``(..., 2^(m - l), min(2^l, k) + 1)`` for the
-    blocks of ``2^l`` consecutive items, and the last level is the whole product.
-    """
-    d = int(logits.shape[-1])
-    width = 1 << max(d - 1, 0).bit_length()
-    theta = torch.nn.functional.pad(logits, (0, width - d), value=-math.inf)
-    level = torch.stack([torch.zeros_like(theta), theta], -1)[..., : min(k, 1) + 1]
-    levels = [level]
-    while level.shape[-2] > 1:
-        level = _multiply(level[..., 0::2, :], level[..., 1::2, :], k)
-        levels.append(level)
-    return levels
-
-
 def _reduced_problem(theta, k):
     r"""``(theta', k', offset)`` with :math:`e_k(e^\theta) = e^{\text{offset}} e_{k'}(e^{\theta'})` and ``k' <= d / 2``.
 
@@ -132,13 +111,221 @@ def _reduced_problem(theta, k):
     return complement, present.sum(-1) - k, offset
 
 
-def _log_elementary_symmetric_program(theta, k):
+def _windows(second, first_length, out_length, offset, fill):
+    """``w[..., t, i] = second[..., t + offset - i']`` with ``i' = first_length - 1 - i`` (``fill`` outside).
+
+    A strided view of the padded ``second``: the (reversed) convolution matrix without a gather.
+    Needs ``0 <= offset < first_length``.
+    """
+    left = first_length - 1 - offset
+    right = max(0, out_length + first_length - 1 - left - int(second.shape[-1]))
+    padded = torch.nn.functional.pad(second, (left, right), value=fill)
+    return padded.unfold(-1, first_length, 1)[..., :out_length, :]
+
+
+def _linear_convolve(first, second, out_length, offset):
+    """``out[..., t] = sum_i first[..., i] second[..., t + offset - i]`` for ``t < out_length``."""
+    windows = _windows(second, int(first.shape[-1]), out_length, offset, 0.0)
+    return (windows @ first.flip(-1)[..., None]).squeeze(-1)
+
+
+def _log_convolve(first, second, out_length, offset):
+    """:func:`_linear_convolve` of log-coefficients, in log space."""
+    windows = _windows(second, int(first.shape[-1]), out_length, offset, -math.inf)
+    return log_sum_exp(windows + first.flip(-1)[..., None, :], -1)
+
+
+def _leaves(theta, degree, one, weight):
+    """Leaf polynomials ``one + weight(theta_i) z`` (truncated at ``degree``), ``d`` padded to a power of two.
+
+    Padding items are absent (``theta = -inf``, factor ``one``). Shape ``(..., 2^m, min(degree, 1) + 1)``.
+    """
+    d = int(theta.shape[-1])  # a traced value under jit.trace
+    theta = torch.nn.functional.pad(theta, (0, (1 << max(d - 1, 0).bit_length()) - d), value=-math.inf)
+    return torch.stack([torch.full_like(theta, one), weight(theta)], -1)[..., : min(degree, 1) + 1]
+
+
+def _inside(leaves, degree, convolve):
+    """Levels of the products of the leaf polynomials over blocks of ``2^l`` items, truncated at ``degree``.
+
+    Level ``l`` has shape ``(..., 2^(m - l), min(2^l, degree) + 1)``; the last level is the whole product.
+    """
+    level = leaves
+    levels = [level]
+    while level.shape[-2] > 1:
+        length = int(level.shape[-1])
+        level = convolve(level[..., 0::2, :], level[..., 1::2, :], min(2 * (length - 1), degree) + 1, 0)
+        levels.append(level)
+    return levels
+
+
+def _leaf_outside(levels, root_outside, convolve):
+    r"""Outside coefficients of degree ``degree - 1`` at every leaf, ``(..., 2^m)``.
+
+    The outside polynomial of a node is the product of all other leaves' polynomials times
+    :math:`z^{\text{degree} - k}`, so that :math:`[z^{\text{degree}}]\,(\text{inside} \cdot
+    \text{outside}) = e_k`. Each node keeps only the window of degrees ``degree - L + 1 ..
+    degree`` (``L`` its inside length) that pairs with its inside coefficients, so the down
+    pass costs what the up pass costs.
+    """
+    outside = root_outside[..., None, :]
+    for inside in reversed(levels[:-1]):
+        nodes, length = (int(size) for size in inside.shape[-2:])
+        sibling = inside.unflatten(-2, (nodes // 2, 2)).flip(-2)
+        outside = convolve(sibling, outside[..., None, :], length, int(outside.shape[-1]) - length).flatten(-3, -2)
+    return outside[..., 0]
+
+
+def _root_outside(k_reduced, degree, one, zero, dtype):
+    r""":math:`z^{\text{degree} - k}` per batch element, as coefficients of degrees ``0 .. degree``."""
+    target = torch.arange(degree + 1, device=k_reduced.device) == degree - k_reduced[..., None]
+    return torch.where(target, torch.tensor(one, dtype=dtype), torch.tensor(zero, dtype=dtype))
+
+
+#: float64 linear space is trusted where the largest root coefficient is at most e^600 times e_k: every
+#: value that can matter then stays above the smallest normal double (e^-708) with digits to spare.
+_LINEAR_RANGE = 600.0
+
+
+def _linear_inside(theta, degree, k_reduced):
+    """Up pass in float64 linear space on weights scaled by the mean of the top-``degree`` logits.
+
+    Returns ``(levels, weights, shift, z, ok)``: ``e_k(e^theta) = e^(k shift) z``; ``ok`` marks the
+    elements whose range check passes (all coefficients finite, ``z > 0``, and within ``_LINEAR_RANGE``).
+    """
+    theta = theta.double()
+    top = theta.topk(degree, -1).values
+    present = top > -math.inf
+    shift = torch.where(present, top, 0).sum(-1, keepdim=True) / present.sum(-1, keepdim=True).clamp(min=1)
+    shift = shift.detach()  # any shift is exact; it must not carry a tangent of its own
+    weights = torch.exp(theta - shift)
+    levels = _inside(_leaves(theta - shift, degree, 1.0, torch.exp), degree, _linear_convolve)
+    root = levels[-1][..., 0, :]
+    z = root.gather(-1, k_reduced.clamp(min=0)[..., None]).squeeze(-1).masked_fill(k_reduced < 0, 0)
+    spread = torch.log(root.amax(-1)) - torch.log(z)
+    ok = torch.isfinite(root).all(-1) & (z > 0) & (spread <= _LINEAR_RANGE)
+    return levels, weights, shift.squeeze(-1), z, ok
+
+
+def _log_inside(theta, degree, k_reduced):
+    """Up pass in log space (any range): ``(levels, log_z)``."""
+    levels = _inside(_leaves(theta, degree, 0.0, lambda t: t), degree, _log_convolve)
+    root = levels[-1][..., 0, :]
+    log_z = root.gather(-1, k_reduced.clamp(min=0)[..., None]).squeeze(-1)
+    return levels, log_z.masked_fill(k_reduced < 0, -math.inf)
+
+
+def _by_range_tiers(theta, k, linear, log):
+    """Run ``linear(reduced, degree, k_reduced) -> (out, ok)`` and ``log(...) -> out`` where ``ok`` fails.
+
+    ``out`` is a tuple of ``(B, ...)`` tensors; the k > d / 2 problems run on the complement
+    (:func:`_reduced_problem`) and ``degree = 0`` never reaches either function.
+    Returns ``(offset, outputs)`` with the complement's offset (``None`` for ``k <= d / 2``).
+    """
     reduced, k_reduced, offset = _reduced_problem(theta, k)
-    degree = k if offset is None else theta.shape[-1] - k
-    coefficients = _polynomial_tree(reduced, degree)[-1][..., 0, :]
-    log_e = coefficients.gather(-1, k_reduced.clamp(min=0)[..., None]).squeeze(-1)
-    log_e = log_e.masked_fill(k_reduced < 0, -math.inf)
-    return log_e if offset is None else log_e + offset
+    degree = k if offset is None else int(theta.shape[-1]) - k
+    out, ok = linear(reduced, degree, k_reduced)
+    out = tuple(o.to(theta.dtype) for o in out)
+    rest = (~ok).nonzero().squeeze(-1)
+    if rest.numel():
+        rest_out = log(reduced[rest], degree, k_reduced[rest])
+        out = tuple(o.index_put((rest,), r.to(o.dtype)) for o, r in zip(out, rest_out, strict=True))
+    return offset, out
+
+
+def _linear_log_partition(theta, degree, k_reduced):
+    _, _, shift, z, ok = _linear_inside(theta, degree, k_reduced)
+    return (torch.log(z) + k_reduced * shift,), ok
+
+
+def _linear_marginals(theta, degree, k_reduced):
+    levels, weights, shift, z, ok = _linear_inside(theta, degree, k_reduced)
+    outside = _leaf_outside(levels, _root_outside(k_reduced, degree, 1.0, 0.0, z.dtype), _linear_convolve)
+    mu = weights * outside[..., : theta.shape[-1]] / z[..., None]
+    return (mu, torch.log(z) + k_reduced * shift), ok
+
+
+def _log_log_partition(theta, degree, k_reduced):
+    return (_log_inside(theta, degree, k_reduced)[1],)
+
+
+def _log_marginals(theta, degree, k_reduced):
+    # float64: the leaf formula subtracts log_z, which grows like k max|theta|, from theta + outside
+    theta = theta.double()
+    levels, log_z = _log_inside(theta, degree, k_reduced)
+    root_outside = _root_outside(k_reduced, degree, 0.0, -math.inf, theta.dtype)
+    outside = _leaf_outside(levels, root_outside, _log_convolve)
+    return torch.exp(theta + outside[..., : theta.shape[-1]] - log_z[..., None]), log_z
+
+
+def _subset_log_partition(theta, k):
+    """``log e_k(e^theta)`` of NaN-free ``(B, d)`` logits, each element by the cheapest exact path."""
+    if min(k, theta.shape[-1] - k) == 0:
+        log_z = torch.where((theta > -math.inf).sum(-1) >= k, 0.0, -math.inf).to(theta.dtype)
+        return log_z if k == 0 else log_z + torch.where(theta > -math.inf, theta, 0).sum(-1)
+    offset, (log_z,) = _by_range_tiers(theta, k, _linear_log_partition, _log_log_partition)
+    return log_z if offset is None else log_z + offset.to(log_z.dtype)
+
+
+def _subset_marginals(theta, k):
+    """``(mu, log_z)`` of NaN-free ``(B, d)`` logits (each element by the cheapest exact path)."""
+    present = (theta > -math.inf).to(theta.dtype)
+    if min(k, theta.shape[-1] - k) == 0:
+        return present * (k > 0), _subset_log_partition(theta, k)
+    offset, (mu, log_z) = _by_range_tiers(theta, k, _linear_marginals, _log_marginals)
+    if offset is None:
+        return mu, log_z
+    return present - mu, log_z + offset.to(log_z.dtype)
+
+
+def _flat(logits):
+    return logits.reshape(-1, logits.shape[-1])
+
+
+class _SubsetLogPartition(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, theta, k):
+        with untraced():  # shapes and branches are data here, not traced values
+            flat, nan = mask_nan_elements(_flat(theta), 1)
+            log_z = fill_nan(_subset_log_partition(flat, k), nan, 0).reshape(theta.shape[:-1])
+        ctx.k = k
+        ctx.save_for_backward(theta)
+        return log_z.clone()  # jit.trace maps a Function's outputs through its recorded body
+
+    @staticmethod
+    def backward(ctx, grad):
+        (theta,) = ctx.saved_tensors
+        return grad[..., None] * _SubsetMarginals.apply(theta, ctx.k), None
+
+
+class _SubsetMarginals(torch.autograd.Function):
+    r"""Marginals by an explicit inside-outside pass over the tree of partial polynomials.
+
+    Float64 linear space (positive sums only, so exact while the range check passes), log
+    space for the other batch elements. The backward is the Hessian-vector product
+    :math:`\nabla^2 A\, v`, the forward-mode derivative of the same pass (the Jacobian of
+    the marginals is the symmetric Hessian), so no autograd graph is stored.
+    """
+
+    @staticmethod
+    def forward(ctx, theta, k):
+        with untraced():
+            flat, nan = mask_nan_elements(_flat(theta), 1)
+            mu, log_z = _subset_marginals(flat, k)
+            check_nonempty(log_z, "k-subset")
+            mu = fill_nan(mu.clamp(0, 1), nan, 1).reshape(theta.shape)  # clamp: a saturated mu an ulp above 1
+        ctx.k = k
+        ctx.save_for_backward(theta)
+        return mu.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_mu):
+        (theta,) = ctx.saved_tensors
+        flat, nan = mask_nan_elements(_flat(theta), 1)
+        v = _flat(grad_mu).masked_fill(nan[..., None], 0)
+        _, hvp = torch.func.jvp(lambda t: _subset_marginals(t, ctx.k)[0], (flat,), (v,))
+        return hvp.masked_fill(nan[..., None], 0).reshape(theta.shape), None
 
 
 def log_elementary_symmetric(logits, k):
@@ -148,19 +335,18 @@ def log_elementary_symmetric(logits, k):
     :func:`subset_marginals`; both are exact and twice differentiable.
     """
     k = _check_args(logits, k)
-    return program_log_partition(functools.partial(_log_elementary_symmetric_program, k=k), logits, "k-subset")
+    return _SubsetLogPartition.apply(logits, k)
 
 
 def subset_marginals(logits, k):
     r"""Inclusion probabilities :math:`\mu_i = P(i \in S) = \partial A / \partial\theta_i`.
 
     :math:`\mu_i = e^{\theta_i} e_{k-1}(e^{\theta_{-i}}) / e_k(e^{\theta})`; sums to ``k``.
-    Differentiable: the backward is the exact Hessian-vector product of
-    :math:`A`, by second-order autograd through the log-space tree.
+    Computed by an inside-outside pass (see :class:`_SubsetMarginals`); differentiable, with the
+    exact Hessian-vector product of :math:`A` as the backward.
     """
     k = _check_args(logits, k)
-    mu = gradient_marginals(functools.partial(_log_elementary_symmetric_program, k=k), logits, "k-subset")
-    return mu.clamp(0, 1)  # rounding can leave a saturated probability an ulp above 1
+    return _SubsetMarginals.apply(logits, k)
 
 
 def sample_k_subset(logits, k, sample_shape=(), generator=None):
@@ -178,11 +364,12 @@ def sample_k_subset(logits, k, sample_shape=(), generator=None):
 
 
 def _sample_k_subset(logits, k, sample_shape, generator):
-    d = logits.shape[-1]
+    d = int(logits.shape[-1])
     theta, nan = mask_nan_elements(logits, 1)
     _check_enough_items(theta, k)
     reduced, k_reduced, offset = _reduced_problem(theta, k)
-    levels = _polynomial_tree(reduced, k if offset is None else d - k)
+    degree = k if offset is None else d - k
+    levels = _inside(_leaves(reduced, degree, 0.0, lambda t: t), degree, _log_convolve)
     counts = k_reduced.expand(sample_shape + k_reduced.shape)[..., None]
     for level in reversed(levels[:-1]):
         table = level.expand(sample_shape + level.shape)
