@@ -137,6 +137,28 @@ def _laplacian_adjoint(X, root, single_root):
     return out
 
 
+def _laplacian_map_column(q, j, root, single_root):
+    """Column ``j`` of :func:`_laplacian_map` from column ``j`` of ``Q`` alone (``q``: ``(..., n)``), in O(n)."""
+    not_root, not_anchor = _masks(q.shape[-1], root, q.device)
+    unit = (torch.arange(q.shape[-1], device=q.device) == j).to(q.dtype)
+    if not single_root:
+        return unit * q.sum(-1, keepdim=True) - q * not_root
+    a = _anchor(root)
+    q_nonroot = q * not_root
+    column = unit * q_nonroot.sum(-1, keepdim=True) * (j != a) - q_nonroot * not_anchor
+    return column + (~not_anchor).to(q.dtype) * q[..., root : root + 1]
+
+
+def _laplacian_adjoint_column(row, j, root, single_root):
+    """Column ``j`` of :func:`_laplacian_adjoint` of ``B^T`` from row ``j`` of ``B`` alone, in O(n)."""
+    not_root, not_anchor = _masks(row.shape[-1], root, row.device)
+    if not single_root:
+        return row[..., j : j + 1] - row * not_root
+    a = _anchor(root)
+    column = (row[..., j : j + 1] * (j != a) - row * (not_root & not_anchor)) * not_root
+    return torch.where(not_root, column, row[..., a : a + 1])
+
+
 def _scaled_minor(theta, root, single_root):
     """Column softmax ``P``, the column log-normalisers and the scaled minor ``M``."""
     n = theta.shape[-1]
