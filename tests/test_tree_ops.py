@@ -160,8 +160,31 @@ def test_max_arborescence_matches_networkx():
             assert ours == pytest.approx(_networkx_max_weight(theta[b].numpy(), True, root), abs=1e-9)
 
 
+@pytest.mark.parametrize("batched", [True, False])
+def test_both_chu_liu_edmonds_versions_match_networkx(batched, monkeypatch):
+    """The batched tensor version and the NumPy recursion, with ties (integer weights) and absent edges."""
+    from pyro_sst.ops import trees
+
+    monkeypatch.setattr(trees, "_BATCHED_ARBORESCENCE_MAX_NODES_ON_CPU", 10**6 if batched else 0)
+    g = torch.Generator().manual_seed(21)
+    theta = torch.cat([random_logits(16, batch=(4,), seed=22), torch.randint(0, 3, (4, 16, 16), generator=g).double()])
+    theta = theta.masked_fill(torch.rand(theta.shape, generator=g) < 0.3, -math.inf)
+    for root in (0, 7):
+        x = ops.max_arborescence(theta, root)
+        assert torch.equal(x.sum(-2), (torch.arange(16) != root).double().expand(8, 16))
+        for b in range(8):
+            ours = (theta[b] * x[b]).nan_to_num(0.0, 0.0, 0.0).sum().item()
+            weights = theta[b].numpy().copy()
+            weights[~np.isfinite(weights)] = -1e6  # absent: networkx takes dense graphs here
+            assert ours == pytest.approx(_networkx_max_weight(weights, True, root), abs=1e-9)
+
+
+@pytest.mark.parametrize("batched", [True, False])
 @pytest.mark.parametrize("root,single_root", ROOTS)
-def test_max_arborescence_matches_enumeration(root, single_root):
+def test_max_arborescence_matches_enumeration(root, single_root, batched, monkeypatch):
+    from pyro_sst.ops import trees
+
+    monkeypatch.setattr(trees, "_BATCHED_ARBORESCENCE_MAX_NODES_ON_CPU", 10**6 if batched else 0)
     theta = random_logits(5, batch=(4,), seed=15)
     x = ops.max_arborescence(theta, root, single_root)
     for b in range(4):
