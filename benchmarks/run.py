@@ -1,6 +1,6 @@
 """Benchmarks of pyro_sst against plainly written baselines, timed in the same process.
 
-    python -m benchmarks.run [--quick] [--only trees,subsets,...] [--device cpu|cuda] [--write docs/benchmarks.md]
+    python -m benchmarks.run [--quick] [--only trees,subsets,...] [--threads N] [--write docs/benchmarks.md]
 
 Each row: our median time, the baseline's, their ratio (below 1 means we are faster) and, for the
 relaxations, the max abs error of both against float64 exact values. ``--quick`` finishes in under two

@@ -230,6 +230,7 @@ def test_bad_arguments_raise_value_error(make, match):
         make()
 
 
+@pytest.mark.filterwarnings("ignore:GumbelSinkhorn. stopped at n_iters=50:RuntimeWarning")  # capped on purpose
 @pytest.mark.parametrize("elbo", [Trace_ELBO, TraceMeanField_ELBO])
 @pytest.mark.parametrize("backward", ["unrolled", "implicit"])
 def test_svi_gumbel_sinkhorn_recovers_permutation(elbo, backward):
