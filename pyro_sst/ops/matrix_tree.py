@@ -109,54 +109,44 @@ def _masks(n, root, device):
     return not_root, not_anchor
 
 
-def _laplacian_map(Q, root, single_root):
+def _columns_and_diagonal(x, columns):
+    """The column indices ``x`` holds (all by default) and the ``(n, c)`` mask of their diagonal entries."""
+    n = x.shape[-2]
+    rows = torch.arange(n, device=x.device)
+    columns = rows if columns is None else columns
+    return columns, rows[:, None] == columns
+
+
+def _laplacian_map(Q, root, single_root, columns=None):
     r"""The linear map :math:`\mathcal{A}^*` from edge weights to the Laplacian minor.
 
-    Rows/columns of the root are left zero (the caller puts 1 at ``(root, root)``).
+    Rows/columns of the root are left zero (the caller puts 1 at ``(root, root)``). Column ``j``
+    of the result depends on column ``j`` of ``Q`` alone, so ``Q`` may hold only the columns
+    ``columns`` (``(..., n, c)``; all ``n`` by default) and the result holds the same ones.
     """
-    not_root, not_anchor = _masks(Q.shape[-1], root, Q.device)
+    not_root, not_anchor = _masks(Q.shape[-2], root, Q.device)
+    columns, diagonal = _columns_and_diagonal(Q, columns)
     if not single_root:
-        return torch.diag_embed(Q.sum(-2)) - Q * not_root[:, None]
+        return torch.where(diagonal, Q.sum(-2, keepdim=True), 0) - Q * not_root[:, None]
     Q_nonroot = Q * not_root[:, None]
-    M = torch.diag_embed(Q_nonroot.sum(-2) * not_anchor) - Q_nonroot * not_anchor[:, None]
-    a = _anchor(root)
-    M[..., a, :] += Q[..., root, :]
-    return M
+    M = torch.where(diagonal & not_anchor[columns], Q_nonroot.sum(-2, keepdim=True), 0)
+    M = M - Q_nonroot * not_anchor[:, None]
+    return M + torch.where(~not_anchor[:, None], Q[..., root : root + 1, :], 0)
 
 
-def _laplacian_adjoint(X, root, single_root):
-    r"""The adjoint :math:`\mathcal{A}`: ``<X, A*(Q)> == <A(X), Q>`` for every ``Q``."""
-    not_root, not_anchor = _masks(X.shape[-1], root, X.device)
-    diag = X.diagonal(dim1=-2, dim2=-1)
+def _laplacian_adjoint(X, root, single_root, columns=None):
+    r"""The adjoint :math:`\mathcal{A}`: ``<X, A*(Q)> == <A(X), Q>`` for every ``Q``.
+
+    As for :func:`_laplacian_map`, ``X`` may hold only the columns ``columns``.
+    """
+    not_root, not_anchor = _masks(X.shape[-2], root, X.device)
+    columns, _ = _columns_and_diagonal(X, columns)
+    diag = X.gather(-2, columns.expand(X.shape[:-2] + (1, X.shape[-1])))
     if not single_root:
-        return diag[..., None, :] - X * not_root[:, None]
+        return diag - X * not_root[:, None]
     a = _anchor(root)
-    out = (diag * not_anchor)[..., None, :] - X * (not_root & not_anchor)[:, None]
-    out = out * not_root[:, None]
-    out[..., root, :] = X[..., a, :]
-    return out
-
-
-def _laplacian_map_column(q, j, root, single_root):
-    """Column ``j`` of :func:`_laplacian_map` from column ``j`` of ``Q`` alone (``q``: ``(..., n)``), in O(n)."""
-    not_root, not_anchor = _masks(q.shape[-1], root, q.device)
-    unit = (torch.arange(q.shape[-1], device=q.device) == j).to(q.dtype)
-    if not single_root:
-        return unit * q.sum(-1, keepdim=True) - q * not_root
-    a = _anchor(root)
-    q_nonroot = q * not_root
-    column = unit * q_nonroot.sum(-1, keepdim=True) * (j != a) - q_nonroot * not_anchor
-    return column + (~not_anchor).to(q.dtype) * q[..., root : root + 1]
-
-
-def _laplacian_adjoint_column(row, j, root, single_root):
-    """Column ``j`` of :func:`_laplacian_adjoint` of ``B^T`` from row ``j`` of ``B`` alone, in O(n)."""
-    not_root, not_anchor = _masks(row.shape[-1], root, row.device)
-    if not single_root:
-        return row[..., j : j + 1] - row * not_root
-    a = _anchor(root)
-    column = (row[..., j : j + 1] * (j != a) - row * (not_root & not_anchor)) * not_root
-    return torch.where(not_root, column, row[..., a : a + 1])
+    out = (diag * not_anchor[columns] - X * (not_root & not_anchor)[:, None]) * not_root[:, None]
+    return torch.where(not_root[:, None], out, X[..., a : a + 1, :])
 
 
 def _scaled_minor(theta, root, single_root):

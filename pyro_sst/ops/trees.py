@@ -24,8 +24,8 @@ import torch
 from .logspace import fill_nan, mask_nan_elements
 from .matrix_tree import (
     _check_args,
-    _laplacian_adjoint_column,
-    _laplacian_map_column,
+    _laplacian_adjoint,
+    _laplacian_map,
     _scaled_minor,
     arborescence_log_partition,
     arborescence_marginals,
@@ -127,7 +127,8 @@ def _sample_arborescence(logits, root, single_root, sample_shape, generator):
         row = B[:, j, :]
         residual = (row[:, None, :] @ M).squeeze(-2) - eye[j]
         error = residual.abs().sum(-1) * B.abs().sum(-1).amax(-1)
-        probs = P[:, :, j] * _laplacian_adjoint_column(row, j, root, single_root)
+        column_j = torch.tensor([j], device=theta.device)
+        probs = P[:, :, j] * _laplacian_adjoint(row[:, :, None], root, single_root, column_j)[:, :, 0]
         fresh = (~(error <= _SAMPLER_TOLERANCE)).nonzero().squeeze(-1)
         if fresh.numel():
             probs[fresh] = arborescence_marginals(theta[fresh], root, single_root)[:, :, j]
@@ -137,7 +138,7 @@ def _sample_arborescence(logits, root, single_root, sample_shape, generator):
         theta[:, :, j] = theta[:, :, j].masked_fill(~keep, -math.inf)
         # Column j of M becomes that of a single edge parent -> j: a rank-one update of B.
         P[:, :, j] = keep.to(P.dtype)
-        column = _laplacian_map_column(P[:, :, j], j, root, single_root)
+        column = _laplacian_map(P[:, :, j : j + 1], root, single_root, column_j)[:, :, 0]
         change = B @ (column - M[:, :, j])[..., None]
         B = torch.baddbmm(B, change / (1 + change[:, j : j + 1, :]), B[:, j : j + 1, :], alpha=-1)
         M[:, :, j] = column
