@@ -96,19 +96,21 @@ def _split_terms(left, right, totals):
 
 
 def _reduced_problem(theta, k):
-    r"""``(theta', k', offset)`` with :math:`e_k(e^\theta) = e^{\text{offset}} e_{k'}(e^{\theta'})` and ``k' <= d / 2``.
+    r"""``(theta', k', offset, degree)`` with :math:`e_k(e^\theta) = e^{\text{offset}} e_{k'}(e^{\theta'})`.
 
+    ``degree`` (an int, ``<= d / 2``) bounds every ``k'``: the polynomials are truncated there.
     For ``k > d / 2``: the complement over the present items ``F`` (logits above ``-inf``),
     :math:`\theta' = -\theta_F` (absent items stay absent), ``k' = |F| - k`` per batch element
-    (negative where fewer than ``k`` items are present) and offset :math:`\sum_F \theta_i`.
+    (negative where fewer than ``k`` items are present), offset :math:`\sum_F \theta_i` and
+    ``degree = d - k``; otherwise ``theta' = theta``, ``k' = degree = k`` and offset ``None``.
     """
-    d = theta.shape[-1]
+    d = int(theta.shape[-1])
     if 2 * k <= d:
-        return theta, torch.full(theta.shape[:-1], k, dtype=torch.long, device=theta.device), None
+        return theta, torch.full(theta.shape[:-1], k, dtype=torch.long, device=theta.device), None, k
     present = theta > -math.inf
     complement = torch.where(present, -theta, torch.full_like(theta, -math.inf))
     offset = torch.where(present, theta, torch.zeros_like(theta)).sum(-1)
-    return complement, present.sum(-1) - k, offset
+    return complement, present.sum(-1) - k, offset, d - k
 
 
 def _windows(second, first_length, out_length, offset, fill):
@@ -182,6 +184,13 @@ def _root_outside(k_reduced, degree, one, zero, dtype):
     return torch.where(target, torch.tensor(one, dtype=dtype), torch.tensor(zero, dtype=dtype))
 
 
+def _root_coefficient(levels, k_reduced, absent):
+    """``(root, root[k'])`` of the inside levels: the coefficient of degree ``k'``, ``absent`` where ``k' < 0``."""
+    root = levels[-1][..., 0, :]
+    coefficient = root.gather(-1, k_reduced.clamp(min=0)[..., None]).squeeze(-1)
+    return root, coefficient.masked_fill(k_reduced < 0, absent)
+
+
 #: float64 linear space is trusted where the largest root coefficient is at most e^600 times e_k: every
 #: value that can matter then stays above the smallest normal double (e^-708) with digits to spare.
 _LINEAR_RANGE = 600.0
@@ -198,10 +207,10 @@ def _linear_inside(theta, degree, k_reduced):
     present = top > -math.inf
     shift = torch.where(present, top, 0).sum(-1, keepdim=True) / present.sum(-1, keepdim=True).clamp(min=1)
     shift = shift.detach()  # any shift is exact; it must not carry a tangent of its own
-    weights = torch.exp(theta - shift)
-    levels = _inside(_leaves(theta - shift, degree, 1.0, torch.exp), degree, _linear_convolve)
-    root = levels[-1][..., 0, :]
-    z = root.gather(-1, k_reduced.clamp(min=0)[..., None]).squeeze(-1).masked_fill(k_reduced < 0, 0)
+    leaves = _leaves(theta - shift, degree, 1.0, torch.exp)
+    weights = leaves[..., : theta.shape[-1], 1]  # degree >= 1 here, so the leaves hold their weights
+    levels = _inside(leaves, degree, _linear_convolve)
+    root, z = _root_coefficient(levels, k_reduced, 0.0)
     spread = torch.log(root.amax(-1)) - torch.log(z)
     ok = torch.isfinite(root).all(-1) & (z > 0) & (spread <= _LINEAR_RANGE)
     return levels, weights, shift.squeeze(-1), z, ok
@@ -210,9 +219,7 @@ def _linear_inside(theta, degree, k_reduced):
 def _log_inside(theta, degree, k_reduced):
     """Up pass in log space (any range): ``(levels, log_z)``."""
     levels = _inside(_leaves(theta, degree, 0.0, lambda t: t), degree, _log_convolve)
-    root = levels[-1][..., 0, :]
-    log_z = root.gather(-1, k_reduced.clamp(min=0)[..., None]).squeeze(-1)
-    return levels, log_z.masked_fill(k_reduced < 0, -math.inf)
+    return levels, _root_coefficient(levels, k_reduced, -math.inf)[1]
 
 
 def _by_range_tiers(theta, k, linear, log):
@@ -222,8 +229,7 @@ def _by_range_tiers(theta, k, linear, log):
     (:func:`_reduced_problem`) and ``degree = 0`` never reaches either function.
     Returns ``(offset, outputs)`` with the complement's offset (``None`` for ``k <= d / 2``).
     """
-    reduced, k_reduced, offset = _reduced_problem(theta, k)
-    degree = k if offset is None else int(theta.shape[-1]) - k
+    reduced, k_reduced, offset, degree = _reduced_problem(theta, k)
     out, ok = linear(reduced, degree, k_reduced)
     out = tuple(o.to(theta.dtype) for o in out)
     rest = (~ok).nonzero().squeeze(-1)
@@ -367,8 +373,7 @@ def _sample_k_subset(logits, k, sample_shape, generator):
     d = int(logits.shape[-1])
     theta, nan = mask_nan_elements(logits, 1)
     _check_enough_items(theta, k)
-    reduced, k_reduced, offset = _reduced_problem(theta, k)
-    degree = k if offset is None else d - k
+    reduced, k_reduced, offset, degree = _reduced_problem(theta, k)
     levels = _inside(_leaves(reduced, degree, 0.0, lambda t: t), degree, _log_convolve)
     counts = k_reduced.expand(sample_shape + k_reduced.shape)[..., None]
     for level in reversed(levels[:-1]):
