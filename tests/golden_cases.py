@@ -103,7 +103,8 @@ def _check_against_enumeration(name, out):
             np.testing.assert_allclose(out["entropy"][b], ref.entropy, atol=1e-12)
 
 
-def _write():
+def evaluate_pyro(name, dtype):
+    """:func:`evaluate` with pyro_sst's classes in ``dtype`` (a ``torch.dtype``)."""
     import torch
     from torch.distributions import kl_divergence
 
@@ -115,11 +116,17 @@ def _write():
         dist.kl_to = lambda other: kl_divergence(dist, other)
         return dist
 
+    return evaluate(make, name, lambda x: torch.as_tensor(x, dtype=dtype), lambda t: t.detach().double().numpy())
+
+
+def _write():
+    import torch
+
     arrays = {}
     for name in CASES:
         for key, value in zip(("logits", "other_logits", "utilities"), inputs(name), strict=True):
             arrays[f"{name}/{key}"] = value
-        out = evaluate(make, name, torch.as_tensor, lambda t: t.detach().double().numpy())
+        out = evaluate_pyro(name, torch.float64)
         _check_against_enumeration(name, out)
         for key, value in out.items():
             arrays[f"{name}/{key}"] = value
