@@ -12,11 +12,12 @@ approximation beyond (a lower bound within a factor :math:`2^{n/2}`).
 """
 
 import functools
-import itertools
 import math
 
 import numpy as np
 import torch
+
+from sst_common import enumeration
 
 from .logspace import fill_nan, gradient_marginals, log_sum_exp, mask_nan_elements, program_log_partition
 from .tracing import opaque_call
@@ -398,8 +399,4 @@ def permutation_marginals(logits, method="auto"):
 
 def enumerate_permutations(n, dtype=None, device=None):
     """All ``n!`` permutation matrices (``n <= 8``), shape ``(n!, n, n)``, in lexicographic order."""
-    if n > 8:
-        raise ValueError(f"enumerate_permutations needs n <= 8, got n={n}")
-    index = torch.tensor(list(itertools.permutations(range(n))), dtype=torch.long, device=device)
-    eye = torch.eye(n, dtype=dtype, device=device)
-    return eye[index.reshape(math.factorial(n), n)]
+    return torch.as_tensor(enumeration.permutations(n), dtype=dtype, device=device)

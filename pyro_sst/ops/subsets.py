@@ -36,11 +36,12 @@ results (NaN-filled samples and masks) for its batch element.
 """
 
 import functools
-import itertools
 import math
 
 import torch
 from torch.autograd.function import once_differentiable
+
+from sst_common import enumeration
 
 from .logspace import check_nonempty, fill_nan, log_sum_exp, mask_nan_elements, zeros_in_graph
 from .noise import sample_noise
@@ -405,11 +406,7 @@ def _top_k_mask(utilities, k):
 def enumerate_k_subsets(d, k, dtype=None, device=None):
     """All k-hot vectors of length ``d`` in lexicographic order of their index sets, ``(C(d, k), d)``."""
     k = check_k(k, d)
-    if math.comb(d, k) > 10**6:
-        raise ValueError(f"enumerate_k_subsets: C(d={d}, k={k}) = {math.comb(d, k)} subsets is too many (max 10^6)")
-    index = torch.tensor(list(itertools.combinations(range(d), k)), dtype=torch.long, device=device)
-    x = torch.zeros(index.shape[0], d, dtype=dtype, device=device)
-    return x.scatter(-1, index.reshape(index.shape[0], k), 1.0)
+    return torch.as_tensor(enumeration.k_subsets(d, k), dtype=dtype, device=device)
 
 
 # ---------------------------------------------------------------------------------------------- relaxations

@@ -21,6 +21,8 @@ import math
 import numpy as np
 import torch
 
+from sst_common import enumeration
+
 from .logspace import fill_nan, mask_nan_elements
 from .matrix_tree import (
     _check_args,
@@ -440,60 +442,10 @@ def _max_arborescence(weights, root, single_root):
     return fill_nan(x, nan, 2).to(weights.dtype).reshape(shape)
 
 
-_MAX_ENUMERATE_NODES = 7
-
-
-def _prufer_trees(n):
-    """Parent arrays (rooted at 0) of all n^(n-2) labelled trees, by Prüfer decoding."""
-    import itertools
-
-    parents = []
-    for seq in itertools.product(range(n), repeat=max(n - 2, 0)):
-        degree = [1] * n
-        for a in seq:
-            degree[a] += 1
-        adj = [[] for _ in range(n)]
-        for a in seq:
-            leaf = degree.index(1)
-            adj[leaf].append(a)
-            adj[a].append(leaf)
-            degree[leaf] -= 1
-            degree[a] -= 1
-        u, v = [i for i in range(n) if degree[i] == 1]
-        adj[u].append(v)
-        adj[v].append(u)
-        parents.append(adj)
-    return parents
-
-
-def _orient(adj, root):
-    parent, stack = {root: -1}, [root]
-    while stack:
-        u = stack.pop()
-        for v in adj[u]:
-            if v not in parent:
-                parent[v] = u
-                stack.append(v)
-    return parent
-
-
 def enumerate_arborescences(n, root=0, single_root=False, dtype=None, device=None):
     """Every arborescence rooted at ``root`` as a ``(N, n, n)`` 0/1 tensor (``n <= 7``)."""
     root = check_root(n, root, single_root)
-    if n > _MAX_ENUMERATE_NODES:
-        raise ValueError(f"enumeration needs n <= {_MAX_ENUMERATE_NODES}, got n={n}")
-    if n == 1:
-        return torch.zeros(1, 1, 1, dtype=dtype, device=device)
-    out = []
-    for adj in _prufer_trees(n):
-        if single_root and len(adj[root]) != 1:
-            continue
-        x = np.zeros((n, n))
-        for v, p in _orient(adj, root).items():
-            if p >= 0:
-                x[p, v] = 1
-        out.append(x)
-    return torch.as_tensor(np.stack(out), dtype=dtype, device=device)
+    return torch.as_tensor(enumeration.arborescences(n, root, single_root), dtype=dtype, device=device)
 
 
 def enumerate_spanning_trees(n, dtype=None, device=None):
