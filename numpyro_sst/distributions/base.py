@@ -1,0 +1,298 @@
+r"""Shared machinery: the structured exponential family and the perturb-and-relax trick (NumPyro).
+
+The same design as :mod:`pyro_sst.distributions.base`. A structure is a 0/1 array
+:math:`x \in \mathcal{X}` with the shape of the ``logits`` :math:`\theta`; each structure class (a
+mixin such as :class:`~numpyro_sst.distributions.trees.SpanningTreeStructure`) supplies only
+``_log_partition``, ``_marginals``, ``solve`` (argmax), ``_exact_sample``, ``_enumerate`` and
+``support``, and, where not every entry of :math:`\theta` is a free parameter (trees),
+``_free_mask`` and ``_canonical(x)``.
+
+:class:`StructuredDistribution` gives :math:`\log q(x) = \langle\theta, x\rangle - A(\theta)`, the
+marginals :math:`\mu = \nabla A`, the mode, ``expand`` and shape inference; :class:`PerturbAndRelax`
+adds the stochastic softmax trick and :class:`ExponentialFamily` the exact exponential-family
+sampler. Instances are pytrees whose leaves are the arrays (``logits``, ``temperature``); the
+options (``k``, ``root``, ``noise``, ...) are static auxiliary data, so an instance passes through
+``jax.jit``, ``jax.vmap`` and ``lax.map`` and is rebuilt with the same options.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro.distributions import Distribution, constraints
+from numpyro.distributions.batch_util import _default_vmap_over, vmap_over
+from numpyro.distributions.util import validate_sample
+
+from ..ops.noise import check_noise, sample_noise, utility_kl
+from ..ops.validation import check_array, is_concrete
+
+
+def check_same_options(q, p):
+    """KL divergences need the two distributions to live on the same structure."""
+    if type(q) is not type(p) or q.event_shape != p.event_shape:
+        raise ValueError(f"kl_divergence needs two {type(q).__name__} with the same event shape")
+    for name in q._all_options():
+        if name != "straight_through" and getattr(q, name) != getattr(p, name):
+            raise ValueError(f"kl_divergence needs the same {name}, got {getattr(q, name)!r} and {getattr(p, name)!r}")
+
+
+def _as_temperature(temperature, logits):
+    """``temperature`` as a positive array of the logits' dtype (checked where its value is known)."""
+    try:
+        t = jnp.asarray(temperature)
+    except (TypeError, ValueError):
+        raise ValueError(f"temperature must be a positive number or array, got {temperature!r}") from None
+    if not jnp.issubdtype(t.dtype, jnp.floating) and not jnp.issubdtype(t.dtype, jnp.integer):
+        raise ValueError(f"temperature must be a positive real number or array, got dtype {t.dtype}")
+    t = t.astype(logits.dtype)
+    if is_concrete(t) and not bool(np.all(np.asarray(t) > 0)):
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    return t
+
+
+class StructuredDistribution(Distribution):
+    """Base of every structured distribution: exponential-family algebra, shapes and pytree layout."""
+
+    arg_constraints = {"logits": constraints.independent(constraints.real, 2)}
+    pytree_data_fields = ("logits",)
+    event_dim = 2
+    #: names of the static options (pytree auxiliary data; ``expand`` copies them)
+    _options = ()
+
+    def __init_subclass__(cls, **kwargs):
+        # Options are auxiliary pytree data; numpyro gathers those of Distribution subclasses only, so each
+        # class lists every option it has, including those of its structure mixin.
+        cls.pytree_aux_fields = cls._all_options()
+        super().__init_subclass__(**kwargs)
+
+    def _init_structure(self, logits, extra_batch_shape, validate_args, extra_name="temperature"):
+        logits = check_array(logits, "logits", self.event_dim)
+        event_shape = tuple(logits.shape[logits.ndim - self.event_dim :])
+        self._check_event_shape(event_shape)
+        logits_batch = tuple(logits.shape[: logits.ndim - self.event_dim])
+        try:
+            batch_shape = tuple(jnp.broadcast_shapes(logits_batch, tuple(extra_batch_shape)))
+        except ValueError:
+            raise ValueError(
+                f"{extra_name} of shape {tuple(extra_batch_shape)} does not broadcast with the logits' batch shape "
+                f"{logits_batch}"
+            ) from None
+        self.logits = jnp.broadcast_to(logits, batch_shape + event_shape)
+        super().__init__(batch_shape, event_shape, validate_args=validate_args)
+
+    def validate_args(self, strict=True):
+        """Only the entries that are read must be finite (the diagonal, say, may hold -inf); checked where known."""
+        if is_concrete(self.logits) and not bool(np.all(np.isfinite(self.logits) | ~np.asarray(self._free_mask))):
+            raise ValueError("logits must be finite (no NaN or inf) on the entries that are read")
+
+    @property
+    def _free_mask(self):
+        """Which entries of ``logits`` are parameters (default: all of them)."""
+        return jnp.ones(self.event_shape, bool)
+
+    def _canonical(self, x):
+        """``x`` with the non-free entries filled in (default: unchanged)."""
+        return x
+
+    def _check_event_shape(self, event_shape):
+        if event_shape[-1] != event_shape[-2]:
+            raise ValueError(f"logits must have shape (..., n, n), got event shape {event_shape}")
+
+    # ------------------------------------------------------------------ algebra
+    def _sum_event(self, x):
+        return x.sum(tuple(range(-self.event_dim, 0)))
+
+    def _score(self, value):
+        """``<theta, value>`` over the free entries, broadcasting over leading dims."""
+        return self._sum_event(jnp.where(self._free_mask, self.logits * value, 0))
+
+    @property
+    def log_partition(self):
+        r""":math:`A(\theta) = \log \sum_{x \in \mathcal X} e^{\langle\theta, x\rangle}`, shape ``batch_shape``."""
+        return self._log_partition(self.logits)
+
+    @property
+    def marginals(self):
+        r""":math:`\mu(\theta) = \nabla A(\theta) = \mathbb{E}_q[x]`, shape ``batch_shape + event_shape``."""
+        return self._marginals(self.logits)
+
+    @property
+    def mode(self):
+        r"""The MAP structure :math:`\arg\max_{x} \langle\theta, x\rangle` (deterministic ties)."""
+        return self.solve(self.logits)
+
+    @validate_sample
+    def log_prob(self, value):
+        r""":math:`\langle\theta, x\rangle - A(\theta)`, summed over the free entries."""
+        return self._score(value) - self.log_partition
+
+    def _exp_family_entropy(self):
+        return self.log_partition - self._score(self.marginals)
+
+    # ------------------------------------------------------------------ shapes
+    @classmethod
+    def infer_shapes(cls, logits, *args, **arg_shapes):
+        """``(batch_shape, event_shape)`` from the shapes of the arguments (the default assumes a scalar event)."""
+        event_shape = tuple(logits[len(logits) - cls.event_dim :])
+        batch_shape = tuple(logits[: len(logits) - cls.event_dim])
+        for name, shape in arg_shapes.items():
+            if name in cls.arg_constraints and name != "logits" and shape is not None:
+                batch_shape = tuple(jnp.broadcast_shapes(batch_shape, tuple(shape)))
+        return batch_shape, event_shape
+
+    def _expand_arrays(self, new, batch_shape):
+        new.logits = jnp.broadcast_to(self.logits, batch_shape + self.event_shape)
+
+    def expand(self, batch_shape):
+        """The same class with a larger batch shape (registered KLs keep working under plates)."""
+        batch_shape = tuple(batch_shape)
+        if batch_shape == self.batch_shape:
+            return self
+        new = type(self).__new__(type(self))
+        self._expand_arrays(new, batch_shape)
+        for name in self._all_options():
+            setattr(new, name, getattr(self, name))
+        Distribution.__init__(new, batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    @classmethod
+    def _all_options(cls):
+        return tuple(dict.fromkeys(name for base in cls.__mro__ for name in base.__dict__.get("_options", ())))
+
+
+class ExponentialFamily(StructuredDistribution):
+    r"""Exact exponential family :math:`q(x \mid \theta) = \exp(\langle\theta, x\rangle - A(\theta))`.
+
+    ``sample`` is exact (not reparameterised): use it with score-function estimators such as
+    NumPyro's ``TraceGraph_ELBO``, or as a prior.
+    """
+
+    has_enumerate_support = True
+    reparametrized_params = []
+
+    def __init__(self, logits, validate_args=None):
+        self._init_structure(logits, (), validate_args)
+
+    @property
+    def mean(self):
+        return self.marginals
+
+    def entropy(self):
+        r""":math:`H = A(\theta) - \langle\theta, \mu(\theta)\rangle`."""
+        return self._exp_family_entropy()
+
+    def sample(self, key, sample_shape=()):
+        """Exact sample of shape ``sample_shape + batch_shape + event_shape`` from the key ``key``."""
+        return self._exact_sample(key, tuple(sample_shape))
+
+    def enumerate_support(self, expand=True):
+        """All structures, shape ``(N,) + batch_shape + event_shape`` (small sizes only)."""
+        values = self._enumerate().astype(self.logits.dtype)
+        values = values.reshape((values.shape[0],) + (1,) * len(self.batch_shape) + self.event_shape)
+        if expand:
+            values = jnp.broadcast_to(values, (values.shape[0],) + self.batch_shape + self.event_shape)
+        return values
+
+
+class PerturbAndRelax(StructuredDistribution):
+    r"""Stochastic softmax trick over a structure (Paulus et al., 2020).
+
+    Utilities :math:`U = \theta + E` with i.i.d. noise :math:`E`; the hard sample is the stochastic
+    argmax :math:`X = \arg\max_{x \in \mathcal X} \langle U, x\rangle` and the relaxed sample, with
+    the exponential-family entropy regulariser, is
+
+    .. math::
+
+        X_t = \arg\max_{x \in \operatorname{conv}\mathcal X} \langle U, x\rangle + t\,H(x) = \mu(U / t),
+
+    a differentiable function of :math:`\theta` and :math:`t` that tends to :math:`X` as
+    :math:`t \to 0`. ``sample(key)`` returns :math:`X_t` (reparameterised: gradients flow to
+    ``logits`` and ``temperature``); with ``straight_through=True`` it returns :math:`X` in the
+    forward pass and the gradient of :math:`X_t`.
+
+    ``log_prob(x)`` is :math:`\langle\theta, x\rangle - A(\theta)`: exact for hard (0/1) values,
+    including straight-through samples, which *are* hard; for relaxed values it is the usual
+    relaxed-ELBO surrogate, not a density. ``kl_divergence`` between two instances with equal
+    temperature and noise is the KL of their utility distributions, which upper-bounds the KL of
+    the relaxed samples (data processing inequality).
+    """
+
+    arg_constraints = {
+        "logits": constraints.independent(constraints.real, 2),
+        "temperature": constraints.positive,
+    }
+    pytree_data_fields = ("temperature",)
+    reparametrized_params = ["logits", "temperature"]
+    _options = ("noise", "straight_through")
+
+    def __init__(self, logits, temperature, noise="gumbel", straight_through=False, validate_args=None):
+        check_noise(noise)
+        logits = check_array(logits, "logits", self.event_dim)
+        temperature = _as_temperature(temperature, logits)
+        self.noise = noise
+        self.straight_through = bool(straight_through)
+        self._init_structure(logits, temperature.shape, validate_args)
+        self.temperature = jnp.broadcast_to(temperature, self.batch_shape)
+
+    def _expand_arrays(self, new, batch_shape):
+        super()._expand_arrays(new, batch_shape)
+        new.temperature = jnp.broadcast_to(self.temperature, batch_shape)
+
+    def _per_event(self, t):
+        return t.reshape(t.shape + (1,) * self.event_dim)
+
+    # ------------------------------------------------------------- the trick
+    def sample_utilities(self, key, sample_shape=()):
+        """Perturbed utilities ``U = logits + E``, shape ``sample_shape + batch + event``."""
+        shape = tuple(sample_shape) + self.batch_shape + self.event_shape
+        return self._canonical(self.logits + sample_noise(key, self.noise, shape, self.logits.dtype))
+
+    def relax(self, utilities):
+        r"""The relaxed sample for given utilities, e.g. :math:`\mu(U / t)` (differentiable)."""
+        return self._relax(utilities / self._per_event(self.temperature))
+
+    def _relax(self, scores):
+        """The regularised argmax of ``scores = U / t`` (default: the exponential-family marginals)."""
+        return self._marginals(scores)
+
+    def relaxed_and_hard(self, key, sample_shape=()):
+        """``(relaxed, hard)`` samples computed from the same noise."""
+        utilities = self.sample_utilities(key, sample_shape)
+        return self.relax(utilities), self.solve(utilities)
+
+    def sample(self, key, sample_shape=()):
+        """Relaxed sample (or straight-through hard sample), differentiable in ``logits`` and ``temperature``."""
+        utilities = self.sample_utilities(key, sample_shape)
+        relaxed = self.relax(utilities)
+        if not self.straight_through:
+            return relaxed
+        return self.solve(utilities) + (relaxed - jax.lax.stop_gradient(relaxed))
+
+    def hard_sample(self, key, sample_shape=()):
+        """Stochastic-argmax structure: an exact member of the support (no gradient)."""
+        return self.solve(jax.lax.stop_gradient(self.sample_utilities(key, sample_shape)))
+
+    def _utility_kl(self, other):
+        check_same_options(self, other)
+        if is_concrete(self.temperature, other.temperature) and not bool(
+            np.all(np.asarray(self.temperature) == np.asarray(other.temperature))
+        ):
+            raise ValueError("kl_divergence needs equal temperatures; the utility KL does not bound it otherwise")
+        kl = utility_kl(self.noise, self.logits, other.logits)
+        return self._sum_event(jnp.where(self._free_mask, kl, 0))
+
+
+def exp_family_kl(q, p):
+    r""":math:`\mathrm{KL}(q\|p) = A(\theta_p) - A(\theta_q) + \langle\theta_q - \theta_p, \mu(\theta_q)\rangle`."""
+    check_same_options(q, p)
+    diff = jnp.where(q._free_mask, q.logits - p.logits, 0)
+    return p.log_partition - q.log_partition + q._sum_event(diff * q.marginals)
+
+
+@vmap_over.register
+def _vmap_over_structured(dist: StructuredDistribution, logits=None, temperature=None):
+    """``vmap`` axes of an instance: ``logits`` (and ``temperature``) may be mapped; the options are static."""
+    axes = _default_vmap_over(dist, logits=logits)
+    if isinstance(dist, PerturbAndRelax):
+        axes.temperature = temperature
+    return axes

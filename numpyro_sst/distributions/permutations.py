@@ -1,0 +1,100 @@
+r"""Permutations: Gumbel-Sinkhorn (the SST over the Birkhoff polytope), NumPyro."""
+
+import warnings
+
+import numpy as np
+from numpyro.distributions.kl import kl_divergence
+
+from .. import ops
+from ..ops.permutations import check_sinkhorn_args
+from ..ops.validation import is_concrete
+from . import constraints
+from .base import PerturbAndRelax
+
+__all__ = ["GumbelSinkhorn"]
+
+
+class PermutationStructure:
+    r"""Permutations of ``n``: ``x[i, j] = 1`` iff row ``i`` goes to column ``j``.
+
+    :math:`A(\theta) = \log\operatorname{perm}(e^{\theta})`: exact for ``n <= 12``, the Bethe
+    approximation beyond (:func:`numpyro_sst.ops.log_permanent`).
+    """
+
+    @property
+    def num_items(self):
+        return self.event_shape[-1]
+
+    def _log_partition(self, logits):
+        return ops.log_permanent(logits)
+
+    def _marginals(self, logits):
+        return ops.permutation_marginals(logits)
+
+    def solve(self, utilities):
+        """Maximum-weight assignment of ``utilities`` (batched Hungarian in ``lax`` loops)."""
+        return ops.max_assignment(utilities)
+
+
+class GumbelSinkhorn(PermutationStructure, PerturbAndRelax):
+    r"""Gumbel-Sinkhorn (Mena et al., 2018): the stochastic softmax trick over permutations.
+
+    Utilities :math:`U = \theta + E`; the hard sample is the maximum assignment of :math:`U` and the
+    relaxed sample is the doubly stochastic
+
+    .. math:: X_t = \arg\max_{P \in \mathcal B_n} \langle U, P\rangle + t H(P) = S(U / t),
+
+    computed by :func:`numpyro_sst.ops.sinkhorn` (by default Newton's method on the Sinkhorn dual,
+    at most ``n_iters`` steps, stopping once the rows sum to 1 within ``tol``). If an element stops at
+    the cap with a larger residual, a ``RuntimeWarning`` names the residual on concrete values (under
+    ``jit`` the residual is unknown; call :func:`numpyro_sst.ops.sinkhorn` to read it).
+    ``log_partition`` and ``marginals`` are the exponential family's over permutations: exact for
+    ``n <= 12``, Bethe beyond.
+
+    :param logits: ``(..., n, n)`` array.
+    :param temperature: positive scalar or array broadcastable to the batch shape.
+    :param int n_iters: cap on Newton steps (``"implicit"``) or Sinkhorn sweeps (``"unrolled"``).
+    :param float tol: convergence tolerance on the row sums.
+    :param str backward: ``"implicit"`` (default; ``custom_vjp`` of the fixed point, reverse mode
+        only) or ``"unrolled"`` (plain sweeps, differentiated through in either mode).
+    :param str noise: ``"gumbel"`` (default), ``"gaussian"`` or ``"negative_exponential"``.
+    :param bool straight_through: hard forward value, relaxed gradient.
+    """
+
+    _options = PerturbAndRelax._options + ("n_iters", "tol", "backward")
+
+    def __init__(
+        self,
+        logits,
+        temperature,
+        *,
+        n_iters=100,
+        tol=1e-6,
+        backward="implicit",
+        noise="gumbel",
+        straight_through=False,
+        validate_args=None,
+    ):
+        self.n_iters, self.tol = check_sinkhorn_args(n_iters, tol, backward)
+        self.backward = backward
+        super().__init__(logits, temperature, noise, straight_through, validate_args)
+
+    def _relax(self, scores):
+        p, residual = ops.sinkhorn(scores, self.n_iters, self.tol, self.backward)
+        if is_concrete(residual) and residual.size:
+            worst = float(np.max(np.asarray(residual)))
+            if worst > self.tol:
+                warnings.warn(
+                    f"GumbelSinkhorn: stopped at n_iters={self.n_iters} with row residual {worst:.3g} > "
+                    f"tol={self.tol:g}; raise n_iters or the temperature",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+        return p
+
+    @property
+    def support(self):
+        return constraints.permutation(relaxed=True)
+
+
+kl_divergence.register(GumbelSinkhorn, GumbelSinkhorn)(lambda q, p: q._utility_kl(p))

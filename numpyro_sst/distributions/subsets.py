@@ -1,0 +1,124 @@
+r"""k-subsets: the relaxed top-k (SST) and the exact exponential family over k-subsets (NumPyro)."""
+
+from numpyro.distributions import constraints as numpyro_constraints
+from numpyro.distributions.kl import kl_divergence
+
+from .. import ops
+from ..ops.subsets import RELAXATIONS, check_k, check_relaxation
+from ..ops.validation import check_array
+from . import constraints
+from .base import ExponentialFamily, PerturbAndRelax, exp_family_kl
+
+__all__ = ["KSubset", "RelaxedTopK"]
+
+
+class KSubsetStructure:
+    r"""k-subsets of ``d`` items.
+
+    Value: ``(..., d)`` k-hot vector. :math:`A(\theta) = \log e_k(e^{\theta})`, the elementary
+    symmetric polynomial, by the inside pass of :func:`numpyro_sst.ops.log_elementary_symmetric`;
+    the marginals are its exact gradient.
+    """
+
+    event_dim = 1
+    arg_constraints = {"logits": numpyro_constraints.real_vector}
+    _options = ("k",)
+
+    @property
+    def num_items(self):
+        return self.event_shape[-1]
+
+    def _set_k(self, logits, k):
+        logits = check_array(logits, "logits", 1)
+        self.k = check_k(k, logits.shape[-1])
+
+    def _check_event_shape(self, event_shape):
+        """Any ``d``; ``k`` was checked against it."""
+
+    def _log_partition(self, logits):
+        return ops.log_elementary_symmetric(logits, self.k)
+
+    def _marginals(self, logits):
+        return ops.subset_marginals(logits, self.k)
+
+    def solve(self, utilities):
+        """Top-k of ``utilities`` as a k-hot vector (ties to the lowest index)."""
+        return ops.top_k_mask(utilities, self.k)
+
+    def _exact_sample(self, key, sample_shape):
+        return ops.sample_k_subset(key, self.logits, self.k, sample_shape)
+
+    def _enumerate(self):
+        return ops.enumerate_k_subsets(self.num_items, self.k)
+
+
+class RelaxedTopK(KSubsetStructure, PerturbAndRelax):
+    r"""Stochastic softmax trick over k-subsets: a relaxed top-k.
+
+    Utilities :math:`U = \theta + E`; the hard sample is the top-k of :math:`U` and the relaxed
+    sample is :math:`X_t = \arg\max_{x \in [0,1]^d,\, \sum x = k} \langle U, x\rangle - t f(x)`, with
+    ``relaxation`` choosing :math:`f` (every choice lies in :math:`[0,1]^d` and sums to ``k``):
+
+    * ``"exp_family"`` (default): :math:`f = A^*`, so :math:`X_t = \mu(U/t)`, the k-subset marginals
+      (for ``k = 1``: the softmax of :math:`U/t`, i.e. Gumbel-softmax);
+    * ``"euclidean"``: :math:`f = \frac12\|x\|^2`, the projection of :math:`U/t` onto the capped
+      simplex (for ``k = 1``: sparsemax);
+    * ``"categorical_entropy"``: :math:`f = \sum_i x_i\log x_i`, :math:`X_t = \min(1, e^{(U - \tau)/t})`;
+    * ``"binary_entropy"``: :math:`f = \sum_i x_i\log x_i + (1-x_i)\log(1-x_i)`, :math:`X_t = \sigma((U - \tau)/t)`;
+
+    where :math:`\tau` makes the entries sum to ``k``.
+
+    :param logits: ``(..., d)`` array.
+    :param int k: subset size, ``0 <= k <= d``.
+    :param temperature: positive scalar or array broadcastable to the batch shape.
+    :param str relaxation: one of the four above.
+    :param str noise: ``"gumbel"`` (default), ``"gaussian"`` or ``"negative_exponential"``.
+    :param bool straight_through: hard forward value, relaxed gradient.
+    """
+
+    arg_constraints = {"logits": numpyro_constraints.real_vector, "temperature": numpyro_constraints.positive}
+    _options = PerturbAndRelax._options + ("k", "relaxation")
+
+    def __init__(
+        self,
+        logits,
+        k,
+        temperature,
+        *,
+        relaxation="exp_family",
+        noise="gumbel",
+        straight_through=False,
+        validate_args=None,
+    ):
+        check_relaxation(relaxation)
+        self.relaxation = relaxation
+        self._set_k(logits, k)
+        super().__init__(logits, temperature, noise, straight_through, validate_args)
+
+    def _relax(self, scores):
+        return RELAXATIONS[self.relaxation](scores, self.k)
+
+    @property
+    def support(self):
+        return constraints.k_subset(self.k, relaxed=True)
+
+
+class KSubset(KSubsetStructure, ExponentialFamily):
+    r"""Exponential family over k-subsets (conditional Poisson sampling design).
+
+    :math:`q(x) = e^{\langle\theta, x\rangle} / e_k(e^{\theta})` for k-hot ``x``. Exact ``sample``
+    (backward sampling through the DP), ``log_prob``, ``entropy``, ``mean`` (= marginals), ``mode``
+    (top-k of ``logits``), ``enumerate_support`` (up to :math:`10^6` subsets).
+    """
+
+    def __init__(self, logits, k, *, validate_args=None):
+        self._set_k(logits, k)
+        super().__init__(logits, validate_args)
+
+    @property
+    def support(self):
+        return constraints.k_subset(self.k, relaxed=False)
+
+
+kl_divergence.register(RelaxedTopK, RelaxedTopK)(lambda q, p: q._utility_kl(p))
+kl_divergence.register(KSubset, KSubset)(exp_family_kl)

@@ -1,0 +1,175 @@
+r"""Spanning trees and arborescences: relaxed (SST) and exact exponential-family classes (NumPyro)."""
+
+import jax.numpy as jnp
+from numpyro.distributions.kl import kl_divergence
+
+from .. import ops
+from ..ops.matrix_tree import check_root
+from ..ops.validation import check_square
+from . import constraints
+from .base import ExponentialFamily, PerturbAndRelax, exp_family_kl
+
+__all__ = ["Arborescence", "RelaxedArborescence", "RelaxedSpanningTree", "SpanningTree"]
+
+
+class SpanningTreeStructure:
+    r"""Undirected spanning trees of :math:`K_n`.
+
+    Value: ``(..., n, n)`` symmetric 0/1 matrix with zero diagonal, :math:`\sum_{i<j} x_{ij} = n - 1`.
+    Only the strict upper triangle of ``logits`` is read; :math:`A(\theta)` is Kirchhoff's
+    log-determinant of the weighted Laplacian minor. :func:`numpyro_sst.ops.edge_logits_to_matrix`
+    converts Pyro-style colex edge logits.
+    """
+
+    @property
+    def num_nodes(self):
+        return self.event_shape[-1]
+
+    @property
+    def _free_mask(self):
+        return jnp.triu(jnp.ones((self.num_nodes, self.num_nodes), bool), 1)
+
+    def _canonical(self, x):
+        return ops.symmetrize_upper(x)
+
+    def _log_partition(self, logits):
+        return ops.spanning_tree_log_partition(logits)
+
+    def _marginals(self, logits):
+        return ops.spanning_tree_marginals(logits)
+
+    def solve(self, utilities):
+        """Maximum spanning tree of ``utilities`` (batched Prim)."""
+        return ops.max_spanning_tree(utilities)
+
+    def _exact_sample(self, key, sample_shape):
+        return ops.sample_spanning_tree(key, self.logits, sample_shape)
+
+    def _enumerate(self):
+        return ops.enumerate_spanning_trees(self.num_nodes)
+
+
+class ArborescenceStructure:
+    r"""Arborescences (directed spanning trees) rooted at ``root``.
+
+    Value: ``(..., n, n)`` with ``x[i, j] = 1`` iff ``i`` is the parent of ``j``; non-root columns
+    sum to 1, the root column is 0. :math:`A(\theta)` by Tutte's directed matrix-tree theorem; with
+    ``single_root=True`` the root has exactly one child (Koo et al., 2007).
+    """
+
+    _options = ("root", "single_root")
+
+    @property
+    def num_nodes(self):
+        return self.event_shape[-1]
+
+    def _set_root(self, logits, root, single_root):
+        logits = check_square(logits)
+        self.root, self.single_root = check_root(logits.shape[-1], root, single_root), bool(single_root)
+
+    @property
+    def _free_mask(self):
+        idx = jnp.arange(self.num_nodes)
+        return (idx[:, None] != idx) & (idx != self.root)
+
+    def _canonical(self, x):
+        return jnp.where(self._free_mask, x, 0)
+
+    def _log_partition(self, logits):
+        return ops.arborescence_log_partition(logits, self.root, self.single_root)
+
+    def _marginals(self, logits):
+        return ops.arborescence_marginals(logits, self.root, self.single_root)
+
+    def solve(self, utilities):
+        """Maximum arborescence of ``utilities`` (batched Chu-Liu-Edmonds)."""
+        return ops.max_arborescence(self._canonical(utilities), self.root, self.single_root)
+
+    def _exact_sample(self, key, sample_shape):
+        return ops.sample_arborescence(key, self.logits, self.root, self.single_root, sample_shape)
+
+    def _enumerate(self):
+        return ops.enumerate_arborescences(self.num_nodes, self.root, self.single_root)
+
+
+class RelaxedSpanningTree(SpanningTreeStructure, PerturbAndRelax):
+    r"""Stochastic softmax trick over undirected spanning trees.
+
+    :math:`X_t = \mu(U/t)` with :math:`\mu` the Kirchhoff edge marginals (explicit inverse formula
+    with a custom JVP; exact log-space fallback where the Laplacian is numerically singular); the
+    hard sample is the maximum spanning tree of :math:`U`.
+
+    :param logits: ``(..., n, n)`` array; the strict upper triangle is read.
+    :param temperature: positive scalar or array broadcastable to the batch shape.
+    :param str noise: ``"gumbel"`` (default), ``"gaussian"`` or ``"negative_exponential"``.
+    :param bool straight_through: hard forward value, relaxed gradient.
+    """
+
+    def __init__(self, logits, temperature, *, noise="gumbel", straight_through=False, validate_args=None):
+        super().__init__(logits, temperature, noise, straight_through, validate_args)
+
+    @property
+    def support(self):
+        return constraints.spanning_tree(relaxed=True)
+
+
+class SpanningTree(SpanningTreeStructure, ExponentialFamily):
+    r"""Exponential family :math:`q(x) \propto \exp\langle\theta, x\rangle` over spanning trees.
+
+    Exact ``sample`` (ancestral sampling by conditional marginals), ``log_prob``, ``entropy``,
+    ``enumerate_support`` (``n <= 7``), ``mode`` (maximum spanning tree).
+    """
+
+    def __init__(self, logits, *, validate_args=None):
+        super().__init__(logits, validate_args)
+
+    @property
+    def support(self):
+        return constraints.spanning_tree(relaxed=False)
+
+
+class RelaxedArborescence(ArborescenceStructure, PerturbAndRelax):
+    r"""Stochastic softmax trick over arborescences rooted at ``root``.
+
+    :math:`X_t = \mu(U/t)` with Tutte (or, for ``single_root``, Koo et al.) marginals; the hard
+    sample is the Chu-Liu-Edmonds maximum arborescence. See :class:`RelaxedSpanningTree` for the
+    other arguments.
+    """
+
+    _options = PerturbAndRelax._options + ArborescenceStructure._options
+
+    def __init__(
+        self,
+        logits,
+        temperature,
+        *,
+        root=0,
+        single_root=False,
+        noise="gumbel",
+        straight_through=False,
+        validate_args=None,
+    ):
+        self._set_root(logits, root, single_root)
+        super().__init__(logits, temperature, noise, straight_through, validate_args)
+
+    @property
+    def support(self):
+        return constraints.arborescence(self.root, self.single_root, relaxed=True)
+
+
+class Arborescence(ArborescenceStructure, ExponentialFamily):
+    r"""Exponential family over arborescences rooted at ``root`` (exact sampling)."""
+
+    def __init__(self, logits, *, root=0, single_root=False, validate_args=None):
+        self._set_root(logits, root, single_root)
+        super().__init__(logits, validate_args)
+
+    @property
+    def support(self):
+        return constraints.arborescence(self.root, self.single_root, relaxed=False)
+
+
+for _cls in (RelaxedSpanningTree, RelaxedArborescence):
+    kl_divergence.register(_cls, _cls)(lambda q, p: q._utility_kl(p))
+for _cls in (SpanningTree, Arborescence):
+    kl_divergence.register(_cls, _cls)(exp_family_kl)

@@ -1,0 +1,60 @@
+"""Log-space building blocks shared by the dynamic programs (subset DP, permanent DP, tree elimination)."""
+
+import jax
+import jax.numpy as jnp
+
+from .validation import raise_if
+
+__all__ = ["log_sum_exp"]
+
+
+def log_sum_exp(x, axis):
+    """Max-shifted log-sum-exp whose first and second derivatives stay finite, also on all-``-inf`` slices.
+
+    The derivatives are plain softmax weights, zero on ``-inf`` entries (``jax.nn.logsumexp``
+    and ``jnp.logaddexp`` give NaN gradients on an all-``-inf`` slice). A NaN anywhere in a
+    slice gives NaN.
+    """
+    m = jax.lax.stop_gradient(jnp.max(x, axis, keepdims=True))
+    m = jnp.where(jnp.isfinite(m), m, 0)
+    s = jnp.sum(jnp.exp(x - m), axis)
+    empty = s == 0
+    log_s = jnp.log(jnp.where(empty, 1, s))
+    return jnp.where(empty, -jnp.inf, log_s + jnp.squeeze(m, axis))
+
+
+def log_add(a, b):
+    """``log(e^a + e^b)`` with the derivatives of :func:`log_sum_exp`."""
+    return log_sum_exp(jnp.stack([a, b]), 0)
+
+
+def nan_elements(x, event_dim):
+    """Batch mask of the elements with a NaN anywhere in their last ``event_dim`` dims."""
+    return jnp.any(jnp.isnan(x), tuple(range(x.ndim - event_dim, x.ndim))) if event_dim else jnp.isnan(x)
+
+
+def mask_nan_elements(x, event_dim):
+    """``(x with its NaN batch elements set to 0, their mask)``: compute on the first, then :func:`fill_nan`."""
+    nan = nan_elements(x, event_dim)
+    return jnp.where(nan.reshape(nan.shape + (1,) * event_dim), 0, x), nan
+
+
+def fill_nan(out, mask, event_dim):
+    """``out`` with every batch element where ``mask`` holds set to NaN (NaN in, NaN out)."""
+    return jnp.where(mask.reshape(mask.shape + (1,) * event_dim), jnp.nan, out)
+
+
+def check_nonempty(log_partition, structure):
+    """Raise (on concrete values) where an exponential family has an empty support (``A = -inf``)."""
+    raise_if(
+        log_partition == -jnp.inf,
+        lambda _: (
+            f"logits: no {structure} has finite weight (the log-partition is -inf), so the marginals, "
+            "samples and modes are undefined; -inf logits mark absent edges or items"
+        ),
+    )
+
+
+def undefined_where_empty(mu, log_partition, event_dim):
+    """Marginals set to NaN where the support is empty (traced inputs, where nothing can raise)."""
+    return fill_nan(mu, log_partition == -jnp.inf, event_dim)

@@ -1,0 +1,399 @@
+r"""Permutations: log-domain Sinkhorn, maximum assignment, and the log-permanent (JAX).
+
+Value layout (shared with :mod:`pyro_sst`): a permutation of ``n`` is an ``(..., n, n)`` 0/1
+matrix with ``x[i, j] = 1`` iff row ``i`` is assigned to column ``j``; its relaxations are
+doubly stochastic matrices.
+
+The exponential family over permutations has log-partition
+:math:`A(\theta) = \log \operatorname{perm}(e^{\theta})`, which is #P-hard: :func:`log_permanent`
+computes it exactly for ``n <= 12`` (a log-space DP over column subsets) and by the Bethe
+approximation beyond (a lower bound within a factor :math:`2^{n/2}`).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from sst_common import enumeration
+
+from .logspace import check_nonempty, fill_nan, log_sum_exp, mask_nan_elements
+from .validation import check_float, check_int, check_square, raise_if, wide_dtype
+
+__all__ = [
+    "BACKWARDS",
+    "EXACT_MAX_N",
+    "bethe_log_permanent",
+    "enumerate_permutations",
+    "log_permanent",
+    "max_assignment",
+    "permutation_marginals",
+    "sinkhorn",
+]
+
+#: largest ``n`` for which :func:`log_permanent` is exact by default (``n^2 2^n`` work)
+EXACT_MAX_N = 12
+BACKWARDS = ("unrolled", "implicit")
+
+
+def check_sinkhorn_args(n_iters, tol, backward):
+    """``(n_iters, tol)`` as an int >= 1 and a float >= 0; ``backward`` one of :data:`BACKWARDS`."""
+    n_iters = check_int(n_iters, "n_iters", 1)
+    tol = check_float(tol, "tol", 0.0, inclusive=True)
+    if backward not in BACKWARDS:
+        raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
+    return n_iters, tol
+
+
+def _sinkhorn_sweeps(log_alpha, n_iters, tol, differentiable=True):
+    """Alternate row and column log-normalisations, each batch element until its row sums are within ``tol`` of 1.
+
+    A converged element is frozen, so its result does not depend on its neighbours in the batch.
+    ``differentiable``: a ``lax.scan`` of all ``n_iters`` sweeps (reverse mode needs a fixed trip
+    count; the frozen elements make that the same result); otherwise a ``while_loop`` that stops
+    once every element has converged.
+    """
+    lse = functools.partial(jax.nn.logsumexp, keepdims=True)
+
+    def sweep(state):
+        log_p, row_log_sums, active, _ = state
+        step = log_p - row_log_sums
+        step = step - lse(step, -2)
+        log_p = jnp.where(active, step, log_p)
+        row_log_sums = jnp.where(active, lse(log_p, -1), row_log_sums)
+        residual = jnp.abs(jnp.exp(jax.lax.stop_gradient(row_log_sums[..., 0])) - 1).max(-1)
+        return log_p, row_log_sums, active & (residual > tol)[..., None, None], residual
+
+    # The row log-sums that measure the residual are the ones the next row normalisation divides by.
+    state = (log_alpha, lse(log_alpha, -1), jnp.ones(log_alpha.shape[:-2] + (1, 1), bool), jnp.inf)
+    state = (*state[:3], jnp.full(log_alpha.shape[:-2], jnp.inf, log_alpha.dtype))
+    if differentiable:
+        state = jax.lax.scan(lambda s, _: (sweep(s), None), state, length=n_iters)[0]
+    else:
+        state = jax.lax.while_loop(
+            lambda s: (s[-1] < n_iters) & jnp.any(s[0][2]), lambda s: (sweep(s[0]), s[1] + 1), (state, 0)
+        )[0]
+    return state[0], state[3]
+
+
+def _sinkhorn_newton(log_alpha, max_steps, tol):
+    r"""The Sinkhorn fixed point by Newton's method on the dual, each element until ``tol`` (see pyro_sst).
+
+    With columns normalised for row potentials :math:`f`, the dual
+    :math:`\psi(f) = \sum_j \operatorname{logsumexp}_i (X_{ij} + f_i) - \sum_i f_i` is convex with
+    gradient :math:`r - 1` (the row sums) and Hessian :math:`\operatorname{diag}(r) - P P^\top`. Each step
+    solves :math:`(\operatorname{diag}(r) - P P^\top + \tfrac1n 1 1^\top + \|r - 1\|_\infty^2 I)\,\delta = 1 - r`
+    with a backtracking (Armijo) line search on :math:`\psi`; where the solve breaks down, a plain
+    sweep. In float64 where JAX has it enabled.
+    """
+    X = log_alpha.astype(wide_dtype(log_alpha.dtype))
+    n = X.shape[-1]
+    gauge = jnp.full((n, n), 1.0 / n, X.dtype)
+    eps = jnp.finfo(X.dtype).eps
+
+    def dual(f):
+        return jax.nn.logsumexp(X + f[..., :, None], -2).sum(-1) - f.sum(-1)
+
+    def evaluate(f):
+        log_p = X + f[..., :, None]
+        column_log_sums = jax.nn.logsumexp(log_p, -2, keepdims=True)
+        log_p = log_p - column_log_sums
+        rows = jnp.exp(log_p).sum(-1)
+        return log_p, column_log_sums, rows, jnp.abs(rows - 1).max(-1)
+
+    def newton(state):
+        f, step = state
+        log_p, column_log_sums, rows, residual = evaluate(f)
+        active = residual > tol  # NaN elements are never active
+        p = jnp.exp(log_p)
+        hessian = (
+            jnp.eye(n, dtype=X.dtype) * (rows + residual[..., None] ** 2)[..., None, :] - p @ jnp.swapaxes(p, -1, -2)
+        ) + gauge
+        delta = -jnp.linalg.solve(hessian, (rows - 1)[..., None])[..., 0]
+        slope = ((rows - 1) * delta).sum(-1)
+        base = column_log_sums.sum((-2, -1)) - f.sum(-1)
+        rounding = 8 * eps * jnp.abs(base)  # near the optimum the decrease is below rounding
+
+        def backtrack(search):
+            alpha, _, i = search
+            accepted = dual(f + alpha[..., None] * delta) <= base + 1e-4 * alpha * slope + rounding
+            return jnp.where(accepted, alpha, alpha / 2), accepted, i + 1
+
+        alpha, accepted, _ = jax.lax.while_loop(
+            lambda s: ~jnp.all(s[1]) & (s[2] < 40), backtrack, (jnp.ones_like(residual), residual < 0, 0)
+        )
+        # Where the solve broke down (a numerically singular system) take a plain Sinkhorn sweep instead.
+        newton_f = f + alpha[..., None] * delta
+        sweep_f = f - jnp.log(rows)
+        ok = accepted & jnp.all(jnp.isfinite(newton_f), -1)
+        return jnp.where(active[..., None], jnp.where(ok[..., None], newton_f, sweep_f), f), step + 1
+
+    def going(state):
+        f, step = state
+        return (step < max_steps) & jnp.any(evaluate(f)[-1] > tol)
+
+    f = jax.lax.while_loop(going, newton, (-jax.nn.logsumexp(X, -1), 0))[0]
+    log_p, _, _, residual = evaluate(f)
+    return log_p.astype(log_alpha.dtype), residual.astype(log_alpha.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _implicit_sinkhorn(log_alpha, n_iters, tol):
+    log_p, residual = _sinkhorn_newton(log_alpha, n_iters, tol)
+    return jnp.exp(log_p), residual
+
+
+def _implicit_sinkhorn_forward(log_alpha, n_iters, tol):
+    p, residual = _implicit_sinkhorn(log_alpha, n_iters, tol)
+    return (p, residual), p
+
+
+def _implicit_sinkhorn_backward(n_iters, tol, p, grads):
+    r"""The gradient of the fixed point (see pyro_sst's ``_ImplicitSinkhorn``).
+
+    With :math:`a = (P \odot G) 1`, :math:`b = (P \odot G)^\top 1`:
+    :math:`(I - P P^\top + \tfrac1n 1 1^\top)\lambda = a - P b`, :math:`\kappa = b - P^\top\lambda`,
+    :math:`\nabla_X = P \odot (G - \lambda 1^\top - 1 \kappa^\top)`; the system is solved by a
+    symmetric pseudo-inverse, since it becomes singular as :math:`P` approaches a permutation.
+    """
+    grad_p = grads[0]
+    n = p.shape[-1]
+    weighted = p * grad_p
+    a, b = weighted.sum(-1), weighted.sum(-2)
+    system = jnp.eye(n, dtype=p.dtype) - p @ jnp.swapaxes(p, -1, -2) + 1.0 / n
+    rhs = a - (p @ b[..., None])[..., 0]
+    lam = (jnp.linalg.pinv(system, hermitian=True) @ rhs[..., None])[..., 0]
+    kappa = b - (jnp.swapaxes(p, -1, -2) @ lam[..., None])[..., 0]
+    return (p * (grad_p - lam[..., :, None] - kappa[..., None, :]),)
+
+
+_implicit_sinkhorn.defvjp(_implicit_sinkhorn_forward, _implicit_sinkhorn_backward)
+
+
+def sinkhorn(log_alpha, n_iters=100, tol=1e-6, backward="implicit"):
+    r"""Log-domain Sinkhorn (Mena et al., 2018): the doubly stochastic scaling of :math:`e^{X}`.
+
+    .. math::
+
+        S(X) = \lim_{m\to\infty} (\mathcal T_c \circ \mathcal T_r)^m (X),\quad
+        \mathcal T_r(X) = X - \operatorname{logsumexp}_j X_{ij},\quad
+        \mathcal T_c(X) = X - \operatorname{logsumexp}_i X_{ij},
+
+    the maximiser of :math:`\langle X, P\rangle + H(P)` over the Birkhoff polytope.
+
+    :param backward: ``"implicit"`` (default): Newton's method on the dual (at most ``n_iters``
+        steps, each element until its row sums are within ``tol`` of 1) and a ``custom_vjp`` that
+        differentiates the fixed point (constant memory; reverse mode only). ``"unrolled"``: at
+        most ``n_iters`` plain sweeps with the same stopping rule (converged elements frozen),
+        differentiated through (forward and reverse mode; memory grows with ``n_iters``).
+    :returns: ``(P, residual)``: ``P`` of the input's shape and ``residual`` (shape
+        ``log_alpha.shape[:-2]``), the largest ``|row sum - 1|`` at the end.
+    """
+    log_alpha = check_square(log_alpha, "log_alpha")
+    n_iters, tol = check_sinkhorn_args(n_iters, tol, backward)
+    if backward == "implicit":
+        return _implicit_sinkhorn(log_alpha, n_iters, tol)
+    log_p, residual = _sinkhorn_sweeps(log_alpha, n_iters, tol)
+    return jnp.exp(log_p), residual
+
+
+def max_assignment(weights):
+    r"""Maximum-weight perfect matching :math:`\arg\max_{x} \langle W, x\rangle` as a permutation matrix.
+
+    Shortest augmenting paths with dual potentials (Jonker-Volgenant, as in Crouse 2016) for the
+    whole batch at once under masks, in ``lax`` loops (jittable, on any device). Exact; ties are
+    broken deterministically (possibly unlike scipy's). Raises :class:`ValueError` on concrete
+    input where an element has no assignment of finite weight (NaN under ``jit``).
+    """
+    weights = check_square(weights, "weights")
+    n = weights.shape[-1]
+    flat, nan = mask_nan_elements(jax.lax.stop_gradient(weights).reshape(-1, n, n), 2)
+    columns, failed = _hungarian_batched(-flat.astype(wide_dtype(flat.dtype)))
+    raise_if(
+        failed & ~nan,
+        lambda bad: f"weights: batch element {int(bad.nonzero()[0][0])} has no assignment of finite weight",
+    )
+    x = (columns[..., None] == jnp.arange(n)).astype(weights.dtype)
+    return fill_nan(x, nan | failed, 2).reshape(weights.shape)
+
+
+def _hungarian_batched(cost):
+    """``((B, n) column of each row, (B,) infeasible)``, minimising ``cost`` (``+inf`` = forbidden).
+
+    One row at a time; every batch element runs the same steps under masks. An element with no
+    finite assignment stops (``infeasible``) and is left alone from then on.
+    """
+    B, n = cost.shape[0], cost.shape[-1]
+    b = jnp.arange(B)
+    cols = jnp.arange(n)
+
+    def assign_row(current, state):
+        u, v, col4row, row4col, failed = state
+
+        def search(s):
+            shortest, path, seen_rows, seen_cols, row, min_value, sink, searching, failed = s
+            seen_rows = seen_rows.at[b, row].set(seen_rows[b, row] | searching)
+            reduced = min_value[:, None] + cost[b, row] - u[b, row][:, None] - v
+            better = searching[:, None] & ~seen_cols & (reduced < shortest)
+            path = jnp.where(better, row[:, None], path)
+            shortest = jnp.where(better, reduced, shortest)
+            candidates = jnp.where(seen_cols, jnp.inf, shortest)
+            lowest = candidates.min(-1)
+            stuck = searching & ~(lowest < jnp.inf)
+            tied = candidates == lowest[:, None]
+            free_tied = tied & (row4col < 0)
+            col = jnp.where(free_tied.any(-1), jnp.argmax(free_tied, -1), jnp.argmax(tied, -1))
+            searching = searching & ~stuck
+            min_value = jnp.where(searching, lowest, min_value)
+            seen_cols = seen_cols.at[b, col].set(seen_cols[b, col] | searching)
+            owner = row4col[b, col]
+            found = searching & (owner < 0)
+            sink = jnp.where(found, col, sink)
+            row = jnp.where(searching & ~found, owner, row)
+            return shortest, path, seen_rows, seen_cols, row, min_value, sink, searching & ~found, failed | stuck
+
+        start = (
+            jnp.full((B, n), jnp.inf, cost.dtype),
+            jnp.full((B, n), -1),
+            jnp.zeros((B, n), bool),
+            jnp.zeros((B, n), bool),
+            jnp.full(B, current),
+            jnp.zeros(B, cost.dtype),
+            jnp.full(B, -1),
+            ~failed,
+            failed,
+        )
+        shortest, path, seen_rows, seen_cols, _, min_value, sink, _, now_failed = jax.lax.while_loop(
+            lambda s: jnp.any(s[7]), search, start
+        )
+        going = ~now_failed
+        u_next = u.at[:, current].add(min_value)
+        others = seen_rows & (cols != current)
+        assigned_shortest = jnp.take_along_axis(shortest, col4row.clip(0), -1)
+        u_next = jnp.where(others, u_next + min_value[:, None] - assigned_shortest, u_next)
+        u = jnp.where(going[:, None], u_next, u)
+        v = jnp.where(going[:, None] & seen_cols, v - (min_value[:, None] - shortest), v)
+
+        def walk(s):
+            col, col4row, row4col, walking = s
+            row = path[b, col]
+            row4col = row4col.at[b, col].set(jnp.where(walking, row, row4col[b, col]))
+            previous = col4row[b, row]
+            col4row = col4row.at[b, row].set(jnp.where(walking, col, previous))
+            walking = walking & (row != current)
+            return jnp.where(walking, previous, col), col4row, row4col, walking
+
+        _, col4row, row4col, _ = jax.lax.while_loop(
+            lambda s: jnp.any(s[3]), walk, (jnp.maximum(sink, 0), col4row, row4col, going)
+        )
+        return u, v, col4row, row4col, now_failed
+
+    state = (jnp.zeros((B, n), cost.dtype), jnp.zeros((B, n), cost.dtype), jnp.full((B, n), -1), jnp.full((B, n), -1))
+    _, _, col4row, _, failed = jax.lax.fori_loop(0, n, assign_row, (*state, jnp.zeros(B, bool)))
+    return col4row, failed
+
+
+def _exact_log_permanent(logits):
+    """Exact log-permanent by the log-space DP over column subsets (``n <= EXACT_MAX_N``)."""
+    n = logits.shape[-1]
+    states = jnp.arange(1 << n)
+    bits = 1 << jnp.arange(n)
+    has = (states[:, None] & bits) > 0  # (2^n, n): column j in subset S
+    previous = states[:, None] ^ bits  # S without column j
+    # f[S] = log sum over ways to give rows 0..|S|-1 the columns S; only |S| = row + 1 is reachable.
+    f = jnp.full(logits.shape[:-2] + (1 << n,), -jnp.inf, logits.dtype).at[..., 0].set(0)
+    for row in range(n):
+        terms = f[..., previous] + logits[..., row, None, :]
+        f = log_sum_exp(jnp.where(has, terms, -jnp.inf), -1)
+    return f[..., -1]
+
+
+def bethe_log_permanent(logits, max_iters=2000):
+    r"""Bethe approximation of :math:`\log\operatorname{perm}(e^{\theta})` and its beliefs.
+
+    .. math::
+
+        \log\operatorname{perm}_B = \max_{\gamma \in \mathcal B_n}
+            \sum_{ij} \gamma_{ij}\theta_{ij} - \gamma_{ij}\log\gamma_{ij}
+            + (1 - \gamma_{ij})\log(1 - \gamma_{ij}),
+
+    a concave problem over the Birkhoff polytope (Vontobel, 2013), with
+    :math:`\operatorname{perm}/2^{n/2} \le \operatorname{perm}_B \le \operatorname{perm}`. Solved by
+    damped fixed-point updates of :math:`\gamma` interleaved with Sinkhorn sweeps (each element
+    until its own convergence), then projected onto :math:`\mathcal B_n` by Sinkhorn. The value is
+    differentiable and its gradient is :math:`\gamma` (envelope theorem).
+
+    :returns: ``(log_perm_bethe, gamma)``.
+    """
+    logits = check_square(logits)
+    gamma = jax.lax.stop_gradient(_bethe_beliefs(jax.lax.stop_gradient(logits), max_iters))
+    entropy = -jax.scipy.special.xlogy(gamma, gamma) + jax.scipy.special.xlogy(1 - gamma, 1 - gamma)
+    energy = jnp.where(gamma > 0, gamma * logits, 0)
+    return (energy + entropy).sum((-2, -1)), gamma
+
+
+def _bethe_beliefs(logits, max_iters):
+    tol = 1e-10 if logits.dtype == jnp.float64 else 1e-6
+    theta, nan = mask_nan_elements(logits, 2)
+    eps = jnp.finfo(theta.dtype).eps
+
+    def update(state):
+        gamma, g, active, i = state
+        kernel = theta - jnp.log1p(-jnp.minimum(gamma, 1 - eps))
+        f = -jax.nn.logsumexp(kernel + g[..., None, :], -1)
+        g_next = -jax.nn.logsumexp(kernel + f[..., :, None], -2)
+        new = jnp.exp(kernel + f[..., :, None] + g_next[..., None, :])
+        change = jnp.abs(new - gamma).max((-2, -1))
+        damped = 0.5 * (gamma + new)
+        gamma = jnp.where(active[..., None, None], damped, gamma)
+        g = jnp.where(active[..., None], g_next, g)
+        active = active & ~((change < tol) & (jnp.abs(damped.sum(-1) - 1).max(-1) < tol))
+        return gamma, g, active, i + 1
+
+    state = (jax.nn.softmax(theta, -1), jnp.zeros(theta.shape[:-1], theta.dtype), jnp.ones(theta.shape[:-2], bool), 0)
+    gamma = jax.lax.while_loop(lambda s: jnp.any(s[2]) & (s[3] < max_iters), update, state)[0]
+    log_gamma, _ = _sinkhorn_sweeps(jnp.log(gamma), 1000, tol, differentiable=False)
+    return fill_nan(jnp.exp(log_gamma), nan, 2)
+
+
+def _uses_bethe(logits, method):
+    """Check ``logits`` and ``method``; whether the Bethe approximation (not the exact DP) applies."""
+    n = logits.shape[-1]
+    if method not in ("auto", "exact", "bethe"):
+        raise ValueError(f"method must be 'auto', 'exact' or 'bethe', got {method!r}")
+    if method == "exact" and n > EXACT_MAX_N:
+        raise ValueError(f"method='exact' needs n <= {EXACT_MAX_N}, got n={n}")
+    return method == "bethe" or (method == "auto" and n > EXACT_MAX_N)
+
+
+def log_permanent(logits, method="auto"):
+    r""":math:`A(\theta) = \log\operatorname{perm}(e^{\theta}) = \log\sum_{\sigma}\prod_i e^{\theta_{i\sigma(i)}}`.
+
+    :param method: ``"exact"``, ``"bethe"`` (:func:`bethe_log_permanent`), or ``"auto"``: exact up
+        to ``EXACT_MAX_N`` = 12, Bethe beyond. The exact value is a log-space dynamic program over
+        column subsets, :math:`O(n^2 2^n)` like Ryser's formula but a sum of positive terms only, so
+        it is exact in float32 at any spread; it is differentiable to any order (its gradient is
+        :func:`permutation_marginals`).
+    """
+    logits = check_square(logits)
+    if _uses_bethe(logits, method):
+        return bethe_log_permanent(logits)[0]
+    return _exact_log_permanent(logits)
+
+
+def permutation_marginals(logits, method="auto"):
+    r""":math:`\mu_{ij} = P(\sigma(i) = j) = \partial A / \partial\theta_{ij}` (doubly stochastic).
+
+    Exact for ``n <= 12`` (the gradient of the exact DP, itself differentiable); the Bethe beliefs
+    beyond (see :func:`log_permanent`), without a gradient.
+    """
+    logits = check_square(logits)
+    if _uses_bethe(logits, method):
+        return bethe_log_permanent(logits)[1]
+    check_nonempty(_exact_log_permanent(jax.lax.stop_gradient(logits)), "permutation")
+    return jax.grad(lambda t: _exact_log_permanent(t).sum())(logits)
+
+
+def enumerate_permutations(n, dtype=jnp.float32):
+    """All ``n!`` permutation matrices (``n <= 8``), shape ``(n!, n, n)``, in lexicographic order."""
+    return jnp.asarray(enumeration.permutations(n), dtype)

@@ -1,0 +1,495 @@
+r"""k-subsets: the elementary-symmetric log-partition, its marginals, samplers and relaxations (JAX).
+
+Value layout (shared with :mod:`pyro_sst`): a k-subset of ``d`` items is a k-hot vector of
+shape ``(..., d)``.
+
+The exponential family :math:`q(x) \propto e^{\langle\theta, x\rangle}` over k-hot vectors has
+log-partition :math:`A(\theta) = \log e_k(e^{\theta})`, the coefficient of :math:`z^k` in
+:math:`\prod_i (1 + e^{\theta_i} z)`. As in pyro_sst it is computed by multiplying the factors
+pairwise in a balanced tree (the *inside* pass, truncated at degree ``k``: :math:`O(dk)` work in
+:math:`\lceil\log_2 d\rceil` batched steps), and the marginals
+:math:`\mu_i = e^{\theta_i} e_{k-1}(e^{\theta_{-i}}) / e_k` come from the matching *outside*
+pass down the same tree. The log-partition is a ``jax.custom_jvp`` whose tangent is
+:math:`\langle\mu, \dot\theta\rangle`; the marginals are differentiated through their two
+passes (forward or reverse mode), which is their exact Jacobian, the Hessian of :math:`A`.
+
+Each batch element takes the cheapest exact path: the weights are scaled by :math:`e^{-c}`,
+``c`` the mean of the top-``k`` logits, and the passes run in linear space (positive sums only,
+no loss of relative precision) unless the coefficients span more than :math:`e^{600}`
+(:math:`e^{60}` where JAX computes in float32, i.e. without ``jax_enable_x64``); those elements
+run in log space (max-shifted log-sum-exp), chosen by a ``lax.cond`` that only runs the log
+passes when some element needs them. For ``k > d / 2`` everything runs on the complement,
+:math:`e_k(w) = \prod_i w_i \, e_{d-k}(1 / w)`.
+
+Special inputs: ``-inf`` logits are absent items. Where fewer than ``k`` items are present the
+log-partition is ``-inf`` and the marginals, samplers, top-k and relaxations raise
+:class:`ValueError` on concrete input (NaN under ``jit``). A NaN logit gives NaN results for its
+batch element.
+"""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+from sst_common import enumeration
+
+from .logspace import fill_nan, log_sum_exp, mask_nan_elements
+from .noise import sample_noise
+from .validation import check_array, check_int, raise_if, wide_dtype
+
+__all__ = [
+    "RELAXATIONS",
+    "binary_entropy_top_k",
+    "capped_simplex_projection",
+    "categorical_entropy_top_k",
+    "enumerate_k_subsets",
+    "log_elementary_symmetric",
+    "relaxed_top_k",
+    "sample_k_subset",
+    "subset_marginals",
+    "top_k_mask",
+]
+
+
+def check_k(k, d):
+    """``k`` as an int in ``[0, d]``."""
+    return check_int(k, "k", 0, d, f" (d={d} items)")
+
+
+def _check_args(logits, k, name="logits"):
+    logits = check_array(logits, name, 1)
+    return logits, check_k(k, logits.shape[-1])
+
+
+def _raise_if_too_few_items(logits, k, name="logits"):
+    """Raise (on concrete values) where fewer than ``k`` entries of a NaN-free element are above ``-inf``."""
+    present = (logits > -jnp.inf).sum(-1)
+    raise_if(
+        (present < k) & ~jnp.isnan(logits).any(-1),
+        lambda _: f"{name}: k={k} exceeds the number of items with logits above -inf in some batch element",
+    )
+
+
+def _reduced_problem(theta, k):
+    r"""``(theta', k', offset, degree)`` with :math:`e_k(e^\theta) = e^{\text{offset}} e_{k'}(e^{\theta'})`.
+
+    For ``k > d / 2``: the complement over the present items ``F``, :math:`\theta' = -\theta_F`,
+    ``k' = |F| - k`` per element (negative where fewer than ``k`` items are present), offset
+    :math:`\sum_F \theta_i` and ``degree = d - k``; otherwise ``theta' = theta``, ``k' = degree = k``
+    and offset 0. ``degree`` (``<= d / 2``) bounds every ``k'``.
+    """
+    d = theta.shape[-1]
+    if 2 * k <= d:
+        return theta, jnp.full(theta.shape[:-1], k), jnp.zeros(theta.shape[:-1], theta.dtype), k
+    present = theta > -jnp.inf
+    complement = jnp.where(present, -theta, -jnp.inf)
+    offset = jnp.where(present, theta, 0).sum(-1)
+    return complement, present.sum(-1) - k, offset, d - k
+
+
+def _windows(second, first_length, out_length, offset, fill):
+    """``w[..., t, i] = second[..., t + offset - i']`` with ``i' = first_length - 1 - i`` (``fill`` outside)."""
+    left = first_length - 1 - offset
+    right = max(0, out_length + first_length - 1 - left - second.shape[-1])
+    padded = jnp.pad(second, [(0, 0)] * (second.ndim - 1) + [(left, right)], constant_values=fill)
+    return padded[..., jnp.arange(out_length)[:, None] + jnp.arange(first_length)]
+
+
+def _linear_convolve(first, second, out_length, offset):
+    """``out[..., t] = sum_i first[..., i] second[..., t + offset - i]`` for ``t < out_length``."""
+    windows = _windows(second, first.shape[-1], out_length, offset, 0.0)
+    return (windows @ jnp.flip(first, -1)[..., None])[..., 0]
+
+
+def _log_convolve(first, second, out_length, offset):
+    """:func:`_linear_convolve` of log-coefficients, in log space."""
+    windows = _windows(second, first.shape[-1], out_length, offset, -jnp.inf)
+    return log_sum_exp(windows + jnp.flip(first, -1)[..., None, :], -1)
+
+
+def _leaves(theta, degree, one, weight):
+    """Leaf polynomials ``one + weight(theta_i) z`` (truncated at ``degree``), ``d`` padded to a power of two."""
+    d = theta.shape[-1]
+    pad = (1 << max(d - 1, 0).bit_length()) - d
+    theta = jnp.pad(theta, [(0, 0)] * (theta.ndim - 1) + [(0, pad)], constant_values=-jnp.inf)
+    return jnp.stack([jnp.full_like(theta, one), weight(theta)], -1)[..., : min(degree, 1) + 1]
+
+
+def _inside(leaves, degree, convolve):
+    """Levels of the products of the leaf polynomials over blocks of ``2^l`` items, truncated at ``degree``."""
+    level = leaves
+    levels = [level]
+    while level.shape[-2] > 1:
+        length = level.shape[-1]
+        level = convolve(level[..., 0::2, :], level[..., 1::2, :], min(2 * (length - 1), degree) + 1, 0)
+        levels.append(level)
+    return levels
+
+
+def _leaf_outside(levels, root_outside, convolve):
+    r"""Outside coefficients at every leaf, ``(..., 2^m, 2)`` (see pyro_sst).
+
+    Column 0 pairs with the leaf's weight (:math:`e_{k-1}` of the other items), column 1 with its
+    constant term (:math:`e_k` of the other items).
+    """
+    outside = root_outside[..., None, :]
+    for inside in reversed(levels[:-1]):
+        nodes, length = inside.shape[-2:]
+        sibling = jnp.flip(inside.reshape(inside.shape[:-2] + (nodes // 2, 2, length)), -2)
+        outside = convolve(sibling, outside[..., None, :], length, outside.shape[-1] - length)
+        outside = outside.reshape(outside.shape[:-3] + (nodes, length))
+    return outside
+
+
+def _root_outside(k_reduced, degree, one, zero, dtype):
+    r""":math:`z^{\text{degree} - k}` per batch element, as coefficients of degrees ``0 .. degree``."""
+    return jnp.where(jnp.arange(degree + 1) == degree - k_reduced[..., None], one, zero).astype(dtype)
+
+
+def _root_coefficient(levels, k_reduced, absent):
+    """``(root, root[k'])`` of the inside levels: the coefficient of degree ``k'``, ``absent`` where ``k' < 0``."""
+    root = levels[-1][..., 0, :]
+    coefficient = jnp.take_along_axis(root, jnp.maximum(k_reduced, 0)[..., None], -1)[..., 0]
+    return root, jnp.where(k_reduced < 0, absent, coefficient)
+
+
+def _linear_range(dtype):
+    """How far (in log units) the root coefficients may spread for linear space to be trusted.
+
+    Every value that can matter then stays above the smallest normal number with digits to spare
+    (float64: e^-708, float32: e^-87).
+    """
+    return 600.0 if dtype == jnp.float64 else 60.0
+
+
+def _top_mean(theta, degree):
+    """The mean of the top-``degree`` (present) logits of each element, ``(..., 1)``, without gradient."""
+    top = jax.lax.top_k(theta, degree)[0]
+    present = top > -jnp.inf
+    mean = jnp.where(present, top, 0).sum(-1, keepdims=True) / jnp.maximum(present.sum(-1, keepdims=True), 1)
+    return jax.lax.stop_gradient(mean)
+
+
+def _linear_inside(theta, degree, k_reduced, shift):
+    """Up pass in linear space on the weights ``e^(theta - shift)`` (``shift``: ``(..., 1)``, no gradient).
+
+    Returns ``(levels, weights, z, ok)``: ``e_k(e^theta) = e^(k shift) z``; ``ok`` marks the elements
+    whose range check passes (all coefficients finite, ``z > 0``, and within :func:`_linear_range`).
+    """
+    leaves = _leaves(theta - shift, degree, 1.0, jnp.exp)
+    weights = leaves[..., : theta.shape[-1], 1]
+    levels = _inside(leaves, degree, _linear_convolve)
+    root, z = _root_coefficient(levels, k_reduced, 0.0)
+    spread = jnp.log(root.max(-1)) - jnp.log(z)
+    ok = jnp.isfinite(root).all(-1) & (z > 0) & (spread <= _linear_range(theta.dtype))
+    return levels, weights, z, ok
+
+
+def _linear_shift(theta, degree, k_reduced):
+    """``(shift, ok)``: the weights' scale that puts ``z`` near 1, and the elements linear space can take.
+
+    Scaling by the mean of the top-``k'`` logits gives ``1 <= z <= C(d, k')``, which overflows float32
+    for large ``d``; a first pass measures ``z`` and the shift moves by ``log(z) / k'`` so that the
+    values (and their derivatives in either mode) stay in range. A second pass checks the range.
+    """
+    theta = jax.lax.stop_gradient(theta)
+    shift = _top_mean(theta, degree)
+    z = _linear_inside(theta, degree, k_reduced, shift)[2]
+    usable = jnp.isfinite(z) & (z > 0) & (k_reduced > 0)
+    shift = shift + jnp.where(usable, jnp.log(jnp.where(usable, z, 1)) / jnp.maximum(k_reduced, 1), 0)[..., None]
+    return shift, _linear_inside(theta, degree, k_reduced, shift)[-1]
+
+
+def _log_inside(theta, degree, k_reduced):
+    """Up pass in log space (any range): ``(levels, log_z)``."""
+    levels = _inside(_leaves(theta, degree, 0.0, lambda t: t), degree, _log_convolve)
+    return levels, _root_coefficient(levels, k_reduced, -jnp.inf)[1]
+
+
+def _linear_marginals(theta, degree, k_reduced, shift):
+    levels, weights, z, _ = _linear_inside(theta, degree, k_reduced, shift)
+    outside = _leaf_outside(levels, _root_outside(k_reduced, degree, 1.0, 0.0, z.dtype), _linear_convolve)
+    mu = weights * outside[..., : theta.shape[-1], 0] / z[..., None]
+    return mu, jnp.log(z) + k_reduced * shift[..., 0]
+
+
+def _log_marginals(theta, degree, k_reduced):
+    levels, log_z = _log_inside(theta, degree, k_reduced)
+    root_outside = _root_outside(k_reduced, degree, 0.0, -jnp.inf, theta.dtype)
+    outside = _leaf_outside(levels, root_outside, _log_convolve)[..., : theta.shape[-1], :]
+    # Near 1, mu is 1 - P(i not in S): the log-space exponents are large sums (float32 keeps ~eps * spread of
+    # them), so each side is taken where its result is small and keeps its relative precision.
+    included = jnp.exp(theta + outside[..., 0] - log_z[..., None])
+    excluded = jnp.exp(outside[..., 1] - log_z[..., None])
+    return jnp.where(included <= 0.5, included, 1 - excluded), log_z
+
+
+def _linear_log_partition(theta, degree, k_reduced, shift):
+    z = _linear_inside(theta, degree, k_reduced, shift)[2]
+    return jnp.log(z) + k_reduced * shift[..., 0]
+
+
+def _log_log_partition(theta, degree, k_reduced):
+    return _log_inside(theta, degree, k_reduced)[1]
+
+
+def _by_range_tiers(theta, k, linear, log):
+    """``linear(reduced, degree, k_reduced, shift)`` where its range check passes, ``log(reduced, ...)`` elsewhere.
+
+    Both run in the wide dtype (float64 where JAX has it); each tier sees the other tier's
+    elements replaced by zeros, so neither's derivatives can leak NaN into the other's.
+    Returns ``(offset, out)`` with the complement's offset (zero for ``k <= d / 2``).
+    """
+    reduced, k_reduced, offset, degree = _reduced_problem(theta.astype(wide_dtype(theta.dtype)), k)
+    shift, ok = _linear_shift(reduced, degree, k_reduced)
+    out = linear(jnp.where(ok[..., None], reduced, 0), degree, k_reduced, jnp.where(ok[..., None], shift, 0))
+
+    def with_log():
+        rest = log(jnp.where(ok[..., None], 0, reduced), degree, k_reduced)
+        return jax.tree.map(lambda a, b: jnp.where(ok.reshape(ok.shape + (1,) * (a.ndim - ok.ndim)), a, b), out, rest)
+
+    out = jax.lax.cond(jnp.all(ok), lambda: out, with_log)
+    return offset, jax.tree.map(lambda a: a.astype(theta.dtype), out)
+
+
+def _degenerate_log_partition(theta, k):
+    """``k = 0`` or ``k = d``: one subset (or none, where fewer than ``k`` items are present)."""
+    present = theta > -jnp.inf
+    log_z = jnp.where(present.sum(-1) >= k, 0.0, -jnp.inf).astype(theta.dtype)
+    return log_z if k == 0 else log_z + jnp.where(present, theta, 0).sum(-1)
+
+
+def _subset_marginals(theta, k):
+    """``(mu, log_z)`` of NaN-free ``(B, d)`` logits (each element by the cheapest exact path)."""
+    present = (theta > -jnp.inf).astype(theta.dtype)
+    if min(k, theta.shape[-1] - k) == 0:
+        return present * (k > 0), _degenerate_log_partition(theta, k)
+    offset, (mu, log_z) = _by_range_tiers(theta, k, _linear_marginals, _log_marginals)
+    if 2 * k <= theta.shape[-1]:
+        return mu, log_z
+    return present - mu, log_z + offset
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _subset_log_partition(theta, k):
+    if min(k, theta.shape[-1] - k) == 0:
+        return _degenerate_log_partition(theta, k)
+    offset, log_z = _by_range_tiers(theta, k, _linear_log_partition, _log_log_partition)
+    return log_z + offset
+
+
+@_subset_log_partition.defjvp
+def _subset_log_partition_jvp(k, primals, tangents):
+    (theta,), (v,) = primals, tangents
+    mu = _undefined_where_empty(*_subset_marginals(theta, k))
+    return _subset_log_partition(theta, k), (mu * jnp.where(theta > -jnp.inf, v, 0)).sum(-1)
+
+
+def _undefined_where_empty(mu, log_z):
+    return jnp.where((log_z == -jnp.inf)[..., None], jnp.nan, mu)
+
+
+def _flat(logits):
+    return logits.reshape(-1, logits.shape[-1])
+
+
+def log_elementary_symmetric(logits, k):
+    r""":math:`\log e_k(e^{\theta}) = \log \sum_{|S| = k} \prod_{i \in S} e^{\theta_i}`, shape ``logits.shape[:-1]``.
+
+    The k-subset log-partition :math:`A(\theta)`; its gradient is :func:`subset_marginals`, and
+    both are exact and differentiable to any order.
+    """
+    logits, k = _check_args(logits, k)
+    flat, nan = mask_nan_elements(_flat(logits), 1)
+    return fill_nan(_subset_log_partition(flat, k), nan, 0).reshape(logits.shape[:-1])
+
+
+def subset_marginals(logits, k):
+    r"""Inclusion probabilities :math:`\mu_i = P(i \in S) = \partial A / \partial\theta_i`; they sum to ``k``.
+
+    :math:`\mu_i = e^{\theta_i} e_{k-1}(e^{\theta_{-i}}) / e_k(e^{\theta})` by the inside-outside pass.
+    """
+    logits, k = _check_args(logits, k)
+    _raise_if_too_few_items(logits, k)
+    flat, nan = mask_nan_elements(_flat(logits), 1)
+    mu = _undefined_where_empty(*_subset_marginals(flat, k))
+    mu = mu + jax.lax.stop_gradient(jnp.clip(mu, 0, 1) - mu)  # a saturated mu an ulp above 1
+    return fill_nan(mu, nan, 1).reshape(logits.shape)
+
+
+def sample_k_subset(key, logits, k, sample_shape=()):
+    r"""Exact sample from :math:`q(x) \propto e^{\langle\theta, x\rangle}` over k-hot vectors.
+
+    Backward sampling through the tree of partial polynomials: the root holds ``k``; a node with
+    count ``c`` gives ``i`` to its left half with probability
+    :math:`\propto e_i(\text{left})\, e_{c-i}(\text{right})`, down to single items
+    (:math:`\lceil\log_2 d\rceil` batched steps; on the complement for ``k > d / 2``).
+
+    :param key: a ``jax.random`` key.
+    :returns: ``sample_shape + logits.shape``.
+    """
+    logits, k = _check_args(logits, k)
+    _raise_if_too_few_items(logits, k)
+    d = logits.shape[-1]
+    theta, nan = mask_nan_elements(jax.lax.stop_gradient(logits), 1)
+    reduced, k_reduced, _, degree = _reduced_problem(theta, k)
+    sample_shape = tuple(sample_shape)
+    counts = jnp.broadcast_to(k_reduced, sample_shape + k_reduced.shape)[..., None]
+    if degree > 0:
+        levels = _inside(_leaves(reduced, degree, 0.0, lambda t: t), degree, _log_convolve)
+        for depth, level in enumerate(reversed(levels[:-1])):
+            table = jnp.broadcast_to(level, sample_shape + level.shape)
+            left, right = table[..., 0::2, :], table[..., 1::2, :]
+            length = left.shape[-1]
+            rest = counts[..., None] - jnp.arange(length)
+            terms = left + jnp.take_along_axis(right, jnp.clip(rest, 0, length - 1), -1)
+            weights = jnp.where((rest >= 0) & (rest < length), terms, -jnp.inf)
+            gumbel = sample_noise(jax.random.fold_in(key, depth), "gumbel", weights.shape, weights.dtype)
+            to_left = jnp.argmax(weights + gumbel, -1)
+            counts = jnp.stack([to_left, counts - to_left], -1).reshape(to_left.shape[:-1] + (-1,))
+        x = counts[..., :d].astype(logits.dtype)
+    else:
+        x = jnp.zeros(sample_shape + logits.shape, logits.dtype)
+    if 2 * k > d:
+        x = (theta > -jnp.inf).astype(logits.dtype) - x
+    return fill_nan(x, nan, 1)
+
+
+def top_k_mask(utilities, k):
+    """k-hot indicator of the ``k`` largest entries; ties go to the lowest index (deterministic), no gradient."""
+    utilities, k = _check_args(utilities, k, "utilities")
+    _raise_if_too_few_items(utilities, k, "utilities")
+    u, nan = mask_nan_elements(jax.lax.stop_gradient(utilities), 1)
+    order = jnp.argsort(-u, axis=-1, stable=True)[..., :k]
+    mask = (order[..., None] == jnp.arange(u.shape[-1])).any(-2).astype(utilities.dtype)
+    return fill_nan(mask, nan, 1)
+
+
+def enumerate_k_subsets(d, k, dtype=jnp.float32):
+    """All k-hot vectors of length ``d`` in lexicographic order of their index sets, ``(C(d, k), d)``."""
+    return jnp.asarray(enumeration.k_subsets(d, check_k(k, d)), dtype)
+
+
+# ---------------------------------------------------------------------------------------------- relaxations
+# Each regularised relaxation is x_i = h(v_i - tau) with h increasing and tau fixed by sum(x) = k. tau is bracketed
+# and bisected without gradient, then one Newton step from the bisected point is taken differentiably: its value is
+# exact (the closed form on the active set for the piecewise-linear h) and its derivative is the implicit one,
+# d tau / d v_i = h'_i / sum_j h'_j.
+
+
+def _threshold_relaxation(h, h_prime, bracket, v, k):
+    v, k = _check_args(v, k, "v")
+    d = v.shape[-1]
+    if k in (0, d):
+        return jnp.where(jnp.isnan(v), jnp.nan, float(k == d)) + 0 * jnp.where(jnp.isfinite(v), v, 0)
+    _raise_if_too_few_items(v, k, "v")
+    v, nan = mask_nan_elements(v, 1)
+    # Shift by the k-th largest score: tau lives near 0 and bisection keeps full relative precision.
+    shift = jax.lax.stop_gradient(jax.lax.top_k(v, k)[0][..., -1:])
+    z = v - shift
+    z0 = jax.lax.stop_gradient(z)
+
+    def bisect(_, bounds):
+        lo, hi = bounds
+        mid = (lo + hi) / 2
+        above = h(z0 - mid).sum(-1, keepdims=True) > k
+        return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(0, 64, bisect, bracket(z0, d))
+    tau = (lo + hi) / 2
+    slope = h_prime(z0 - tau).sum(-1, keepdims=True)
+    excess = h(z - tau).sum(-1, keepdims=True) - k
+    tau = tau + jnp.where(slope > 0, excess / jnp.where(slope > 0, slope, 1), 0 * excess)
+    # With exactly k items present every one is taken (tau = -inf for the smooth relaxations).
+    present = z > -jnp.inf
+    saturated = present.sum(-1, keepdims=True) == k
+    x = jnp.where(saturated, present.astype(z.dtype) + 0 * jnp.where(present, z, 0), h(z - tau))
+    return fill_nan(x, nan, 1)
+
+
+def _clip01(z):
+    return jnp.clip(z, 0, 1)
+
+
+def _clip01_prime(z):
+    return ((z > 0) & (z < 1)).astype(z.dtype)
+
+
+def _capped_exp(z):
+    return jnp.exp(jnp.minimum(z, 0))
+
+
+def _capped_exp_prime(z):
+    return jnp.where(z < 0, jnp.exp(jnp.minimum(z, 0)), 0)
+
+
+def _sigmoid_prime(z):
+    s = jax.nn.sigmoid(z)
+    return s * (1 - s)
+
+
+def capped_simplex_projection(v, k):
+    r"""Euclidean relaxation: the projection of ``v`` onto :math:`\{x \in [0,1]^d : \sum_i x_i = k\}`.
+
+    .. math:: x = \arg\max_{x} \langle v, x\rangle - \tfrac12 \|x\|^2 = \operatorname{clip}(v - \tau, 0, 1),
+
+    with :math:`\tau` such that the entries sum to ``k``; the Jacobian is the implicit one,
+    :math:`\mathrm{diag}(1_F) - 1_F 1_F^\top / |F|` on the free set :math:`F = \{0 < x_i < 1\}`.
+    For ``k = 1`` this is sparsemax.
+    """
+    return _threshold_relaxation(
+        _clip01, _clip01_prime, lambda z, d: (jnp.full_like(z[..., :1], -1.0), jnp.zeros_like(z[..., :1])), v, k
+    )
+
+
+def categorical_entropy_top_k(v, k):
+    r"""Categorical-entropy relaxation: :math:`x_i = \min(1, e^{v_i - \tau})`, :math:`\sum_i x_i = k`.
+
+    The maximiser of :math:`\langle v, x\rangle - \sum_i x_i \log x_i` over the capped simplex.
+    """
+    return _threshold_relaxation(
+        _capped_exp,
+        _capped_exp_prime,
+        lambda z, d: (jnp.zeros_like(z[..., :1]), jnp.full_like(z[..., :1], math.log(d))),
+        v,
+        k,
+    )
+
+
+def binary_entropy_top_k(v, k):
+    r"""Binary-entropy relaxation: :math:`x_i = \sigma(v_i - \tau)`, :math:`\sum_i x_i = k`.
+
+    The maximiser of :math:`\langle v, x\rangle + \sum_i H_b(x_i)` over the capped simplex.
+    """
+    return _threshold_relaxation(
+        jax.nn.sigmoid,
+        _sigmoid_prime,
+        lambda z, d: (
+            jnp.where(z == -jnp.inf, jnp.inf, z).min(-1, keepdims=True) - math.log(d) - 1,
+            jnp.full_like(z[..., :1], math.log(d)),
+        ),
+        v,
+        k,
+    )
+
+
+#: the relaxations of the paper's table, each a map ``(scores U / t, k) -> x`` in the capped simplex
+RELAXATIONS = {
+    "exp_family": subset_marginals,
+    "euclidean": capped_simplex_projection,
+    "categorical_entropy": categorical_entropy_top_k,
+    "binary_entropy": binary_entropy_top_k,
+}
+
+
+def check_relaxation(relaxation):
+    if relaxation not in RELAXATIONS:
+        raise ValueError(f"relaxation must be one of {tuple(RELAXATIONS)}, got {relaxation!r}")
+
+
+def relaxed_top_k(v, k, relaxation="exp_family"):
+    """The relaxed top-k of scores ``v`` (utilities over temperature) by the named relaxation."""
+    check_relaxation(relaxation)
+    return RELAXATIONS[relaxation](v, k)

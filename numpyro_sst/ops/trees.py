@@ -1,0 +1,383 @@
+r"""Spanning trees and arborescences: log-partitions, marginals, solvers, samplers (JAX).
+
+Value layouts (shared with :mod:`pyro_sst`):
+
+* undirected spanning tree on ``n`` nodes: ``(..., n, n)`` symmetric 0/1 matrix with zero
+  diagonal; only the strict upper triangle of ``logits`` is read.
+* arborescence rooted at ``root``: ``(..., n, n)`` with ``x[i, j] = 1`` iff ``i`` is the parent
+  of ``j``; non-root columns sum to 1, the root column is 0.
+
+Every function is jittable: the solvers and samplers are ``lax`` loops over fixed shapes, batched
+(no loop over the batch), with random numbers from an explicit ``jax.random`` key. Special inputs:
+``-inf`` logits are absent edges; where no tree of finite weight remains, the log-partition is
+``-inf`` and the marginals, solvers and samplers raise :class:`ValueError` on concrete input
+(under ``jit`` their results are NaN or meaningless for that element). A NaN among the entries read
+gives NaN log-partitions, marginals, samples and modes for that batch element.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from sst_common import enumeration
+
+from .logspace import fill_nan, mask_nan_elements
+from .matrix_tree import (
+    _laplacian_adjoint,
+    _laplacian_map,
+    _marginals,
+    _scaled_minor,
+    arborescence_log_partition,
+    arborescence_marginals,
+    check_root,
+    directed_log_weights,
+    raise_if_undefined,
+)
+from .validation import check_square, raise_if, wide_dtype
+
+__all__ = [
+    "enumerate_arborescences",
+    "enumerate_spanning_trees",
+    "max_arborescence",
+    "max_spanning_tree",
+    "sample_arborescence",
+    "sample_spanning_tree",
+    "spanning_tree_log_partition",
+    "spanning_tree_marginals",
+    "symmetrize_upper",
+]
+
+
+def symmetrize_upper(x):
+    """Mirror the strict upper triangle of ``x`` into the lower one; zero diagonal."""
+    upper = jnp.triu(x, 1)
+    return upper + jnp.swapaxes(upper, -1, -2)
+
+
+def spanning_tree_log_partition(logits):
+    r"""Kirchhoff: :math:`A(\theta) = \log \sum_T \prod_{(i,j) \in T} e^{\theta_{ij}}`.
+
+    The log-determinant of the weighted Laplacian with one row and column removed. Reads the
+    strict upper triangle of ``logits`` (``(..., n, n)``).
+    """
+    return arborescence_log_partition(symmetrize_upper(check_square(logits)), root=0)
+
+
+def spanning_tree_marginals(logits):
+    r"""Edge marginals :math:`\mu_{ij} = P((i,j) \in T)`, symmetric; the sum over :math:`i<j` is :math:`n-1`.
+
+    The two orientations of the arborescence marginals of the symmetric digraph rooted at node 0.
+    """
+    mu = arborescence_marginals(symmetrize_upper(check_square(logits)), root=0)
+    return mu + jnp.swapaxes(mu, -1, -2)
+
+
+#: bound on the error of the inverse row a sampling round reads (see :func:`sample_arborescence`)
+_SAMPLER_TOLERANCE = 1e-9
+
+
+def sample_arborescence(key, logits, root=0, single_root=False, sample_shape=()):
+    r"""Exact sample from :math:`q(x) \propto e^{\langle \theta, x\rangle}` over arborescences.
+
+    Ancestral sampling (Colbourn, Myrvold and Neufeld): the parent of each non-root node ``j``
+    in turn is drawn from its conditional marginals given the parents already drawn,
+    :math:`\mu_{ij} = P_{ij}\,\mathcal A(B^\top)_{ij}` with ``B`` the inverse of the scaled
+    Laplacian minor ``M``. Conditioning on ``j``'s parent replaces column ``j`` of ``M``, a
+    rank-one change, so ``B`` follows by a Sherman-Morrison update and a sample costs
+    :math:`O(n^3)`. Each round checks the inverse row it reads by its residual,
+    :math:`\|B_{j,:} M - e_j\|_1 \|B\|_\infty \le 10^{-9}`; where that fails (ill-conditioned
+    Laplacians, at low temperatures) the round takes the exact tiered marginals and a fresh
+    inverse. Computes in float64 where JAX has it enabled, else in the input's dtype (then the
+    residual test fails more often and more rounds take the exact path).
+
+    :param key: a ``jax.random`` key.
+    :returns: a 0/1 array of shape ``sample_shape + logits.shape``.
+    """
+    logits = check_square(logits)
+    root = check_root(logits.shape[-1], root, single_root)
+    x = _sample_arborescence(key, logits, root, bool(single_root), tuple(sample_shape))
+    raise_if_undefined(x, directed_log_weights(logits, root), 2, "spanning tree or arborescence")
+    return x
+
+
+def _sample_arborescence(key, logits, root, single_root, sample_shape):
+    n = logits.shape[-1]
+    theta, nan = mask_nan_elements(jax.lax.stop_gradient(directed_log_weights(logits, root)), 2)
+    shape = sample_shape + theta.shape
+    dtype = wide_dtype(theta.dtype)
+    theta = jnp.broadcast_to(theta.astype(dtype), shape).reshape(-1, n, n)
+    P, _, M = _scaled_minor(theta, root, single_root)
+    B = jnp.linalg.inv(M)
+    eye = jnp.eye(n, dtype=dtype)
+    rows = jnp.arange(n)
+
+    def draw(i, state):
+        theta, P, M, B = state
+        j = i + (i >= root)  # the non-root nodes in order
+        row = B[:, j, :]
+        residual = jnp.einsum("bi,bij->bj", row, M) - eye[j]
+        error = jnp.abs(residual).sum(-1) * jnp.abs(B).sum(-1).max(-1)
+        probs = P[:, :, j] * _laplacian_adjoint(jnp.swapaxes(B, -1, -2), root, single_root)[:, :, j]
+        fresh = ~(error <= _SAMPLER_TOLERANCE)
+
+        def refresh():
+            exact = _marginals(theta, root, single_root)[:, :, j]
+            return jnp.where(fresh[:, None], exact, probs), jnp.where(fresh[:, None, None], jnp.linalg.inv(M), B)
+
+        probs, B = jax.lax.cond(jnp.any(fresh), refresh, lambda: (probs, B))
+        parent = jax.random.categorical(jax.random.fold_in(key, j), jnp.log(jnp.clip(probs, 0)), axis=-1)
+        keep = rows == parent[:, None]
+        theta = theta.at[:, :, j].set(jnp.where(keep, theta[:, :, j], -jnp.inf))
+        # Column j of M becomes that of the single edge parent -> j: a rank-one update of B.
+        P = P.at[:, :, j].set(keep.astype(dtype))
+        column = _laplacian_map(P, root, single_root)[:, :, j]
+        change = B @ (column - M[:, :, j])[..., None]
+        B = B - (change / (1 + change[:, j, None, :])) @ B[:, j, None, :]
+        return theta, P, M.at[:, :, j].set(column), B
+
+    theta = jax.lax.fori_loop(0, n - 1, draw, (theta, P, M, B))[0]
+    x = jnp.isfinite(theta).astype(logits.dtype) * (1 - jnp.eye(n, dtype=logits.dtype))
+    return fill_nan(x.reshape(shape), nan, 2)
+
+
+def sample_spanning_tree(key, logits, sample_shape=()):
+    """Exact sample from the exponential family over spanning trees (see :func:`sample_arborescence`)."""
+    x = sample_arborescence(key, symmetrize_upper(check_square(logits)), 0, False, sample_shape)
+    return x + jnp.swapaxes(x, -1, -2)
+
+
+def max_spanning_tree(weights):
+    """Maximum-weight spanning tree by batched Prim (a ``lax.fori_loop`` of ``n - 1`` batched steps).
+
+    Reads the strict upper triangle of ``weights`` (``(..., n, n)``); ties go to the lowest node
+    index (deterministic, as in pyro_sst). Returns a symmetric 0/1 array of the input's dtype,
+    without gradient.
+    """
+    weights = check_square(weights, "weights")
+    x, connected = _prim(jax.lax.stop_gradient(weights))
+    raise_if(
+        ~connected,
+        lambda bad: (
+            "weights: the edges of finite weight do not connect all nodes, so no spanning tree exists "
+            f"(batch elements {list(map(int, bad.reshape(-1).nonzero()[0][:10]))})"
+        ),
+    )
+    return x
+
+
+def _prim(weights):
+    shape, n = weights.shape, weights.shape[-1]
+    W, nan = mask_nan_elements(symmetrize_upper(weights).reshape(-1, n, n), 2)
+    b = jnp.arange(W.shape[0])
+    nodes = jnp.arange(n)
+
+    def grow(_, state):
+        in_tree, key, parent, x, connected = state
+        candidates = jnp.where(in_tree, -jnp.inf, key)
+        v = jnp.argmax(candidates, -1)
+        connected = connected & (candidates[b, v] > -jnp.inf)
+        in_tree = in_tree | (nodes == v[:, None])
+        p = parent[b, v]
+        x = x.at[b, p, v].set(1).at[b, v, p].set(1)
+        row = W[b, v]
+        better = (row > key) & ~in_tree
+        return in_tree, jnp.where(better, row, key), jnp.where(better, v[:, None], parent), x, connected
+
+    state = (
+        jnp.broadcast_to(nodes == 0, (W.shape[0], n)),
+        W[:, 0, :],
+        jnp.zeros((W.shape[0], n), jnp.int32),
+        jnp.zeros_like(W),
+        jnp.ones(W.shape[0], bool),
+    )
+    _, _, _, x, connected = jax.lax.fori_loop(0, n - 1, grow, state)
+    x = jnp.where(connected[:, None, None], x, jnp.nan)
+    return fill_nan(x, nan, 2).reshape(shape), (connected | nan).reshape(shape[:-2])
+
+
+def _lex_argmax_rows(penalty, score):
+    """Per column, the row maximising ``(penalty, score)`` lexicographically (``(B, n, n) -> (B, n)``)."""
+    top = penalty.max(-2, keepdims=True)
+    return jnp.argmax(jnp.where(penalty == top, score, -jnp.inf), -2)
+
+
+def _doublings(n):
+    return max(n - 1, 1).bit_length()
+
+
+def _cycles(parent, candidates):
+    """``(on_cycle, label)``: nodes on a cycle of the map ``parent`` (restricted to ``candidates``; the
+    others point to themselves) and, for those, the smallest node of their cycle."""
+    n = parent.shape[-1]
+    nodes = jnp.arange(n)
+    jump = jnp.where(candidates, parent, nodes)
+    power = jump
+    for _ in range(_doublings(n)):
+        power = jnp.take_along_axis(power, power, -1)  # parent^(2^m): every node has reached its cycle
+    b = jnp.arange(parent.shape[0])[:, None]
+    on_cycle = jnp.zeros_like(candidates).at[b, power].set(True) & candidates
+    label = jnp.where(on_cycle, nodes, n)
+    for _ in range(_doublings(n)):
+        label = jnp.minimum(label, jnp.take_along_axis(label, jump, -1))
+        jump = jnp.take_along_axis(jump, jump, -1)
+    return on_cycle, label
+
+
+def _group_lex_max(penalty, score, group, size):
+    """Lexicographic max of ``(penalty, score)`` over the entries of each ``group`` (flat ``(B, m)`` each).
+
+    Returns ``(penalty, score, argmax)`` of shape ``(B, size)``; the argmax is the lowest winning
+    entry (``m`` where a group is empty).
+    """
+    b = jnp.arange(group.shape[0])[:, None]
+    m = group.shape[-1]
+    best_p = jnp.full((group.shape[0], size), -jnp.inf, penalty.dtype).at[b, group].max(penalty)
+    top = penalty == jnp.take_along_axis(best_p, group, -1)
+    score = jnp.where(top, score, -jnp.inf)
+    best_s = jnp.full_like(best_p, -jnp.inf).at[b, group].max(score)
+    win = top & (score == jnp.take_along_axis(best_s, group, -1))
+    entries = jnp.where(win, jnp.arange(m), m)
+    pick = jnp.full((group.shape[0], size), m).at[b, group].min(entries)
+    return best_p, best_s, pick
+
+
+def _scatter_edges(result, keep, edge, n):
+    """``result[b, v] = u`` for the edges ``u * n + v`` of ``edge`` where ``keep`` (column ``n`` is a sink)."""
+    b = jnp.arange(result.shape[0])[:, None]
+    return result.at[b, jnp.where(keep, edge % n, n)].set(edge // n)
+
+
+def _chu_liu_edmonds_batched(penalty, score, root):
+    """``(B, n)`` parent arrays of the maximum arborescences of ``(B, n, n)`` weights ``(penalty, score)``.
+
+    Chu-Liu-Edmonds with every cycle of a round contracted at once (pyro_sst's batched version
+    as ``lax`` loops): each round takes the best in-edge of every node, finds the cycles by
+    pointer doubling, rescores the edges into a cycle by their gain over the cycle edge they
+    would replace and keeps, per pair of contracted nodes, the best edge (remembering the
+    original edge it stands for). An element whose best in-edges form no cycle writes its
+    final edges and stops changing; the rounds (at most ``n``, each removing a node) are
+    recorded in fixed-size buffers and the expansion walks them backwards.
+    """
+    B, n = score.shape[0], score.shape[-1]
+    nodes = jnp.arange(n)
+    excluded = (nodes[:, None] == nodes) | (nodes == root)
+    penalty = jnp.where(excluded, -jnp.inf, penalty)
+    score = jnp.where(excluded, -jnp.inf, score)
+    origin = jnp.broadcast_to(nodes[:, None] * n + nodes, (B, n, n))
+    rep = jnp.broadcast_to(nodes, (B, n))
+    active = jnp.ones((B, n), bool)
+    done = jnp.zeros(B, bool)
+    result = jnp.full((B, n + 1), -1)
+    record = (jnp.zeros((n, B), bool), jnp.zeros((n, B, n), bool), jnp.zeros((n, B, n), int), jnp.zeros((n, B, n), int))
+
+    def contract(state):
+        penalty, score, origin, rep, active, done, result, r, record = state
+        parent = _lex_argmax_rows(penalty, score)
+        on_cycle, label = _cycles(parent, active & (nodes != root))
+        edge = jnp.take_along_axis(origin, parent[:, None, :], -2)[:, 0, :]
+        finishing = ~done & ~on_cycle.any(-1)
+        result = _scatter_edges(result, finishing[:, None] & active & (nodes != root), edge, n)
+        done = done | finishing
+        live = ~done
+        this_round = (live, on_cycle & live[:, None], edge, rep)
+        record = tuple(buf.at[r].set(x) for buf, x in zip(record, this_round, strict=True))
+        # An edge into a cycle node scores its gain over the cycle edge it would replace.
+        into = on_cycle[:, None, :]
+        penalty = jnp.where(into, penalty - jnp.take_along_axis(penalty, parent[:, None, :], -2), penalty)
+        score = jnp.where(into, score - jnp.take_along_axis(score, parent[:, None, :], -2), score)
+        new = jnp.where(on_cycle, label, nodes)
+        inside = new[:, :, None] == new[:, None, :]
+        group = (new[:, :, None] * n + new[:, None, :]).reshape(B, -1)
+        penalty, score, pick = _group_lex_max(
+            jnp.where(inside, -jnp.inf, penalty).reshape(B, -1),
+            jnp.where(inside, -jnp.inf, score).reshape(B, -1),
+            group,
+            n * n,
+        )
+        origin = jnp.take_along_axis(origin.reshape(B, -1), jnp.minimum(pick, n * n - 1), -1).reshape(B, n, n)
+        rep = jnp.take_along_axis(new, rep, -1)
+        active = active & (new == nodes)
+        return penalty.reshape(B, n, n), score.reshape(B, n, n), origin, rep, active, done, result, r + 1, record
+
+    state = (penalty, score, origin, rep, active, done, result, 0, record)
+    state = jax.lax.while_loop(lambda s: ~jnp.all(s[5]) & (s[7] < n), contract, state)
+    result, rounds, record = state[6], state[7], state[8]
+
+    # Each contracted cycle keeps its own edges but the one into the node its chosen in-edge enters.
+    def expand(i, result):
+        live, on_cycle, edge, rep = (buf[rounds - 1 - i] for buf in record)
+        b = jnp.arange(B)[:, None]
+        entered = jnp.zeros((B, n + 1), bool).at[b, jnp.where(result[:, :n] >= 0, rep, n)].set(True)
+        return _scatter_edges(result, live[:, None] & on_cycle & ~entered[:, :n], edge, n)
+
+    return jax.lax.fori_loop(0, rounds, expand, result)[:, :n]
+
+
+def _unreachable(present, root):
+    """``(B,)``: whether some node cannot be reached from ``root`` along the ``present[b, i, j]`` edges ``i -> j``."""
+    seen = jnp.broadcast_to(jnp.arange(present.shape[-1]) == root, present.shape[:-1]).astype(present.dtype)
+
+    def grow(state):
+        seen, _ = state
+        grown = jnp.minimum(jnp.einsum("bi,bij->bj", seen, present) + seen, 1)
+        return grown, jnp.any(grown != seen)
+
+    seen, _ = jax.lax.while_loop(lambda s: s[1], grow, (seen, jnp.array(True)))
+    return jnp.any(seen == 0, -1)
+
+
+def max_arborescence(weights, root=0, single_root=False):
+    """Maximum-weight arborescence by batched Chu-Liu-Edmonds (``lax`` loops, no loop over the batch).
+
+    ``weights[..., i, j]`` scores edge ``i -> j``. With ``single_root`` the weights are ordered
+    lexicographically by (minus the number of root edges, weight), which is exact for any finite
+    weights: the optimum uses exactly one root edge and is the best such arborescence. Computes
+    in float64 where JAX has it enabled. Raises :class:`ValueError` on concrete input where no
+    arborescence (with one root edge, for ``single_root``) has finite weight; under ``jit`` those
+    elements are NaN.
+    """
+    weights = check_square(weights, "weights")
+    root = check_root(weights.shape[-1], root, single_root)
+    x, unreachable, several = _max_arborescence(jax.lax.stop_gradient(weights), root, bool(single_root))
+    raise_if(
+        unreachable,
+        lambda bad: (
+            f"weights: in batch element {int(bad.reshape(-1).nonzero()[0][0])} some node cannot be reached from "
+            f"the root {root} by edges of finite weight, so no arborescence exists"
+        ),
+    )
+    raise_if(
+        several,
+        lambda bad: (
+            f"weights: in batch element {int(bad.reshape(-1).nonzero()[0][0])} no arborescence of finite weight "
+            "has exactly one root edge"
+        ),
+    )
+    return x
+
+
+def _max_arborescence(weights, root, single_root):
+    shape, n = weights.shape, weights.shape[-1]
+    flat = directed_log_weights(weights, root).astype(wide_dtype(weights.dtype)).reshape(-1, n, n)
+    W, nan = mask_nan_elements(flat, 2)
+    unreachable = _unreachable((W > -jnp.inf).astype(W.dtype), root) & ~nan
+    penalty = jnp.zeros_like(W)
+    if single_root:
+        penalty = penalty.at[:, root, :].set(-1.0)
+    penalty = jnp.where(W == -jnp.inf, -jnp.inf, penalty)
+    parent = _chu_liu_edmonds_batched(penalty, W, root)
+    others = jnp.arange(n) != root
+    several = ((parent == root).sum(-1) != 1) & ~nan & ~unreachable if single_root else jnp.zeros_like(nan)
+    x = (parent[:, None, :] == jnp.arange(n)[:, None]) & others
+    x = jnp.where((unreachable | several)[:, None, None], jnp.nan, x.astype(weights.dtype))
+    return fill_nan(x, nan, 2).reshape(shape), unreachable.reshape(shape[:-2]), several.reshape(shape[:-2])
+
+
+def enumerate_arborescences(n, root=0, single_root=False, dtype=jnp.float32):
+    """Every arborescence rooted at ``root`` as a ``(N, n, n)`` 0/1 array (``n <= 7``)."""
+    root = check_root(n, root, single_root)
+    return jnp.asarray(enumeration.arborescences(n, root, single_root), dtype)
+
+
+def enumerate_spanning_trees(n, dtype=jnp.float32):
+    """Every spanning tree of ``K_n`` as a symmetric ``(N, n, n)`` 0/1 array (``n <= 7``)."""
+    return jnp.asarray(enumeration.spanning_trees(n), dtype)

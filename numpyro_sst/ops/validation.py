@@ -1,0 +1,82 @@
+"""Argument checks shared by the ops and the distributions.
+
+Every check raises :class:`ValueError` naming the argument and the allowed range. Checks on
+*values* (not shapes) can only run on concrete arrays: under ``jax.jit`` the value-dependent
+conditions that raise in eager mode give NaN results instead (see :func:`raise_if`).
+"""
+
+import operator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = []
+
+#: floating dtypes the ops compute in
+FLOAT_DTYPES = (jnp.float32, jnp.float64)
+
+
+def check_int(value, name, low, high=None, context=""):
+    """``value`` as a Python int in ``[low, high]`` (``high=None``: unbounded); bool is not an int here."""
+    try:
+        index = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        index = None
+    if index is None or index < low or (high is not None and index > high):
+        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be an int {allowed}{context}, got {value!r}")
+    return index
+
+
+def check_float(value, name, low=None, inclusive=False):
+    """``value`` as a Python float, above ``low`` (or equal, if ``inclusive``)."""
+    try:
+        number = None if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        number = None
+    in_range = number is not None and (low is None or number > low or (inclusive and number == low))
+    if not in_range or number != number:
+        allowed = "a float" if low is None else f"a float {'>=' if inclusive else '>'} {low}"
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return number
+
+
+def check_array(x, name="logits", event_dim=1):
+    """``x`` as a float32/float64 JAX array with at least ``event_dim`` dims, each event dim of size >= 1."""
+    if not isinstance(x, (jax.Array, np.ndarray)):
+        raise ValueError(f"{name} must be a JAX or NumPy array, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must have dtype float32 or float64, got {x.dtype}")
+    if x.ndim < event_dim or any(size == 0 for size in x.shape[x.ndim - event_dim :]):
+        layout = "(..., d)" if event_dim == 1 else "(..., n, n)"
+        raise ValueError(f"{name} must have shape {layout} with size >= 1, got shape {tuple(x.shape)}")
+    return jnp.asarray(x)
+
+
+def check_square(x, name="logits"):
+    """``x`` as a float ``(..., n, n)`` array with ``n >= 1``."""
+    x = check_array(x, name, 2)
+    if x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"{name} must have shape (..., n, n), got shape {tuple(x.shape)}")
+    return x
+
+
+def is_concrete(*arrays):
+    """Whether every array holds values (not a tracer of ``jit``, ``vmap`` or ``grad``)."""
+    return not any(isinstance(a, jax.core.Tracer) for a in arrays)
+
+
+def raise_if(condition, message):
+    """Raise ``ValueError(message(condition))`` where the concrete boolean array ``condition`` holds anywhere.
+
+    Under a JAX transformation the values are unknown and nothing is raised: the caller's result
+    is NaN for those batch elements instead.
+    """
+    if is_concrete(condition) and bool(np.any(np.asarray(condition))):
+        raise ValueError(message(np.asarray(condition)))
+
+
+def wide_dtype(dtype):
+    """float64 where JAX has it enabled (``jax_enable_x64``), else ``dtype``."""
+    return jnp.float64 if jax.config.jax_enable_x64 else dtype
