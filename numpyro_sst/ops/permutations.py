@@ -257,7 +257,7 @@ def _hungarian_batched(cost):
             jnp.full((B, n), -1),
             jnp.zeros((B, n), bool),
             jnp.zeros((B, n), bool),
-            jnp.full(B, current),
+            jnp.full(B, current, int),
             jnp.zeros(B, cost.dtype),
             jnp.full(B, -1),
             ~failed,

@@ -173,7 +173,7 @@ def _prim(weights):
     def grow(_, state):
         in_tree, key, parent, x, connected = state
         candidates = jnp.where(in_tree, -jnp.inf, key)
-        v = jnp.argmax(candidates, -1)
+        v = jnp.argmax(candidates, -1).astype(parent.dtype)
         connected = connected & (candidates[b, v] > -jnp.inf)
         in_tree = in_tree | (nodes == v[:, None])
         p = parent[b, v]
@@ -185,7 +185,7 @@ def _prim(weights):
     state = (
         jnp.broadcast_to(nodes == 0, (W.shape[0], n)),
         W[:, 0, :],
-        jnp.zeros((W.shape[0], n), jnp.int32),
+        jnp.zeros((W.shape[0], n), int),
         jnp.zeros_like(W),
         jnp.ones(W.shape[0], bool),
     )

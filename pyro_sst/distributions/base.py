@@ -51,6 +51,8 @@ def _as_temperature(temperature, logits):
         raise ValueError(f"temperature must be a positive number or tensor, got {temperature!r}") from None
     if t.dtype == torch.bool or t.is_complex():
         raise ValueError(f"temperature must be a positive real number or tensor, got dtype {t.dtype}")
+    if not torch.is_tensor(temperature) and t.is_floating_point():
+        t = torch.as_tensor(temperature, dtype=torch.float64, device=logits.device)  # not via float32
     t = t.to(logits.dtype)
     if not bool((t > 0).all()):
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
