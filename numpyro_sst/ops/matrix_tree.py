@@ -252,6 +252,8 @@ def check_root(n, root, single_root):
     return root
 
 
+# Compiled once per shape and option: eager calls then cost one dispatch, not a retrace of every loop and branch.
+@functools.partial(jax.jit, static_argnums=(0, 2, 3, 4))
 def _apply_directed(function, logits, root, single_root, event_dim):
     """``function`` on the read entries of ``logits``, flattened to ``(B, n, n)``; NaN elements give NaN."""
     n = logits.shape[-1]

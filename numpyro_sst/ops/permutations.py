@@ -45,6 +45,7 @@ def check_sinkhorn_args(n_iters, tol, backward):
     return n_iters, tol
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def _sinkhorn_sweeps(log_alpha, n_iters, tol, differentiable=True):
     """Alternate row and column log-normalisations, each batch element until its row sums are within ``tol`` of 1.
 
@@ -168,6 +169,8 @@ def _implicit_sinkhorn_backward(n_iters, tol, p, grads):
 
 
 _implicit_sinkhorn.defvjp(_implicit_sinkhorn_forward, _implicit_sinkhorn_backward)
+# Compiled once per shape and options: eager calls then cost one dispatch, not a retrace of every loop.
+_compiled_implicit_sinkhorn = jax.jit(_implicit_sinkhorn, static_argnums=(1, 2))
 
 
 def sinkhorn(log_alpha, n_iters=100, tol=1e-6, backward="implicit"):
@@ -192,7 +195,7 @@ def sinkhorn(log_alpha, n_iters=100, tol=1e-6, backward="implicit"):
     log_alpha = check_square(log_alpha, "log_alpha")
     n_iters, tol = check_sinkhorn_args(n_iters, tol, backward)
     if backward == "implicit":
-        return _implicit_sinkhorn(log_alpha, n_iters, tol)
+        return _compiled_implicit_sinkhorn(log_alpha, n_iters, tol)
     log_p, residual = _sinkhorn_sweeps(log_alpha, n_iters, tol)
     return jnp.exp(log_p), residual
 
@@ -217,6 +220,7 @@ def max_assignment(weights):
     return fill_nan(x, nan | failed, 2).reshape(weights.shape)
 
 
+@jax.jit
 def _hungarian_batched(cost):
     """``((B, n) column of each row, (B,) infeasible)``, minimising ``cost`` (``+inf`` = forbidden).
 
@@ -293,6 +297,7 @@ def _hungarian_batched(cost):
     return col4row, failed
 
 
+@jax.jit
 def _exact_log_permanent(logits):
     """Exact log-permanent by the log-space DP over column subsets (``n <= EXACT_MAX_N``)."""
     n = logits.shape[-1]
@@ -332,6 +337,7 @@ def bethe_log_permanent(logits, max_iters=2000):
     return (energy + entropy).sum((-2, -1)), gamma
 
 
+@functools.partial(jax.jit, static_argnums=1)
 def _bethe_beliefs(logits, max_iters):
     tol = 1e-10 if logits.dtype == jnp.float64 else 1e-6
     theta, nan = mask_nan_elements(logits, 2)

@@ -302,6 +302,12 @@ def log_elementary_symmetric(logits, k):
     both are exact and differentiable to any order.
     """
     logits, k = _check_args(logits, k)
+    return _masked_log_partition(logits, k)
+
+
+# Compiled once per shape and k: eager calls then cost one dispatch, not a retrace of every branch.
+@functools.partial(jax.jit, static_argnums=1)
+def _masked_log_partition(logits, k):
     flat, nan = mask_nan_elements(_flat(logits), 1)
     return fill_nan(_subset_log_partition(flat, k), nan, 0).reshape(logits.shape[:-1])
 
@@ -313,6 +319,11 @@ def subset_marginals(logits, k):
     """
     logits, k = _check_args(logits, k)
     _raise_if_too_few_items(logits, k)
+    return _masked_marginals(logits, k)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _masked_marginals(logits, k):
     flat, nan = mask_nan_elements(_flat(logits), 1)
     mu = _undefined_where_empty(*_subset_marginals(flat, k))
     mu = mu + jax.lax.stop_gradient(jnp.clip(mu, 0, 1) - mu)  # a saturated mu an ulp above 1
@@ -332,10 +343,14 @@ def sample_k_subset(key, logits, k, sample_shape=()):
     """
     logits, k = _check_args(logits, k)
     _raise_if_too_few_items(logits, k)
+    return _sample_k_subset(key, logits, k, tuple(sample_shape))
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _sample_k_subset(key, logits, k, sample_shape):
     d = logits.shape[-1]
     theta, nan = mask_nan_elements(jax.lax.stop_gradient(logits), 1)
     reduced, k_reduced, _, degree = _reduced_problem(theta, k)
-    sample_shape = tuple(sample_shape)
     counts = jnp.broadcast_to(k_reduced, sample_shape + k_reduced.shape)[..., None]
     if degree > 0:
         levels = _inside(_leaves(reduced, degree, 0.0, lambda t: t), degree, _log_convolve)
@@ -385,6 +400,12 @@ def _threshold_relaxation(h, h_prime, bracket, v, k):
     if k in (0, d):
         return jnp.where(jnp.isnan(v), jnp.nan, float(k == d)) + 0 * jnp.where(jnp.isfinite(v), v, 0)
     _raise_if_too_few_items(v, k, "v")
+    return _solve_threshold(h, h_prime, bracket, v, k)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 4))
+def _solve_threshold(h, h_prime, bracket, v, k):
+    d = v.shape[-1]
     v, nan = mask_nan_elements(v, 1)
     # Shift by the k-th largest score: tau lives near 0 and bisection keeps full relative precision.
     shift = jax.lax.stop_gradient(jax.lax.top_k(v, k)[0][..., -1:])
@@ -430,6 +451,20 @@ def _sigmoid_prime(z):
     return s * (1 - s)
 
 
+# Brackets of tau for scores shifted to their k-th largest entry (``d`` items).
+def _clip01_bracket(z, d):
+    return jnp.full_like(z[..., :1], -1.0), jnp.zeros_like(z[..., :1])
+
+
+def _capped_exp_bracket(z, d):
+    return jnp.zeros_like(z[..., :1]), jnp.full_like(z[..., :1], math.log(d))
+
+
+def _sigmoid_bracket(z, d):
+    lowest = jnp.where(z == -jnp.inf, jnp.inf, z).min(-1, keepdims=True)
+    return lowest - math.log(d) - 1, jnp.full_like(z[..., :1], math.log(d))
+
+
 def capped_simplex_projection(v, k):
     r"""Euclidean relaxation: the projection of ``v`` onto :math:`\{x \in [0,1]^d : \sum_i x_i = k\}`.
 
@@ -439,9 +474,7 @@ def capped_simplex_projection(v, k):
     :math:`\mathrm{diag}(1_F) - 1_F 1_F^\top / |F|` on the free set :math:`F = \{0 < x_i < 1\}`.
     For ``k = 1`` this is sparsemax.
     """
-    return _threshold_relaxation(
-        _clip01, _clip01_prime, lambda z, d: (jnp.full_like(z[..., :1], -1.0), jnp.zeros_like(z[..., :1])), v, k
-    )
+    return _threshold_relaxation(_clip01, _clip01_prime, _clip01_bracket, v, k)
 
 
 def categorical_entropy_top_k(v, k):
@@ -449,13 +482,7 @@ def categorical_entropy_top_k(v, k):
 
     The maximiser of :math:`\langle v, x\rangle - \sum_i x_i \log x_i` over the capped simplex.
     """
-    return _threshold_relaxation(
-        _capped_exp,
-        _capped_exp_prime,
-        lambda z, d: (jnp.zeros_like(z[..., :1]), jnp.full_like(z[..., :1], math.log(d))),
-        v,
-        k,
-    )
+    return _threshold_relaxation(_capped_exp, _capped_exp_prime, _capped_exp_bracket, v, k)
 
 
 def binary_entropy_top_k(v, k):
@@ -463,16 +490,7 @@ def binary_entropy_top_k(v, k):
 
     The maximiser of :math:`\langle v, x\rangle + \sum_i H_b(x_i)` over the capped simplex.
     """
-    return _threshold_relaxation(
-        jax.nn.sigmoid,
-        _sigmoid_prime,
-        lambda z, d: (
-            jnp.where(z == -jnp.inf, jnp.inf, z).min(-1, keepdims=True) - math.log(d) - 1,
-            jnp.full_like(z[..., :1], math.log(d)),
-        ),
-        v,
-        k,
-    )
+    return _threshold_relaxation(jax.nn.sigmoid, _sigmoid_prime, _sigmoid_bracket, v, k)
 
 
 #: the relaxations of the paper's table, each a map ``(scores U / t, k) -> x`` in the capped simplex

@@ -15,6 +15,8 @@ Every function is jittable: the solvers and samplers are ``lax`` loops over fixe
 gives NaN log-partitions, marginals, samples and modes for that batch element.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -99,6 +101,7 @@ def sample_arborescence(key, logits, root=0, single_root=False, sample_shape=())
     return x
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
 def _sample_arborescence(key, logits, root, single_root, sample_shape):
     n = logits.shape[-1]
     theta, nan = mask_nan_elements(jax.lax.stop_gradient(directed_log_weights(logits, root)), 2)
@@ -164,6 +167,7 @@ def max_spanning_tree(weights):
     return x
 
 
+@jax.jit
 def _prim(weights):
     shape, n = weights.shape, weights.shape[-1]
     W, nan = mask_nan_elements(symmetrize_upper(weights).reshape(-1, n, n), 2)
@@ -355,6 +359,7 @@ def max_arborescence(weights, root=0, single_root=False):
     return x
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
 def _max_arborescence(weights, root, single_root):
     shape, n = weights.shape, weights.shape[-1]
     flat = directed_log_weights(weights, root).astype(wide_dtype(weights.dtype)).reshape(-1, n, n)
