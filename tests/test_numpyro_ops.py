@@ -1,0 +1,306 @@
+"""numpyro_sst.ops against brute-force enumeration, networkx, scipy, pyro_sst, and check_grads (float64)."""
+
+import jax
+import jax.numpy as jnp
+import networkx as nx
+import numpy as np
+import pytest
+import torch
+from jax.test_util import check_grads
+from reference import ExpFamily, arborescence_family, k_subsets, permutations, spanning_tree_family
+from scipy.optimize import linear_sum_assignment
+from scipy.sparse.csgraph import minimum_spanning_tree
+
+import numpyro_sst.ops as N
+import pyro_sst.ops as P
+
+pytestmark = pytest.mark.filterwarnings("error")
+KEY = jax.random.PRNGKey(0)
+
+
+def f64(x):
+    return jnp.asarray(x, jnp.float64)
+
+
+# ------------------------------------------------------------------------------------------ exact values
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_spanning_tree_matches_enumeration(n, x64):
+    theta = np.random.RandomState(n).normal(size=(n, n)) * 2
+    ref = spanning_tree_family(theta)
+    np.testing.assert_allclose(N.spanning_tree_log_partition(f64(theta)), ref.log_partition, atol=1e-12)
+    np.testing.assert_allclose(N.spanning_tree_marginals(f64(theta)), ref.marginals, atol=1e-12)
+    np.testing.assert_allclose(N.max_spanning_tree(f64(theta)), ref.mode)
+
+
+@pytest.mark.parametrize("root,single_root", [(0, False), (2, False), (1, True), (3, True)])
+def test_arborescence_matches_enumeration(root, single_root, x64):
+    theta = np.random.RandomState(root).normal(size=(5, 5)) * 2
+    ref = arborescence_family(theta, root, single_root)
+    np.testing.assert_allclose(N.arborescence_log_partition(f64(theta), root, single_root), ref.log_partition)
+    np.testing.assert_allclose(N.arborescence_marginals(f64(theta), root, single_root), ref.marginals, atol=1e-12)
+    np.testing.assert_allclose(N.max_arborescence(f64(theta), root, single_root), ref.mode)
+
+
+@pytest.mark.parametrize("root,single_root", [(0, False), (1, True)])
+def test_elimination_fallback_is_exact_at_huge_spreads(root, single_root):
+    """Spreads of 1e4 (U / t at t = 0.01): float32 in, the log-space elimination takes over, exact and finite."""
+    theta = np.random.RandomState(1).normal(size=(3, 5, 5)) * 1e4
+    log_z = N.arborescence_log_partition(jnp.asarray(theta, jnp.float32), root, single_root)
+    mu = N.arborescence_marginals(jnp.asarray(theta, jnp.float32), root, single_root)
+    for b in range(3):
+        ref = arborescence_family(theta[b], root, single_root)
+        np.testing.assert_allclose(log_z[b], ref.log_partition, rtol=1e-6)
+        np.testing.assert_allclose(mu[b], ref.marginals, atol=1e-5)
+    theta32 = jnp.asarray(theta, jnp.float32)
+    grad = jax.grad(lambda t: (N.arborescence_marginals(t, root, single_root) ** 2).sum())(theta32)
+    assert bool(jnp.isfinite(grad).all())
+
+
+def test_log_partition_matches_networkx_and_pyro(x64):
+    rng = np.random.RandomState(0)
+    theta = rng.normal(size=(6, 6))
+    graph = nx.Graph()
+    for i in range(6):
+        for j in range(i + 1, 6):
+            graph.add_edge(i, j, weight=np.exp(theta[i, j]))
+    expected = np.log(nx.number_of_spanning_trees(graph, weight="weight"))
+    np.testing.assert_allclose(N.spanning_tree_log_partition(f64(theta)), expected, rtol=1e-12)
+    digraph = nx.DiGraph()
+    for i in range(6):
+        for j in range(6):
+            if i != j:
+                digraph.add_edge(i, j, weight=np.exp(theta[i, j]))
+    expected = np.log(nx.number_of_spanning_trees(digraph, weight="weight", root=2))
+    np.testing.assert_allclose(N.arborescence_log_partition(f64(theta), 2), expected, rtol=1e-12)
+    expected = P.arborescence_marginals(torch.tensor(theta), 2).numpy()
+    np.testing.assert_allclose(N.arborescence_marginals(f64(theta), 2), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("d,k", [(6, 0), (6, 1), (7, 3), (7, 5), (6, 6)])
+def test_subsets_match_enumeration(d, k, x64):
+    theta = np.random.RandomState(d + k).normal(size=(d,)) * 3
+    ref = ExpFamily(k_subsets(d, k), theta)
+    np.testing.assert_allclose(N.log_elementary_symmetric(f64(theta), k), ref.log_partition, rtol=1e-12)
+    np.testing.assert_allclose(N.subset_marginals(f64(theta), k), ref.marginals, atol=1e-12)
+    np.testing.assert_allclose(N.top_k_mask(f64(theta), k), ref.mode)
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0, 1000.0])
+@pytest.mark.parametrize("d,k", [(33, 10), (200, 150)])
+def test_subset_marginals_float32_match_pyro_float64(d, k, scale):
+    """Without x64 both tiers run in float32 (pyro_sst's log tier is float64).
+
+    The log-space tier's partial sums reach ~k x spread, so float32 keeps mid-range marginals to ~1e-3
+    at logit spreads of 1e3 (a documented limit; with x64 enabled the tiers run in float64).
+    """
+    theta = np.random.RandomState(3).normal(size=(3, d)) * scale
+    mu = N.subset_marginals(jnp.asarray(theta, jnp.float32), k)
+    expected = P.subset_marginals(torch.tensor(theta), k).numpy()
+    np.testing.assert_allclose(mu, expected, atol=2e-4 if scale < 1000 else 1e-3)
+    np.testing.assert_allclose(mu.sum(-1), k, rtol=1e-5)
+
+
+def test_permutations_match_enumeration(x64):
+    theta = np.random.RandomState(0).normal(size=(5, 5)) * 2
+    ref = ExpFamily(permutations(5), theta)
+    np.testing.assert_allclose(N.log_permanent(f64(theta)), ref.log_partition, rtol=1e-12)
+    np.testing.assert_allclose(N.permutation_marginals(f64(theta)), ref.marginals, atol=1e-12)
+    np.testing.assert_allclose(N.max_assignment(f64(theta)), ref.mode)
+    bethe, gamma = N.bethe_log_permanent(f64(theta))
+    assert ref.log_partition - 2.5 * np.log(2) <= bethe <= ref.log_partition + 1e-8
+    np.testing.assert_allclose(bethe, P.bethe_log_permanent(torch.tensor(theta))[0].numpy(), rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ solvers
+def test_max_spanning_tree_matches_scipy():
+    w = np.random.RandomState(0).normal(size=(20, 12, 12))
+    x = np.asarray(N.max_spanning_tree(jnp.asarray(w, jnp.float32)))
+    for b in range(20):
+        upper = np.triu(-w[b] + 10, 1)  # positive weights: scipy drops zeros
+        best = -(minimum_spanning_tree(upper).toarray() - 10 * (minimum_spanning_tree(upper).toarray() != 0)).sum()
+        np.testing.assert_allclose(np.triu(x[b] * w[b], 1).sum(), best, rtol=1e-5)
+
+
+@pytest.mark.parametrize("single_root", [False, True])
+def test_max_arborescence_matches_networkx(single_root):
+    rng = np.random.RandomState(1)
+    w = rng.normal(size=(15, 9, 9))
+    w[rng.uniform(size=w.shape) < 0.2] = -np.inf  # absent edges
+    w[:, 0, 1:] = np.where(np.isfinite(w[:, 0, 1:]), w[:, 0, 1:], 0.0)  # keep every node reachable
+    x = np.asarray(N.max_arborescence(jnp.asarray(w, jnp.float32), 0, single_root))
+    for b in range(15):
+        if single_root:
+            expected = (P.max_arborescence(torch.tensor(w[b]), 0, True).numpy() * np.nan_to_num(w[b])).sum()
+        else:
+            graph = nx.DiGraph()
+            for i in range(9):
+                for j in range(1, 9):
+                    if i != j and np.isfinite(w[b, i, j]):
+                        graph.add_edge(i, j, weight=w[b, i, j])
+            tree = nx.maximum_spanning_arborescence(graph)
+            expected = sum(w[b, i, j] for i, j in tree.edges)
+        np.testing.assert_allclose((x[b] * np.nan_to_num(w[b], neginf=0)).sum(), expected, rtol=1e-5)
+        assert (x[b][~np.isfinite(w[b])] == 0).all()
+
+
+def test_max_assignment_matches_scipy_with_forbidden_entries():
+    rng = np.random.RandomState(2)
+    w = rng.normal(size=(25, 8, 8))
+    w[rng.uniform(size=w.shape) < 0.3] = -np.inf
+    np.fill_diagonal(w[0], 0.0)
+    w[1:] = np.where(np.eye(8, dtype=bool), 0.0, w[1:])  # the identity stays feasible
+    x = np.asarray(N.max_assignment(jnp.asarray(w, jnp.float32)))
+    for b in range(25):
+        rows, cols = linear_sum_assignment(np.where(np.isfinite(w[b]), w[b], -1e9), maximize=True)
+        np.testing.assert_allclose((x[b] * np.nan_to_num(w[b], neginf=0)).sum(), w[b][rows, cols].sum(), rtol=1e-5)
+
+
+def test_solvers_under_jit_and_vmap_match_eager():
+    w = jax.random.normal(KEY, (4, 6, 6))
+    for solve in (N.max_spanning_tree, N.max_assignment, lambda x: N.max_arborescence(x, 1)):
+        eager = solve(w)
+        np.testing.assert_array_equal(jax.jit(solve)(w), eager)
+        np.testing.assert_array_equal(jax.vmap(solve)(w), eager)
+
+
+def test_bad_input_raises_value_error_naming_the_argument():
+    with pytest.raises(ValueError, match="root"):
+        N.arborescence_log_partition(jnp.zeros((3, 3)), root=3)
+    with pytest.raises(ValueError, match="k must be an int"):
+        N.subset_marginals(jnp.zeros(4), 5)
+    with pytest.raises(ValueError, match="logits must have shape"):
+        N.spanning_tree_marginals(jnp.zeros((3, 4)))
+    with pytest.raises(ValueError, match="float32 or float64"):
+        N.subset_marginals(jnp.zeros(4, jnp.int32), 2)
+    with pytest.raises(ValueError, match="do not connect"):
+        N.max_spanning_tree(jnp.full((3, 3), -jnp.inf))
+    with pytest.raises(ValueError, match="no spanning tree or arborescence has finite weight"):
+        N.arborescence_marginals(jnp.full((3, 3), -jnp.inf))
+    with pytest.raises(ValueError, match="no assignment"):
+        N.max_assignment(jnp.full((3, 3), -jnp.inf))
+    with pytest.raises(ValueError, match="n_iters"):
+        N.sinkhorn(jnp.zeros((3, 3)), n_iters=0)
+
+
+def test_nan_input_gives_nan_for_its_batch_element_only():
+    theta = np.random.RandomState(0).normal(size=(2, 4, 4)).astype(np.float32)
+    theta[0, 0, 1] = np.nan
+    mu = N.spanning_tree_marginals(jnp.asarray(theta))
+    assert bool(jnp.isnan(mu[0]).all()) and bool(jnp.isfinite(mu[1]).all())
+    np.testing.assert_allclose(mu[1], N.spanning_tree_marginals(jnp.asarray(theta[1])), atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ samplers
+def _total_variation(family, samples):
+    return family.total_variation(np.asarray(samples, np.float64))
+
+
+@pytest.mark.parametrize("root,single_root", [(0, False), (2, True)])
+def test_arborescence_sampler_is_exact(root, single_root):
+    theta = np.random.RandomState(3).normal(size=(4, 4))
+    samples = N.sample_arborescence(KEY, jnp.asarray(theta, jnp.float32), root, single_root, (20000,))
+    family = arborescence_family(theta, root, single_root)
+    assert _total_variation(family, samples) < 0.02  # ~0.5 x sqrt(N_support / 20000) for an exact sampler
+
+
+def test_spanning_tree_and_subset_samplers_are_exact_and_batched():
+    rng = np.random.RandomState(4)
+    theta = rng.normal(size=(2, 4, 4))
+    samples = N.sample_spanning_tree(KEY, jnp.asarray(theta, jnp.float32), (20000,))
+    assert samples.shape == (20000, 2, 4, 4)
+    for b in range(2):
+        assert _total_variation(spanning_tree_family(theta[b]), samples[:, b]) < 0.02
+    theta = rng.normal(size=(2, 6))
+    for k in (2, 4):
+        samples = N.sample_k_subset(KEY, jnp.asarray(theta, jnp.float32), k, (20000,))
+        for b in range(2):
+            assert _total_variation(ExpFamily(k_subsets(6, k), theta[b]), samples[:, b]) < 0.02
+
+
+def test_samplers_are_deterministic_per_key_and_jittable():
+    theta = jax.random.normal(KEY, (3, 5, 5))
+    a = N.sample_spanning_tree(KEY, theta, (4,))
+    np.testing.assert_array_equal(a, N.sample_spanning_tree(KEY, theta, (4,)))
+    np.testing.assert_array_equal(a, jax.jit(lambda k, t: N.sample_spanning_tree(k, t, (4,)))(KEY, theta))
+    assert not np.array_equal(a, N.sample_spanning_tree(jax.random.PRNGKey(1), theta, (4,)))
+
+
+# ------------------------------------------------------------------------------------------ gradients
+@pytest.mark.parametrize("root,single_root", [(0, False), (1, True)])
+def test_check_grads_matrix_tree(root, single_root, x64):
+    theta = f64(np.random.RandomState(0).normal(size=(2, 4, 4)))
+    check_grads(lambda t: N.arborescence_log_partition(t, root, single_root), (theta,), order=2, modes=["fwd", "rev"])
+    check_grads(lambda t: N.arborescence_marginals(t, root, single_root), (theta,), order=1, modes=["fwd", "rev"])
+
+
+def _enumerated_hvp(theta, v):
+    """Cov_q(x, <v, x>) over every arborescence rooted at 0: the exact Hessian-vector product of A."""
+    ref = arborescence_family(theta)
+    x = ref.support.reshape(len(ref.support), -1)
+    scores = x @ np.where(np.eye(4, dtype=bool) | (np.arange(4) == 0), 0, v).reshape(-1)
+    return ((ref.probs * scores) @ x - ref.marginals.reshape(-1) * (ref.probs @ scores)).reshape(theta.shape)
+
+
+@pytest.mark.parametrize("scale", [40.0, 400.0])
+def test_marginal_tangents_match_enumeration_at_large_spreads(scale, x64):
+    """Forward and reverse mode of the marginals against the exact HVP, on the inverse (40) and elimination (400) tiers;
+    pyro_sst's backward too."""
+    theta = np.random.RandomState(1).normal(size=(4, 4)) * scale
+    v = np.random.RandomState(2).normal(size=(4, 4))
+    expected = _enumerated_hvp(theta, v)
+    tangent = jax.jvp(N.arborescence_marginals, (f64(theta),), (f64(v),))[1]
+    np.testing.assert_allclose(tangent, expected, atol=1e-6)
+    # Reverse mode transposes the tangent formula, which loses a little more (cond x eps) than pyro_sst's backward.
+    cotangent = jax.grad(lambda t: (N.arborescence_marginals(t) * f64(v)).sum())(f64(theta))
+    np.testing.assert_allclose(cotangent, expected, atol=5e-6)
+    theta_t = torch.tensor(theta, requires_grad=True)
+    (P.arborescence_marginals(theta_t) * torch.tensor(v)).sum().backward()
+    np.testing.assert_allclose(theta_t.grad.numpy(), expected, atol=1e-8)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_check_grads_subsets_and_relaxations(k, x64):
+    theta = f64(np.random.RandomState(k).normal(size=(2, 7)))
+    check_grads(lambda t: N.log_elementary_symmetric(t, k), (theta,), order=2, modes=["fwd", "rev"])
+    check_grads(lambda t: N.subset_marginals(t, k), (theta,), order=1, modes=["fwd", "rev"])
+    for name in ("euclidean", "categorical_entropy", "binary_entropy"):
+        check_grads(lambda t, name=name: N.relaxed_top_k(t, k, name), (theta,), order=1, modes=["rev"], eps=1e-6)
+
+
+def test_check_grads_sinkhorn_and_permanent(x64):
+    theta = f64(np.random.RandomState(5).normal(size=(2, 4, 4)))
+    check_grads(lambda t: N.sinkhorn(t, 200, 1e-12)[0], (theta,), order=1, modes=["rev"])
+    check_grads(lambda t: N.sinkhorn(t, 300, 1e-12, "unrolled")[0], (theta,), order=1, modes=["fwd", "rev"])
+    check_grads(N.log_permanent, (theta,), order=2, modes=["fwd", "rev"])
+
+
+def test_relaxations_match_pyro(x64):
+    rng = np.random.RandomState(6)
+    v = rng.normal(size=(3, 9)) * 2
+    for name in N.RELAXATIONS:
+        expected = P.relaxed_top_k(torch.tensor(v), 4, name).numpy()
+        np.testing.assert_allclose(N.relaxed_top_k(f64(v), 4, name), expected, atol=1e-10)
+
+
+def test_low_temperature_float32_is_finite():
+    """Logit spreads of 100 and t = 0.01: finite values and gradients for every relaxation (float32)."""
+    key_tree, key_set = jax.random.split(KEY)
+    scores = jax.random.normal(key_tree, (4, 8, 8)) * 100 / 0.01
+    grads = jax.grad(lambda s: (N.spanning_tree_marginals(s) * jnp.arange(64.0).reshape(8, 8)).sum())(scores)
+    assert bool(jnp.isfinite(grads).all())
+    scores = jax.random.normal(key_set, (4, 50)) * 100 / 0.01
+    for name in N.RELAXATIONS:
+        value = jax.value_and_grad(lambda s, name=name: (N.relaxed_top_k(s, 7, name) * jnp.arange(50.0)).sum())
+        x, grad = value(scores)
+        assert bool(jnp.isfinite(x)) and bool(jnp.isfinite(grad).all())
+
+
+def test_layout_round_trip_matches_pyro():
+    edge_logits = np.random.RandomState(7).normal(size=(3, 10)).astype(np.float32)
+    matrix = N.edge_logits_to_matrix(jnp.asarray(edge_logits))
+    np.testing.assert_array_equal(matrix, P.edge_logits_to_matrix(torch.tensor(edge_logits)).numpy())
+    np.testing.assert_array_equal(N.matrix_to_edge_logits(matrix), edge_logits)
+    tree = N.max_spanning_tree(matrix)
+    edges = N.matrix_to_edges(tree)
+    np.testing.assert_array_equal(edges, P.matrix_to_edges(torch.tensor(np.asarray(tree))).numpy())
+    np.testing.assert_array_equal(N.edges_to_matrix(edges, 5), tree)
