@@ -5,7 +5,7 @@ import jax.numpy as jnp
 
 from .validation import raise_if
 
-__all__ = ["log_sum_exp"]
+__all__ = ["gradient_marginals", "log_sum_exp", "program_log_partition"]
 
 
 def log_sum_exp(x, axis):
@@ -58,3 +58,25 @@ def check_nonempty(log_partition, structure):
 def undefined_where_empty(mu, log_partition, event_dim):
     """Marginals set to NaN where the support is empty (traced inputs, where nothing can raise)."""
     return fill_nan(mu, log_partition == -jnp.inf, event_dim)
+
+
+def program_log_partition(program, logits, structure="structure"):
+    r""":math:`A(\theta)` = ``program(logits)`` of a log-space program (the subset or permanent DP).
+
+    JAX differentiates the program itself, to any order, so no custom rule is needed (pyro_sst
+    wraps the same program in custom autograd Functions); its gradient is
+    :func:`gradient_marginals`. ``structure`` names the support in error messages, as in pyro_sst.
+    """
+    del structure
+    return program(logits)
+
+
+def gradient_marginals(program, logits, structure="structure"):
+    r"""Exponential-family marginals :math:`\mu = \nabla_\theta A(\theta)` of a log-space program ``A``.
+
+    Exact (reverse-mode autodiff), itself differentiable (its derivative is the Hessian of
+    :math:`A`). Raises :class:`ValueError` on concrete input where :math:`A = -\infty` (no
+    ``structure`` has finite weight).
+    """
+    check_nonempty(program(jax.lax.stop_gradient(logits)), structure)
+    return jax.grad(lambda t: program(t).sum())(logits)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from sst_common import enumeration
 
-from .logspace import check_nonempty, fill_nan, log_sum_exp, mask_nan_elements
+from .logspace import fill_nan, gradient_marginals, log_sum_exp, mask_nan_elements, program_log_partition
 from .validation import check_float, check_int, check_square, raise_if, wide_dtype
 
 __all__ = [
@@ -384,7 +384,7 @@ def log_permanent(logits, method="auto"):
     logits = check_square(logits)
     if _uses_bethe(logits, method):
         return bethe_log_permanent(logits)[0]
-    return _exact_log_permanent(logits)
+    return program_log_partition(_exact_log_permanent, logits, "permutation")
 
 
 def permutation_marginals(logits, method="auto"):
@@ -396,8 +396,7 @@ def permutation_marginals(logits, method="auto"):
     logits = check_square(logits)
     if _uses_bethe(logits, method):
         return bethe_log_permanent(logits)[1]
-    check_nonempty(_exact_log_permanent(jax.lax.stop_gradient(logits)), "permutation")
-    return jax.grad(lambda t: _exact_log_permanent(t).sum())(logits)
+    return gradient_marginals(_exact_log_permanent, logits, "permutation")
 
 
 def enumerate_permutations(n, dtype=jnp.float32):

@@ -1,0 +1,299 @@
+"""numpyro_sst distributions: NumPyro's generic distribution checks (as its test/test_distributions.py runs them),
+the registered KLs, Gumbel-softmax against Pyro, and SVI that recovers a known structure."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as ndist
+import pyro.distributions as pdist
+import pytest
+import torch
+from numpyro.distributions.batch_util import vmap_over
+from numpyro.distributions.kl import kl_divergence
+from numpyro.infer import SVI, Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
+from reference import ExpFamily, k_subsets
+
+import numpyro_sst
+from numpyro_sst import (
+    Arborescence,
+    GumbelSinkhorn,
+    KSubset,
+    RelaxedArborescence,
+    RelaxedOneHotCategorical,
+    RelaxedOneHotCategoricalStraightThrough,
+    RelaxedSpanningTree,
+    RelaxedTopK,
+    SpanningTree,
+)
+
+pytestmark = pytest.mark.filterwarnings("error")
+KEY = jax.random.PRNGKey(0)
+BATCH = (2,)
+
+
+def _logits(event_shape):
+    return jax.random.normal(jax.random.PRNGKey(1), BATCH + event_shape)
+
+
+#: (constructor from logits, event shape, relaxed?)
+CASES = {
+    "RelaxedSpanningTree": (lambda x: RelaxedSpanningTree(x, 0.5), (4, 4), True),
+    "RelaxedArborescence": (lambda x: RelaxedArborescence(x, 0.5, root=1, single_root=True), (4, 4), True),
+    "RelaxedTopK": (lambda x: RelaxedTopK(x, 2, 0.5), (5,), True),
+    "RelaxedTopK-euclidean-st": (
+        lambda x: RelaxedTopK(x, 2, 0.5, relaxation="euclidean", straight_through=True),
+        (5,),
+        True,
+    ),
+    "GumbelSinkhorn": (lambda x: GumbelSinkhorn(x, 1.0), (3, 3), True),
+    "RelaxedOneHotCategorical": (lambda x: RelaxedOneHotCategorical(0.5, logits=x), (4,), True),
+    "SpanningTree": (lambda x: SpanningTree(x), (4, 4), False),
+    "Arborescence": (lambda x: Arborescence(x, root=2), (4, 4), False),
+    "KSubset": (lambda x: KSubset(x, 3), (5,), False),
+}
+
+
+def _make(name, logits=None):
+    build, event_shape, _ = CASES[name]
+    return build(_logits(event_shape) if logits is None else logits)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_shapes_support_and_log_prob(name):
+    dist = _make(name)
+    _, event_shape, relaxed = CASES[name]
+    assert dist.batch_shape == BATCH and dist.event_shape == event_shape
+    x = dist.sample(KEY, (3,))
+    assert x.shape == (3,) + BATCH + event_shape == dist.shape((3,))
+    assert bool(dist.support(x).all())
+    assert dist.log_prob(x).shape == (3,) + BATCH
+    assert dist.has_rsample == relaxed
+    assert ndist.Distribution.infer_shapes is not type(dist).infer_shapes
+    if relaxed:
+        hard = dist.hard_sample(KEY, (3,))
+        assert hard.shape == x.shape and bool(jnp.isin(hard, jnp.array([0.0, 1.0])).all())
+        np.testing.assert_allclose(dist.relaxed_and_hard(KEY, (3,))[1], hard)
+    else:
+        with pytest.raises(NotImplementedError):
+            dist.rsample(KEY)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_infer_shapes(name):
+    dist = _make(name)
+    logits_shape = dist.logits.shape
+    kwargs = {"temperature": ()} if CASES[name][2] else {}
+    assert type(dist).infer_shapes(logits_shape, **kwargs) == (dist.batch_shape, dist.event_shape)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_pytree_jit_vmap_and_lax_map(name):
+    dist = _make(name)
+    same = jax.jit(lambda d: d)(dist)
+    assert type(same) is type(dist) and same.batch_shape == dist.batch_shape
+    for option in dist._all_options():
+        assert getattr(same, option) == getattr(dist, option)
+    leaves, tree = jax.tree_util.tree_flatten(dist)
+    rebuilt = jax.tree_util.tree_unflatten(tree, leaves)
+    np.testing.assert_allclose(rebuilt.log_partition, dist.log_partition, rtol=1e-6)
+    value = dist.mode
+    np.testing.assert_allclose(jax.jit(lambda d, v: d.log_prob(v))(dist, value), dist.log_prob(value), rtol=1e-5)
+    # vmap over the instance (NumPyro's vmap_over gives the in_axes of each field)
+    axes = vmap_over(dist, logits=0, temperature=0 if CASES[name][2] else None)
+    mapped = jax.vmap(lambda d, v: d.log_prob(v), in_axes=(axes, 0))(dist, value)
+    np.testing.assert_allclose(mapped, dist.log_prob(value), rtol=1e-5)
+    per_element = jax.lax.map(lambda logits: _make(name, logits[None]).log_partition[0], dist.logits)
+    np.testing.assert_allclose(per_element, dist.log_partition, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_expand_keeps_class_and_kl(name):
+    dist = _make(name)
+    wide = dist.expand((3,) + BATCH)
+    assert type(wide) is type(dist) and wide.batch_shape == (3,) + BATCH
+    assert wide.sample(KEY).shape == (3,) + BATCH + dist.event_shape
+    kl = kl_divergence(wide, _make(name, dist.logits + 0.5).expand((3,) + BATCH))
+    assert kl.shape == (3,) + BATCH and bool((kl >= -1e-6).all())
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_sample_and_log_prob_gradients(name):
+    _, event_shape, relaxed = CASES[name]
+    logits = _logits(event_shape)
+    # The Concrete density scores points of the open simplex; the others score hard structures exactly.
+    value = _make(name).sample(KEY) if name == "RelaxedOneHotCategorical" else _make(name).mode
+
+    def loss(logits):
+        dist = _make(name, logits)
+        sample = dist.sample(KEY) if relaxed else value
+        return (sample * jnp.arange(sample.size).reshape(sample.shape)).sum() + dist.log_prob(value).sum()
+
+    grad = jax.grad(loss)(logits)
+    assert bool(jnp.isfinite(grad).all()) and float(jnp.abs(grad).sum()) > 0
+
+
+def test_exp_family_against_enumeration_and_kl():
+    logits = np.random.RandomState(0).normal(size=(6,)).astype(np.float32)
+    dist = KSubset(jnp.asarray(logits), 3)
+    ref = ExpFamily(k_subsets(6, 3), logits)
+    np.testing.assert_allclose(dist.entropy(), ref.entropy, rtol=1e-5)
+    support = dist.enumerate_support()
+    np.testing.assert_allclose(jnp.exp(dist.log_prob(support)), ref.probs, atol=1e-6)
+    other = KSubset(jnp.asarray(logits[::-1].copy()), 3)
+    ref_other = ExpFamily(k_subsets(6, 3), logits[::-1])
+    np.testing.assert_allclose(
+        kl_divergence(dist, other), (ref.probs * (np.log(ref.probs) - np.log(ref_other.probs))).sum(), rtol=1e-4
+    )
+
+
+def test_relaxed_kl_is_the_gumbel_utility_kl_counted_once():
+    q = RelaxedSpanningTree(jnp.zeros((4, 4)), 0.5)
+    p = RelaxedSpanningTree(jnp.ones((4, 4)), 0.5)
+    expected = 6 * (0 - 1 - 1 + np.exp(1))  # six free edges, theta_q - theta_p = -1
+    np.testing.assert_allclose(kl_divergence(q, p), expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="temperature"):
+        kl_divergence(q, RelaxedSpanningTree(jnp.ones((4, 4)), 0.7))
+
+
+def test_validation_errors_name_the_argument():
+    with pytest.raises(ValueError, match="temperature"):
+        RelaxedSpanningTree(jnp.zeros((3, 3)), 0.0)
+    with pytest.raises(ValueError, match="k must be an int"):
+        RelaxedTopK(jnp.zeros(4), 5, 0.5)
+    with pytest.raises(ValueError, match="root"):
+        Arborescence(jnp.zeros((3, 3)), root=7)
+    with pytest.raises(ValueError, match="logits must be finite"):
+        SpanningTree(jnp.full((3, 3), jnp.nan), validate_args=True)
+    SpanningTree(jnp.where(jnp.eye(3, dtype=bool), -jnp.inf, 0.0), validate_args=True)  # the diagonal is not read
+    with pytest.raises(ValueError, match="noise"):
+        RelaxedTopK(jnp.zeros(4), 2, 0.5, noise="cauchy")
+    with pytest.raises(ValueError, match="relaxation"):
+        RelaxedTopK(jnp.zeros(4), 2, 0.5, relaxation="sparsemax")
+    dist = KSubset(jnp.zeros(4), 2, validate_args=True)
+    with pytest.warns(UserWarning, match="Out-of-support"):
+        assert dist.log_prob(jnp.array([1.0, 1.0, 1.0, 0.0])) == -jnp.inf
+
+
+# ------------------------------------------------------------------------------------- Gumbel-softmax
+def test_relaxed_top_k_with_k1_is_gumbel_softmax_and_sparsemax():
+    logits = jax.random.normal(KEY, (3, 5))
+    utilities = logits + jax.random.gumbel(jax.random.PRNGKey(2), (3, 5))
+    softmax = jax.nn.softmax(utilities / 0.4, -1)
+    np.testing.assert_allclose(RelaxedTopK(logits, 1, 0.4).relax(utilities), softmax, atol=1e-6)
+    np.testing.assert_allclose(RelaxedOneHotCategorical(0.4, logits=logits).relax(utilities), softmax, atol=1e-6)
+    # sparsemax (Martins and Astudillo, 2016): max(z - tau, 0) with tau from the sorted scores
+    z = np.asarray(utilities / 0.4)
+    zs = -np.sort(-z, -1)
+    support = 1 + np.arange(1, 6) * zs > np.cumsum(zs, -1)
+    size = support.sum(-1, keepdims=True)
+    tau = (np.take_along_axis(np.cumsum(zs, -1), size - 1, -1) - 1) / size
+    np.testing.assert_allclose(
+        RelaxedTopK(logits, 1, 0.4, relaxation="euclidean").relax(utilities), np.maximum(z - tau, 0), atol=1e-5
+    )
+
+
+def test_concrete_density_equals_pyro():
+    logits = np.random.RandomState(0).normal(size=(2, 4)).astype(np.float32)
+    pyro_dist = pdist.RelaxedOneHotCategorical(torch.tensor(0.6), logits=torch.tensor(logits))
+    torch.manual_seed(0)
+    value = pyro_dist.sample((5,)).clamp(min=1e-6)  # log y of a float32 y that underflowed to 0 is -inf
+    ours = RelaxedOneHotCategorical(0.6, logits=jnp.asarray(logits))
+    np.testing.assert_allclose(ours.log_prob(jnp.asarray(value.numpy())), pyro_dist.log_prob(value).numpy(), rtol=1e-5)
+    from_probs = RelaxedOneHotCategorical(0.6, probs=jax.nn.softmax(jnp.asarray(logits)))
+    np.testing.assert_allclose(
+        from_probs.log_prob(jnp.asarray(value.numpy())), pyro_dist.log_prob(value).numpy(), rtol=1e-5
+    )
+
+
+def test_straight_through_categorical_is_hard_with_soft_gradient_and_exact_log_prob():
+    logits = jax.random.normal(KEY, (4,))
+    dist = RelaxedOneHotCategoricalStraightThrough(0.5, logits=logits)
+    x = dist.sample(KEY)
+    assert float(x.sum()) == 1.0 and bool(jnp.isin(x, jnp.array([0.0, 1.0])).all())
+    np.testing.assert_allclose(dist.log_prob(x), jax.nn.log_softmax(logits)[jnp.argmax(x)], rtol=1e-6)
+    grad = jax.grad(
+        lambda x: (RelaxedOneHotCategoricalStraightThrough(0.5, logits=x).sample(KEY) * jnp.arange(4.0)).sum()
+    )(logits)
+    assert float(jnp.abs(grad).sum()) > 0
+    frequencies = RelaxedOneHotCategorical(0.5, logits=logits).hard_sample(KEY, (20000,)).mean(0)
+    np.testing.assert_allclose(frequencies, jax.nn.softmax(logits), atol=0.015)
+
+
+# ------------------------------------------------------------------------------------- SVI
+def _true_tree(n):
+    x = np.zeros((n, n))
+    for v in range(1, n):
+        x[(v - 1) // 2, v] = x[v, (v - 1) // 2] = 1  # a binary tree
+    return jnp.asarray(x)
+
+
+@pytest.mark.parametrize("elbo", [Trace_ELBO(), TraceMeanField_ELBO()])
+def test_svi_recovers_a_tree_with_relaxed_spanning_tree(elbo):
+    """Observed noisy copies of a tree's adjacency; the guide's hard mode recovers the tree."""
+    n = 6
+    truth = _true_tree(n)
+    data = truth + 0.3 * jax.random.normal(KEY, (20, n, n))
+
+    def model(data):
+        tree = numpyro.sample("tree", RelaxedSpanningTree(jnp.zeros((n, n)), 0.5))
+        with numpyro.plate("copies", data.shape[0]):
+            numpyro.sample("obs", ndist.Normal(tree, 0.3).to_event(2), obs=data)
+
+    def guide(data):
+        logits = numpyro.param("logits", jnp.zeros((n, n)))
+        numpyro.sample("tree", RelaxedSpanningTree(logits, 0.5))
+
+    svi = SVI(model, guide, numpyro.optim.Adam(0.1), elbo)
+    result = svi.run(jax.random.PRNGKey(3), 300, data, progress_bar=False)
+    mode = RelaxedSpanningTree(result.params["logits"], 0.5).mode
+    np.testing.assert_array_equal(mode, truth)
+
+
+def test_svi_recovers_a_subset_with_trace_graph_elbo():
+    """Score-function gradients through the exact KSubset (TraceGraph_ELBO): the guide's mode is the true subset."""
+    d, k = 8, 3
+    truth = jnp.zeros(d).at[jnp.array([1, 4, 6])].set(1.0)
+    data = truth + 0.3 * jax.random.normal(KEY, (30, d))
+
+    def model(data):
+        subset = numpyro.sample("subset", KSubset(jnp.zeros(d), k))
+        with numpyro.plate("copies", data.shape[0]):
+            numpyro.sample("obs", ndist.Normal(subset, 0.3).to_event(1), obs=data)
+
+    def guide(data):
+        logits = numpyro.param("logits", jnp.zeros(d))
+        numpyro.sample("subset", KSubset(logits, k))
+
+    svi = SVI(model, guide, numpyro.optim.Adam(0.1), TraceGraph_ELBO())
+    result = svi.run(jax.random.PRNGKey(4), 400, data, progress_bar=False)
+    np.testing.assert_array_equal(KSubset(result.params["logits"], k).mode, truth)
+
+
+def test_svi_arborescence_with_trace_mean_field_and_registered_kl():
+    n = 5
+    truth = np.zeros((n, n))
+    for v in range(1, n):
+        truth[v - 1, v] = 1  # a chain rooted at 0
+    truth = jnp.asarray(truth)
+    data = truth + 0.3 * jax.random.normal(KEY, (20, n, n))
+
+    def model(data):
+        tree = numpyro.sample("tree", RelaxedArborescence(jnp.zeros((n, n)), 0.5))
+        with numpyro.plate("copies", data.shape[0]):
+            numpyro.sample("obs", ndist.Normal(tree, 0.3).to_event(2), obs=data)
+
+    def guide(data):
+        logits = numpyro.param("logits", jnp.zeros((n, n)))
+        numpyro.sample("tree", RelaxedArborescence(logits, 0.5))
+
+    svi = SVI(model, guide, numpyro.optim.Adam(0.1), TraceMeanField_ELBO())
+    result = svi.run(jax.random.PRNGKey(5), 300, data, progress_bar=False)
+    np.testing.assert_array_equal(RelaxedArborescence(result.params["logits"], 0.5).mode, truth)
+
+
+def test_package_mirrors_pyro_sst_names():
+    import pyro_sst
+
+    assert set(pyro_sst.__all__) <= set(numpyro_sst.__all__)
+    assert set(pyro_sst.ops.__all__) == set(numpyro_sst.ops.__all__)
