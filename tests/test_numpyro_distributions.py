@@ -198,6 +198,7 @@ def test_concrete_density_equals_pyro():
     pyro_dist = pdist.RelaxedOneHotCategorical(torch.tensor(0.6), logits=torch.tensor(logits))
     torch.manual_seed(0)
     value = pyro_dist.sample((5,)).clamp(min=1e-6)  # log y of a float32 y that underflowed to 0 is -inf
+    value = value / value.sum(-1, keepdim=True)
     ours = RelaxedOneHotCategorical(0.6, logits=jnp.asarray(logits))
     np.testing.assert_allclose(ours.log_prob(jnp.asarray(value.numpy())), pyro_dist.log_prob(value).numpy(), rtol=1e-5)
     from_probs = RelaxedOneHotCategorical(0.6, probs=jax.nn.softmax(jnp.asarray(logits)))

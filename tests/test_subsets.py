@@ -336,3 +336,29 @@ def test_euclidean_gradient_where_an_item_saturates_matches_finite_differences()
         minus = (ops.capped_simplex_projection(theta - eps * direction, 1) * v).sum()
     assert ops.capped_simplex_projection(theta, 1)[1].max() == 1  # the saturated element
     np.testing.assert_allclose((theta.grad * direction).sum().item(), ((plus - minus) / (2 * eps)).item(), rtol=1e-6)
+
+
+def test_relaxed_top_k_with_k1_is_gumbel_softmax_and_matches_pyro_concrete():
+    """The categorical is the 1-subset: RelaxedTopK(k=1) relaxes to softmax(U / t), Pyro's Gumbel-softmax, and
+    RelaxedOneHotCategorical adds the Concrete density, equal to Pyro's."""
+    from pyro_sst import RelaxedOneHotCategorical, RelaxedOneHotCategoricalStraightThrough
+
+    logits = torch.randn(3, 5, generator=torch.Generator().manual_seed(0))
+    utilities = logits - torch.empty(3, 5).exponential_(generator=torch.Generator().manual_seed(1)).log()
+    softmax = (utilities / 0.4).softmax(-1)
+    torch.testing.assert_close(RelaxedTopK(logits, 1, 0.4).relax(utilities), softmax, atol=1e-6, rtol=0)
+    torch.testing.assert_close(RelaxedOneHotCategorical(0.4, logits=logits).relax(utilities), softmax)
+    pyro_dist = pdist.RelaxedOneHotCategorical(torch.tensor(0.4), logits=logits)
+    pyro.set_rng_seed(0)
+    value = pyro_dist.rsample((4,)).clamp(min=1e-6)
+    value = value / value.sum(-1, keepdim=True)  # in the open simplex
+    ours = RelaxedOneHotCategorical(0.4, logits=logits)
+    torch.testing.assert_close(ours.log_prob(value), pyro_dist.log_prob(value), rtol=1e-5, atol=1e-5)
+    from_probs = RelaxedOneHotCategorical(0.4, probs=logits.softmax(-1))
+    torch.testing.assert_close(from_probs.log_prob(value), ours.log_prob(value))
+    st = RelaxedOneHotCategoricalStraightThrough(0.4, logits=logits.requires_grad_())
+    x = st.rsample()
+    assert torch.equal(x.sum(-1), torch.ones(3)) and bool(((x == 0) | (x == 1)).all())
+    torch.testing.assert_close(st.log_prob(x), (logits.log_softmax(-1) * x).sum(-1))
+    (x * torch.arange(5.0)).sum().backward()
+    assert logits.grad.abs().sum() > 0

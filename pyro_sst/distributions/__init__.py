@@ -1,4 +1,5 @@
 from .base import ExponentialFamily, PerturbAndRelax, StructuredDistribution
+from .categorical import RelaxedOneHotCategorical, RelaxedOneHotCategoricalStraightThrough
 from .permutations import GumbelSinkhorn
 from .subsets import KSubset, RelaxedTopK
 from .trees import Arborescence, RelaxedArborescence, RelaxedSpanningTree, SpanningTree
@@ -10,6 +11,8 @@ __all__ = [
     "KSubset",
     "PerturbAndRelax",
     "RelaxedArborescence",
+    "RelaxedOneHotCategorical",
+    "RelaxedOneHotCategoricalStraightThrough",
     "RelaxedSpanningTree",
     "RelaxedTopK",
     "SpanningTree",

@@ -1,0 +1,101 @@
+r"""Gumbel-softmax (Concrete): the relaxed one-hot categorical as the ``k = 1`` stochastic softmax trick.
+
+A categorical variable is a 1-subset, so ``RelaxedTopK(logits, 1, t)`` already is Gumbel-softmax:
+its utilities are :math:`U = \theta + G` and its relaxed sample is :math:`\mu(U/t) =
+\operatorname{softmax}(U/t)` (the ``"euclidean"`` relaxation gives sparsemax instead). The classes
+here add Pyro's signature ``(temperature, probs=None, logits=None)``, ``hard_sample``, the utility
+KL and, for :class:`RelaxedOneHotCategorical`, the Concrete density (Maddison et al., 2017; Jang
+et al., 2017) as ``log_prob``, numerically equal to :class:`pyro.distributions.RelaxedOneHotCategorical`'s:
+
+.. math::
+
+    \log p(y) = \log\Gamma(K) + (K - 1)\log t
+        + \sum_{i=1}^K \big(\theta_i - t\log y_i - \log y_i\big)
+        - K \operatorname{logsumexp}_j (\theta_j - t \log y_j).
+
+Mirrors :mod:`numpyro_sst.distributions.categorical`.
+"""
+
+import math
+
+import torch
+from torch.distributions import constraints as torch_constraints
+from torch.distributions.kl import register_kl
+
+from . import constraints
+from .subsets import RelaxedTopK
+
+__all__ = ["RelaxedOneHotCategorical", "RelaxedOneHotCategoricalStraightThrough"]
+
+
+def _logits_from(probs, logits):
+    if (probs is None) == (logits is None):
+        raise ValueError("pass exactly one of probs or logits")
+    return logits if logits is not None else torch.as_tensor(probs).log()
+
+
+class RelaxedOneHotCategorical(RelaxedTopK):
+    r"""Relaxed one-hot categorical (Gumbel-softmax / Concrete): ``RelaxedTopK(logits, 1, temperature)``.
+
+    ``rsample()`` is :math:`\operatorname{softmax}((\theta + G)/t)`, ``hard_sample()`` the one-hot
+    :math:`\arg\max(\theta + G)`, an exact categorical sample; ``log_prob`` is the Concrete density of
+    a relaxed value (see the module docstring); the registered KL is the utility KL.
+
+    :param temperature: positive scalar or tensor broadcastable to the batch shape.
+    :param probs: ``(..., K)`` event probabilities (unnormalised are fine), or
+    :param logits: ``(..., K)`` event log-probabilities (unnormalised).
+    """
+
+    _options = ()
+
+    def __init__(self, temperature, probs=None, logits=None, validate_args=None):
+        super().__init__(_logits_from(probs, logits), 1, temperature, validate_args=validate_args)
+
+    @property
+    def probs(self):
+        return self.logits.softmax(-1)
+
+    def _relax(self, scores):
+        return scores.softmax(-1)  # = the k = 1 subset marginals, without the subset DP
+
+    @property
+    def support(self):
+        return torch_constraints.simplex
+
+    def log_prob(self, value):
+        """The Concrete density of a point ``value`` of the open simplex."""
+        if self._validate_args:
+            self._validate_sample(value)
+        K = self.event_shape[-1]
+        t = self.temperature
+        log_y = value.log()
+        score = self.logits - t[..., None] * log_y
+        return math.lgamma(K) + (K - 1) * t.log() + (score - log_y).sum(-1) - K * score.logsumexp(-1)
+
+
+class RelaxedOneHotCategoricalStraightThrough(RelaxedOneHotCategorical):
+    r"""Straight-through Gumbel-softmax: ``rsample()`` is the one-hot :math:`\arg\max(\theta + G)` in the
+    forward pass with the gradient of the relaxed sample.
+
+    Its values are exact one-hot categorical samples, so ``log_prob`` is the categorical
+    log-probability :math:`\theta_i - \operatorname{logsumexp}(\theta)` of the one-hot value (Pyro's
+    class of the same name scores the soft value it hides inside the returned tensor instead).
+    """
+
+    def __init__(self, temperature, probs=None, logits=None, validate_args=None):
+        super().__init__(temperature, probs, logits, validate_args)
+        self.straight_through = True
+
+    @property
+    def support(self):
+        return constraints.k_subset(1, relaxed=False)
+
+    def log_prob(self, value):
+        """:math:`\\log p(x) = \\langle\\theta, x\\rangle - \\operatorname{logsumexp}(\\theta)` for a one-hot ``x``."""
+        if self._validate_args:
+            self._validate_sample(value)
+        return (self.logits * value).sum(-1) - self.logits.logsumexp(-1)
+
+
+for _cls in (RelaxedOneHotCategorical, RelaxedOneHotCategoricalStraightThrough):
+    register_kl(_cls, _cls)(lambda q, p: q._utility_kl(p))
