@@ -1,4 +1,4 @@
-"""Benchmarks of pyro_sst against plainly written baselines, timed in the same process.
+"""Benchmarks of pyro_sst and numpyro_sst against plainly written baselines, timed in the same process.
 
     python -m benchmarks.run [--quick] [--only trees,subsets,...] [--threads N] [--write docs/benchmarks.md]
 
@@ -16,7 +16,7 @@ import time
 
 import torch
 
-MODULES = ["trees", "subsets", "permutations", "solvers"]
+MODULES = ["trees", "subsets", "permutations", "solvers", "jax_backend"]
 
 
 def _fmt(value):
