@@ -22,7 +22,9 @@ from numpyro.distributions import Distribution, constraints
 from numpyro.distributions.batch_util import _default_vmap_over, vmap_over
 from numpyro.distributions.util import validate_sample
 
-from ..ops.noise import check_noise, sample_noise, utility_kl
+from sst_common.checks import check_noise
+
+from ..ops.noise import sample_noise, utility_kl
 from ..ops.validation import check_array, is_concrete
 
 

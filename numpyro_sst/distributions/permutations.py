@@ -5,8 +5,9 @@ import warnings
 import numpy as np
 from numpyro.distributions.kl import kl_divergence
 
+from sst_common.checks import check_sinkhorn_args
+
 from .. import ops
-from ..ops.permutations import check_sinkhorn_args
 from ..ops.validation import is_concrete
 from . import constraints
 from .base import PerturbAndRelax

@@ -3,8 +3,9 @@ r"""Spanning trees and arborescences: relaxed (SST) and exact exponential-family
 import jax.numpy as jnp
 from numpyro.distributions.kl import kl_divergence
 
+from sst_common.checks import check_root
+
 from .. import ops
-from ..ops.matrix_tree import check_root
 from ..ops.validation import check_square
 from . import constraints
 from .base import ExponentialFamily, PerturbAndRelax, exp_family_kl

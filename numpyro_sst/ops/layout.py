@@ -5,10 +5,10 @@ colexicographic order ``(0,1), (0,2), (1,2), (0,3), ...`` (edge ``(v1, v2)`` wit
 rank ``v1 + v2 (v2 - 1) / 2``) and a tree as a ``(n - 1, 2)`` integer array of sorted edges.
 """
 
-import math
-
 import jax.numpy as jnp
 import numpy as np
+
+from sst_common.checks import num_nodes_from_num_edges
 
 __all__ = [
     "colex_edges",
@@ -25,13 +25,6 @@ def colex_edges(n):
     v2 = np.repeat(np.arange(n), np.arange(n))
     v1 = np.concatenate([np.arange(k) for k in range(n)]) if n else v2
     return jnp.asarray(v1), jnp.asarray(v2)
-
-
-def num_nodes_from_num_edges(num_edges):
-    n = int(round(0.5 + math.sqrt(0.25 + 2 * num_edges)))
-    if n * (n - 1) // 2 != num_edges:
-        raise ValueError(f"edge_logits must have n(n-1)/2 entries in its last dim, got {num_edges}")
-    return n
 
 
 def edge_logits_to_matrix(edge_logits):

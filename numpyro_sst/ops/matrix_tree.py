@@ -52,8 +52,10 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from sst_common.checks import check_root
+
 from .logspace import fill_nan, log_add, log_sum_exp, mask_nan_elements, nan_elements
-from .validation import check_int, check_square, raise_if
+from .validation import check_square, raise_if
 
 __all__ = [
     "arborescence_log_partition",
@@ -242,14 +244,6 @@ def _log_partition_jvp(root, single_root, primals, tangents):
     (theta,), (v,) = primals, tangents
     mu = _marginals(theta, root, single_root)
     return _log_partition(theta, root, single_root), (mu * jnp.where(jnp.isfinite(theta), v, 0)).sum((-2, -1))
-
-
-def check_root(n, root, single_root):
-    """``root`` as an int in ``[0, n - 1]``; ``single_root`` needs ``n >= 2``."""
-    root = check_int(root, "root", 0, n - 1, f" for {n} nodes")
-    if single_root and n < 2:
-        raise ValueError("single_root=True needs at least 2 nodes")
-    return root
 
 
 # Compiled once per shape and option: eager calls then cost one dispatch, not a retrace of every loop and branch.

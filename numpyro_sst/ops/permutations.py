@@ -16,9 +16,10 @@ import jax
 import jax.numpy as jnp
 
 from sst_common import enumeration
+from sst_common.checks import BACKWARDS, EXACT_MAX_N, check_sinkhorn_args
 
 from .logspace import fill_nan, gradient_marginals, log_sum_exp, mask_nan_elements, program_log_partition
-from .validation import check_float, check_int, check_square, raise_if, wide_dtype
+from .validation import check_square, raise_if, wide_dtype
 
 __all__ = [
     "BACKWARDS",
@@ -30,19 +31,6 @@ __all__ = [
     "permutation_marginals",
     "sinkhorn",
 ]
-
-#: largest ``n`` for which :func:`log_permanent` is exact by default (``n^2 2^n`` work)
-EXACT_MAX_N = 12
-BACKWARDS = ("unrolled", "implicit")
-
-
-def check_sinkhorn_args(n_iters, tol, backward):
-    """``(n_iters, tol)`` as an int >= 1 and a float >= 0; ``backward`` one of :data:`BACKWARDS`."""
-    n_iters = check_int(n_iters, "n_iters", 1)
-    tol = check_float(tol, "tol", 0.0, inclusive=True)
-    if backward not in BACKWARDS:
-        raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
-    return n_iters, tol
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))

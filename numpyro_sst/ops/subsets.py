@@ -34,10 +34,11 @@ import jax
 import jax.numpy as jnp
 
 from sst_common import enumeration
+from sst_common.checks import check_k
 
 from .logspace import fill_nan, log_sum_exp, mask_nan_elements
 from .noise import sample_noise
-from .validation import check_array, check_int, raise_if, wide_dtype
+from .validation import check_array, raise_if, wide_dtype
 
 __all__ = [
     "RELAXATIONS",
@@ -51,11 +52,6 @@ __all__ = [
     "subset_marginals",
     "top_k_mask",
 ]
-
-
-def check_k(k, d):
-    """``k`` as an int in ``[0, d]``."""
-    return check_int(k, "k", 0, d, f" (d={d} items)")
 
 
 def _check_args(logits, k, name="logits"):

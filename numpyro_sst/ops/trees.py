@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from sst_common import enumeration
+from sst_common.checks import check_root
 
 from .logspace import fill_nan, mask_nan_elements
 from .matrix_tree import (
@@ -30,7 +31,6 @@ from .matrix_tree import (
     _scaled_minor,
     arborescence_log_partition,
     arborescence_marginals,
-    check_root,
     directed_log_weights,
     raise_if_undefined,
 )

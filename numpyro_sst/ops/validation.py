@@ -5,8 +5,6 @@ Every check raises :class:`ValueError` naming the argument and the allowed range
 conditions that raise in eager mode give NaN results instead (see :func:`raise_if`).
 """
 
-import operator
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,31 +13,6 @@ __all__ = []
 
 #: floating dtypes the ops compute in
 FLOAT_DTYPES = (jnp.float32, jnp.float64)
-
-
-def check_int(value, name, low, high=None, context=""):
-    """``value`` as a Python int in ``[low, high]`` (``high=None``: unbounded); bool is not an int here."""
-    try:
-        index = None if isinstance(value, bool) else operator.index(value)
-    except TypeError:
-        index = None
-    if index is None or index < low or (high is not None and index > high):
-        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be an int {allowed}{context}, got {value!r}")
-    return index
-
-
-def check_float(value, name, low=None, inclusive=False):
-    """``value`` as a Python float, above ``low`` (or equal, if ``inclusive``)."""
-    try:
-        number = None if isinstance(value, bool) else float(value)
-    except (TypeError, ValueError):
-        number = None
-    in_range = number is not None and (low is None or number > low or (inclusive and number == low))
-    if not in_range or number != number:
-        allowed = "a float" if low is None else f"a float {'>=' if inclusive else '>'} {low}"
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-    return number
 
 
 def check_array(x, name="logits", event_dim=1):

@@ -23,7 +23,9 @@ from pyro.distributions.torch_distribution import TorchDistribution
 from torch.distributions import constraints
 from torch.distributions.utils import lazy_property
 
-from ..ops.noise import check_noise, sample_noise, utility_kl
+from sst_common.checks import check_noise
+
+from ..ops.noise import sample_noise, utility_kl
 from ..ops.validation import check_tensor
 
 

@@ -5,8 +5,9 @@ import warnings
 import torch
 from torch.distributions.kl import register_kl
 
+from sst_common.checks import check_sinkhorn_args
+
 from .. import ops
-from ..ops.permutations import check_sinkhorn_args
 from . import constraints
 from .base import PerturbAndRelax
 

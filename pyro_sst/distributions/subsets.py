@@ -2,8 +2,10 @@ r"""k-subsets: the relaxed top-k (SST) and the exact exponential family over k-s
 
 from torch.distributions.kl import register_kl
 
+from sst_common.checks import check_k
+
 from .. import ops
-from ..ops.subsets import RELAXATIONS, check_k, check_relaxation
+from ..ops.subsets import RELAXATIONS, check_relaxation
 from ..ops.validation import check_tensor
 from . import constraints
 from .base import ExponentialFamily, PerturbAndRelax, exp_family_kl

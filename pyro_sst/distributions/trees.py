@@ -4,8 +4,9 @@ import torch
 from torch.distributions.kl import register_kl
 from torch.distributions.utils import lazy_property
 
+from sst_common.checks import check_root
+
 from .. import ops
-from ..ops.matrix_tree import check_root
 from ..ops.validation import check_square
 from . import constraints
 from .base import ExponentialFamily, PerturbAndRelax, exp_family_kl

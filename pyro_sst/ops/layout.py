@@ -6,9 +6,9 @@ complete graph in colexicographic order ``(0,1), (0,2), (1,2), (0,3), ...``
 tree as a ``(n - 1, 2)`` long tensor of sorted edges in the same order.
 """
 
-import math
-
 import torch
+
+from sst_common.checks import num_nodes_from_num_edges
 
 __all__ = [
     "colex_edges",
@@ -25,13 +25,6 @@ def colex_edges(n, device=None):
     v2 = torch.arange(n, device=device).repeat_interleave(torch.arange(n, device=device))
     v1 = torch.cat([torch.arange(k, device=device) for k in range(n)]) if n else v2
     return v1, v2
-
-
-def num_nodes_from_num_edges(num_edges):
-    n = int(round(0.5 + math.sqrt(0.25 + 2 * num_edges)))
-    if n * (n - 1) // 2 != num_edges:
-        raise ValueError(f"edge_logits must have n(n-1)/2 entries in its last dim, got {num_edges}")
-    return n
 
 
 def edge_logits_to_matrix(edge_logits):

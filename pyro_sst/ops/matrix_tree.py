@@ -66,8 +66,10 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
+from sst_common.checks import check_root
+
 from .logspace import check_nonempty, fill_nan, log_sum_exp, mask_nan_elements, zeros_in_graph
-from .validation import check_int, check_square
+from .validation import check_square
 
 __all__ = [
     "arborescence_log_partition",
@@ -427,14 +429,6 @@ class _LogPartition(torch.autograd.Function):
 def _check_args(logits, root, single_root, name="logits"):
     check_square(logits, name)
     return check_root(logits.shape[-1], root, single_root)
-
-
-def check_root(n, root, single_root):
-    """``root`` as an int in ``[0, n - 1]``; ``single_root`` needs ``n >= 2``."""
-    root = check_int(root, "root", 0, n - 1, f" for {n} nodes")
-    if single_root and n < 2:
-        raise ValueError("single_root=True needs at least 2 nodes")
-    return root
 
 
 def _apply_directed(function, logits, root, single_root, event_dim):

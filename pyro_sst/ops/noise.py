@@ -18,14 +18,9 @@ The stochastic argmax trick perturbs logits with i.i.d. noise ``E``:
 
 import torch
 
+from sst_common.checks import NOISES, check_noise
+
 __all__ = ["NOISES", "sample_noise", "utility_kl"]
-
-NOISES = ("gumbel", "gaussian", "negative_exponential")
-
-
-def check_noise(noise):
-    if noise not in NOISES:
-        raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
 
 
 def sample_noise(noise, shape, dtype=None, device=None, generator=None):

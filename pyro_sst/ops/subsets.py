@@ -42,11 +42,12 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from sst_common import enumeration
+from sst_common.checks import check_k
 
 from .logspace import check_nonempty, fill_nan, log_sum_exp, mask_nan_elements, zeros_in_graph
 from .noise import sample_noise
 from .tracing import opaque_call, untraced
-from .validation import check_int, check_tensor
+from .validation import check_tensor
 
 __all__ = [
     "RELAXATIONS",
@@ -60,11 +61,6 @@ __all__ = [
     "subset_marginals",
     "top_k_mask",
 ]
-
-
-def check_k(k, d):
-    """``k`` as an int in ``[0, d]``."""
-    return check_int(k, "k", 0, d, f" (d={d} items)")
 
 
 def _check_args(logits, k, name="logits"):

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from sst_common import enumeration
+from sst_common.checks import check_root
 
 from .logspace import fill_nan, mask_nan_elements
 from .matrix_tree import (
@@ -31,7 +32,6 @@ from .matrix_tree import (
     _scaled_minor,
     arborescence_log_partition,
     arborescence_marginals,
-    check_root,
     directed_log_weights,
 )
 from .tracing import opaque_call

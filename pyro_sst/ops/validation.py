@@ -3,42 +3,12 @@
 Every check raises :class:`ValueError` naming the argument and the allowed range.
 """
 
-import operator
-
 import torch
 
 __all__ = []
 
 #: floating dtypes the ops compute in (float16/bfloat16 lack the batched linear algebra and the range)
 FLOAT_DTYPES = (torch.float32, torch.float64)
-
-
-def check_int(value, name, low, high=None, context=""):
-    """``value`` as a Python int in ``[low, high]`` (``high=None``: unbounded).
-
-    Any integral type (NumPy ints, 0-d integer tensors) is accepted; bool is not.
-    """
-    try:
-        index = None if isinstance(value, bool) else operator.index(value)
-    except TypeError:
-        index = None
-    if index is None or index < low or (high is not None and index > high):
-        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be an int {allowed}{context}, got {value!r}")
-    return index
-
-
-def check_float(value, name, low=None, inclusive=False):
-    """``value`` as a Python float, above ``low`` (or equal, if ``inclusive``); NumPy scalars and 0-d tensors too."""
-    try:
-        number = None if isinstance(value, bool) else float(value)
-    except (TypeError, ValueError, RuntimeError):
-        number = None
-    in_range = number is not None and (low is None or number > low or (inclusive and number == low))
-    if not in_range or number != number:
-        allowed = "a float" if low is None else f"a float {'>=' if inclusive else '>'} {low}"
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-    return number
 
 
 def check_tensor(x, name="logits", event_dim=1):

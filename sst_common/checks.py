@@ -1,0 +1,77 @@
+"""Argument checks and option names that do not depend on the array library (both backends import them).
+
+Every check raises :class:`ValueError` naming the argument and the allowed range.
+"""
+
+import math
+import operator
+
+#: utility (noise) distributions of the perturb-and-relax trick
+NOISES = ("gumbel", "gaussian", "negative_exponential")
+#: how Sinkhorn is differentiated
+BACKWARDS = ("unrolled", "implicit")
+#: largest ``n`` for which the log-permanent is exact by default (``n^2 2^n`` work)
+EXACT_MAX_N = 12
+
+
+def check_int(value, name, low, high=None, context=""):
+    """``value`` as a Python int in ``[low, high]`` (``high=None``: unbounded).
+
+    Any integral type (NumPy ints, 0-d integer tensors or arrays) is accepted; bool is not.
+    """
+    try:
+        index = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        index = None
+    if index is None or index < low or (high is not None and index > high):
+        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be an int {allowed}{context}, got {value!r}")
+    return index
+
+
+def check_float(value, name, low=None, inclusive=False):
+    """``value`` as a Python float, above ``low`` (or equal, if ``inclusive``); NumPy scalars and 0-d arrays too."""
+    try:
+        number = None if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError, RuntimeError):
+        number = None
+    in_range = number is not None and (low is None or number > low or (inclusive and number == low))
+    if not in_range or number != number:
+        allowed = "a float" if low is None else f"a float {'>=' if inclusive else '>'} {low}"
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return number
+
+
+def check_noise(noise):
+    if noise not in NOISES:
+        raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
+
+
+def check_root(n, root, single_root):
+    """``root`` as an int in ``[0, n - 1]``; ``single_root`` needs ``n >= 2``."""
+    root = check_int(root, "root", 0, n - 1, f" for {n} nodes")
+    if single_root and n < 2:
+        raise ValueError("single_root=True needs at least 2 nodes")
+    return root
+
+
+def check_k(k, d):
+    """``k`` as an int in ``[0, d]``."""
+    return check_int(k, "k", 0, d, f" (d={d} items)")
+
+
+def check_sinkhorn_args(n_iters, tol, backward):
+    """``(n_iters, tol)`` as an int >= 1 and a float >= 0; ``backward`` one of :data:`BACKWARDS`."""
+    n_iters = check_int(n_iters, "n_iters", 1)
+    tol = check_float(tol, "tol", 0.0, inclusive=True)
+    if backward not in BACKWARDS:
+        raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
+    return n_iters, tol
+
+
+def num_nodes_from_num_edges(num_edges):
+    """``n`` with ``n (n - 1) / 2 == num_edges`` (Pyro's colex edge layout)."""
+    n = int(round(0.5 + math.sqrt(0.25 + 2 * num_edges)))
+    if n * (n - 1) // 2 != num_edges:
+        raise ValueError(f"edge_logits must have n(n-1)/2 entries in its last dim, got {num_edges}")
+    return n
