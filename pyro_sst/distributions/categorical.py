@@ -46,8 +46,6 @@ class RelaxedOneHotCategorical(RelaxedTopK):
     :param logits: ``(..., K)`` event log-probabilities (unnormalised).
     """
 
-    _options = ()
-
     def __init__(self, temperature, probs=None, logits=None, validate_args=None):
         super().__init__(_logits_from(probs, logits), 1, temperature, validate_args=validate_args)
 
