@@ -50,6 +50,7 @@ class RelaxedOneHotCategorical(RelaxedTopK):
     """
 
     arg_constraints = {"logits": numpyro_constraints.real_vector, "temperature": numpyro_constraints.positive}
+
     def __init__(self, temperature, probs=None, logits=None, *, validate_args=None):
         super().__init__(_logits_from(probs, logits), 1, temperature, validate_args=validate_args)
 

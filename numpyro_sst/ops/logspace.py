@@ -44,10 +44,10 @@ def fill_nan(out, mask, event_dim):
     return jnp.where(mask.reshape(mask.shape + (1,) * event_dim), jnp.nan, out)
 
 
-def check_nonempty(log_partition, structure):
-    """Raise (on concrete values) where an exponential family has an empty support (``A = -inf``)."""
+def raise_if_empty(empty, structure):
+    """Raise (on concrete values) where the boolean ``empty`` marks an exponential family with no support."""
     raise_if(
-        log_partition == -jnp.inf,
+        empty,
         lambda _: (
             f"logits: no {structure} has finite weight (the log-partition is -inf), so the marginals, "
             "samples and modes are undefined; -inf logits mark absent edges or items"
@@ -55,9 +55,30 @@ def check_nonempty(log_partition, structure):
     )
 
 
+def check_nonempty(log_partition, structure):
+    """Raise (on concrete values) where an exponential family has an empty support (``A = -inf``)."""
+    raise_if_empty(log_partition == -jnp.inf, structure)
+
+
 def undefined_where_empty(mu, log_partition, event_dim):
     """Marginals set to NaN where the support is empty (traced inputs, where nothing can raise)."""
     return fill_nan(mu, log_partition == -jnp.inf, event_dim)
+
+
+def by_tiers(ok, direct, fallback):
+    """``direct`` (a pytree of ``(B, ...)`` arrays) where the ``(B,)`` mask ``ok`` holds, ``fallback()`` elsewhere.
+
+    The caller gives each tier safe inputs for the other tier's elements, so that neither's
+    derivatives leak NaN into the other's. ``lax.cond`` skips the fallback when every element is
+    trusted (under ``vmap`` both branches run and each element takes its own).
+    """
+
+    def select():
+        return jax.tree.map(
+            lambda a, b: jnp.where(ok.reshape(ok.shape + (1,) * (a.ndim - ok.ndim)), a, b), direct, fallback()
+        )
+
+    return jax.lax.cond(jnp.all(ok), lambda: direct, select)
 
 
 def program_log_partition(program, logits, structure="structure"):

@@ -54,8 +54,8 @@ def _sinkhorn_sweeps(log_alpha, n_iters, tol, differentiable=True):
         return log_p, row_log_sums, active & (residual > tol)[..., None, None], residual
 
     # The row log-sums that measure the residual are the ones the next row normalisation divides by.
-    state = (log_alpha, lse(log_alpha, -1), jnp.ones(log_alpha.shape[:-2] + (1, 1), bool), jnp.inf)
-    state = (*state[:3], jnp.full(log_alpha.shape[:-2], jnp.inf, log_alpha.dtype))
+    batch = log_alpha.shape[:-2]
+    state = (log_alpha, lse(log_alpha, -1), jnp.ones(batch + (1, 1), bool), jnp.full(batch, jnp.inf, log_alpha.dtype))
     if differentiable:
         state = jax.lax.scan(lambda s, _: (sweep(s), None), state, length=n_iters)[0]
     else:

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from sst_common import enumeration
 from sst_common.checks import check_k
 
-from .logspace import fill_nan, log_sum_exp, mask_nan_elements
+from .logspace import by_tiers, fill_nan, log_sum_exp, mask_nan_elements, undefined_where_empty
 from .noise import sample_noise
 from .validation import check_array, raise_if, wide_dtype
 
@@ -241,12 +241,7 @@ def _by_range_tiers(theta, k, linear, log):
     reduced, k_reduced, offset, degree = _reduced_problem(theta.astype(wide_dtype(theta.dtype)), k)
     shift, ok = _linear_shift(reduced, degree, k_reduced)
     out = linear(jnp.where(ok[..., None], reduced, 0), degree, k_reduced, jnp.where(ok[..., None], shift, 0))
-
-    def with_log():
-        rest = log(jnp.where(ok[..., None], 0, reduced), degree, k_reduced)
-        return jax.tree.map(lambda a, b: jnp.where(ok.reshape(ok.shape + (1,) * (a.ndim - ok.ndim)), a, b), out, rest)
-
-    out = jax.lax.cond(jnp.all(ok), lambda: out, with_log)
+    out = by_tiers(ok, out, lambda: log(jnp.where(ok[..., None], 0, reduced), degree, k_reduced))
     return offset, jax.tree.map(lambda a: a.astype(theta.dtype), out)
 
 
@@ -279,12 +274,8 @@ def _subset_log_partition(theta, k):
 @_subset_log_partition.defjvp
 def _subset_log_partition_jvp(k, primals, tangents):
     (theta,), (v,) = primals, tangents
-    mu = _undefined_where_empty(*_subset_marginals(theta, k))
+    mu = undefined_where_empty(*_subset_marginals(theta, k), 1)
     return _subset_log_partition(theta, k), (mu * jnp.where(theta > -jnp.inf, v, 0)).sum(-1)
-
-
-def _undefined_where_empty(mu, log_z):
-    return jnp.where((log_z == -jnp.inf)[..., None], jnp.nan, mu)
 
 
 def _flat(logits):
@@ -321,7 +312,7 @@ def subset_marginals(logits, k):
 @functools.partial(jax.jit, static_argnums=1)
 def _masked_marginals(logits, k):
     flat, nan = mask_nan_elements(_flat(logits), 1)
-    mu = _undefined_where_empty(*_subset_marginals(flat, k))
+    mu = undefined_where_empty(*_subset_marginals(flat, k), 1)
     mu = mu + jax.lax.stop_gradient(jnp.clip(mu, 0, 1) - mu)  # a saturated mu an ulp above 1
     return fill_nan(mu, nan, 1).reshape(logits.shape)
 
