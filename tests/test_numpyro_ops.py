@@ -1,5 +1,8 @@
 """numpyro_sst.ops against brute-force enumeration, networkx, scipy, pyro_sst, and check_grads (float64)."""
 
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import networkx as nx
@@ -180,6 +183,19 @@ def test_bad_input_raises_value_error_naming_the_argument():
         N.max_assignment(jnp.full((3, 3), -jnp.inf))
     with pytest.raises(ValueError, match="n_iters"):
         N.sinkhorn(jnp.zeros((3, 3)), n_iters=0)
+
+
+def test_two_batched_matrix_tree_calls_in_one_program_finish():
+    # jaxlib 0.10.0-0.11.0 deadlock here on a 2-core CPU (8 runs of 8); run apart so a hang fails, not stalls.
+    program = (
+        "import jax, jax.numpy as jnp, numpy as np, numpyro_sst.ops as N\n"
+        "t = jnp.asarray(np.random.RandomState(3).normal(size=(20000, 6, 6)), jnp.float32)\n"
+        "f = jax.jit(lambda t: N.spanning_tree_log_partition(t) + N.spanning_tree_marginals(2 * t).sum((-2, -1)))\n"
+        "f(t).block_until_ready(); f(t).block_until_ready()\n"
+        "key = jax.random.PRNGKey(0)\n"
+        "N.sample_arborescence(key, t[0], 0, False, (20000,)).block_until_ready()\n"
+    )
+    subprocess.run([sys.executable, "-c", program], check=True, timeout=120)
 
 
 def test_nan_input_gives_nan_for_its_batch_element_only():

@@ -27,8 +27,8 @@ from .logspace import fill_nan, mask_nan_elements
 from .matrix_tree import (
     _laplacian_adjoint,
     _laplacian_map,
-    _marginals,
     _scaled_minor,
+    _tiered_marginals,
     arborescence_log_partition,
     arborescence_marginals,
     directed_log_weights,
@@ -124,8 +124,8 @@ def _sample_arborescence(key, logits, root, single_root, sample_shape):
         fresh = ~(error <= _SAMPLER_TOLERANCE[jnp.dtype(dtype)])
 
         def refresh():
-            exact = _marginals(theta, root, single_root)[:, :, j]
-            return jnp.where(fresh[:, None], exact, probs), jnp.where(fresh[:, None, None], jnp.linalg.inv(M), B)
+            exact, inverse = _tiered_marginals(theta, root, single_root)  # the inverse of the current M
+            return jnp.where(fresh[:, None], exact[:, :, j], probs), jnp.where(fresh[:, None, None], inverse, B)
 
         probs, B = jax.lax.cond(jnp.any(fresh), refresh, lambda: (probs, B))
         parent = jax.random.categorical(jax.random.fold_in(key, j), jnp.log(jnp.clip(probs, 0)), axis=-1)
