@@ -11,7 +11,7 @@ import warnings
 
 import jaxlib
 
-from . import distributions, ops
+from . import distributions, estimators, ops
 from .distributions import *  # noqa: F403
 
 __version__ = "0.1.0"
@@ -26,4 +26,4 @@ if (0, 10, 0) <= tuple(int(p) for p in re.findall(r"\d+", jaxlib.__version__)[:3
         stacklevel=2,
     )
 
-__all__ = distributions.__all__ + ["ops"]
+__all__ = distributions.__all__ + ["estimators", "ops"]

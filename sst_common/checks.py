@@ -75,3 +75,17 @@ def num_nodes_from_num_edges(num_edges):
     if n * (n - 1) // 2 != num_edges:
         raise ValueError(f"edge_logits must have n(n-1)/2 entries in its last dim, got {num_edges}")
     return n
+
+
+#: largest ``k`` whose Gumbel-top-k set probabilities are summed over the ``k!`` orderings
+MAX_ORDERED_K = 7
+
+
+def check_ordered_k(k):
+    """``k`` small enough to enumerate the ``k!`` orderings of a Gumbel-top-k set."""
+    if not 1 <= k <= MAX_ORDERED_K:
+        raise ValueError(
+            f"k must be in [1, {MAX_ORDERED_K}] for Gumbel-top-k set probabilities and conditional utilities "
+            f"(they sum over the k! orderings of the set), got {k}"
+        )
+    return k

@@ -24,7 +24,7 @@ from numpyro.distributions.util import validate_sample
 
 from sst_common.checks import check_noise
 
-from ..ops.noise import sample_noise, utility_kl
+from ..ops.noise import sample_noise, utility_kl, utility_log_prob
 from ..ops.validation import check_array, is_concrete
 
 
@@ -248,6 +248,15 @@ class PerturbAndRelax(StructuredDistribution):
         """Perturbed utilities ``U = logits + E``, shape ``sample_shape + batch + event``."""
         shape = tuple(sample_shape) + self.batch_shape + self.event_shape
         return self._canonical(self.logits + sample_noise(key, self.noise, shape, self.logits.dtype))
+
+    def utility_log_prob(self, utilities):
+        r"""Log-density of the utilities, :math:`\sum_{\text{free } ij} \log p_E(U_{ij} - \theta_{ij})`.
+
+        The score of REINFORCE on hard samples ``solve(U)``: differentiable in ``logits``, shape
+        ``utilities.shape[:-event_dim]``.
+        """
+        log_p = utility_log_prob(self.noise, utilities, self.logits)
+        return self._sum_event(jnp.where(self._free_mask, log_p, 0))
 
     def relax(self, utilities):
         r"""The relaxed sample for given utilities, e.g. :math:`\mu(U / t)` (differentiable)."""

@@ -25,7 +25,7 @@ from torch.distributions.utils import lazy_property
 
 from sst_common.checks import check_noise
 
-from ..ops.noise import sample_noise, utility_kl
+from ..ops.noise import sample_noise, utility_kl, utility_log_prob
 from ..ops.validation import check_tensor
 
 
@@ -249,6 +249,15 @@ class PerturbAndRelax(StructuredDistribution):
         shape = self._extended_shape(sample_shape)
         noise = sample_noise(self.noise, shape, self.logits.dtype, self.logits.device)
         return self._canonical(self.logits + noise)
+
+    def utility_log_prob(self, utilities):
+        r"""Log-density of the utilities, :math:`\sum_{\text{free } ij} \log p_E(U_{ij} - \theta_{ij})`.
+
+        The score of REINFORCE on hard samples ``solve(U)``: differentiable in ``logits``, shape
+        ``utilities.shape[:-event_dim]``.
+        """
+        log_p = utility_log_prob(self.noise, utilities, self.logits)
+        return self._sum_event(torch.where(self._free_mask, log_p, torch.zeros_like(log_p)))
 
     def relax(self, utilities):
         r"""The relaxed sample for given utilities, e.g. :math:`\mu(U / t)` (differentiable)."""
