@@ -114,6 +114,7 @@ def score_function(f, dist, num_samples=1, baseline=None):
     :returns: :class:`Estimate` with ``baseline_loss`` the mean of ``(f(x) - b)^2``.
     """
     n = check_int(num_samples, "num_samples", 1)
+    _check_baseline(baseline, n)
     x, log_q = _hard_samples_and_scores(dist, n)
     values = f(x)
     b = _baseline_values(baseline, values.detach(), n)
@@ -135,20 +136,24 @@ def _hard_samples_and_scores(dist, n):
     raise _unsupported(dist, "score_function")
 
 
-def _baseline_values(baseline, values, n):
-    if baseline is None:
-        return torch.zeros_like(values)
+def _check_baseline(baseline, n):
     if isinstance(baseline, str):
         if baseline != "loo":
             raise ValueError(f"baseline must be None, 'loo', a float or a callable, got {baseline!r}")
         if n < 2:
             raise ValueError(f"num_samples must be >= 2 for baseline='loo', got {n}")
+    elif not (baseline is None or callable(baseline) or isinstance(baseline, (int, float))):
+        raise ValueError(f"baseline must be None, 'loo', a float or a callable, got {type(baseline).__name__}")
+
+
+def _baseline_values(baseline, values, n):
+    if baseline is None:
+        return torch.zeros_like(values)
+    if isinstance(baseline, str):
         return (values.sum(0, keepdim=True) - values) / (n - 1)
     if callable(baseline):
         return torch.as_tensor(baseline(), dtype=values.dtype, device=values.device)
-    if isinstance(baseline, (int, float)):
-        return torch.full_like(values, float(baseline))
-    raise ValueError(f"baseline must be None, 'loo', a float or a callable, got {type(baseline).__name__}")
+    return torch.full_like(values, float(baseline))
 
 
 def relax(f, dist, control_variate, num_samples=1):
