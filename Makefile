@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_PIN)"
-	$(PY) -m pip install -q -e ".[pyro,numpyro,test]"
+	$(PY) -m pip install -q -e ".[pyro,numpyro,examples,test]"
 	touch $@
 
 setup: $(VENV)/.installed
