@@ -120,6 +120,7 @@ def _sample_arborescence(key, logits, root, single_root, sample_shape):
         row = B[:, j, :]
         residual = jnp.einsum("bi,bij->bj", row, M) - eye[j]
         error = jnp.abs(residual).sum(-1) * jnp.abs(B).sum(-1).max(-1)
+        error = jnp.where(jnp.isfinite(B).all((-2, -1)), error, jnp.inf)  # XLA's CPU max may skip NaN rows
         probs = P[:, :, j] * _laplacian_adjoint(jnp.swapaxes(B, -1, -2), root, single_root)[:, :, j]
         fresh = ~(error <= _SAMPLER_TOLERANCE[jnp.dtype(dtype)])
 
