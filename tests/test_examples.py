@@ -33,3 +33,10 @@ def test_estimators_example_smoke(backend, tmp_path):
         assert rows[name]["bias"] < 5 * rows[name]["bias_standard_error"], (name, rows[name])
     # RLOO (4 draws) has far less variance than plain REINFORCE (1 draw) on this reward.
     assert rows["reinforce_rloo_x4"]["variance"] * 4 < rows["reinforce"]["variance"]
+
+
+def test_sorting_example_smoke(tmp_path):
+    example = _load("sorting")
+    results = example.main(example.parse_args(["--smoke", "--out", str(tmp_path / "sorting.png")]))
+    assert results["N=5"]["prop_correct_positions"] >= 0.9
+    assert (tmp_path / "sorting.png").stat().st_size > 0
