@@ -6,11 +6,15 @@ the guide is a ``RelaxedSpanningTree`` with learnable logits, trained with
 ``TraceMeanField_ELBO`` (the registered utility KL). We evaluate the *hard*
 tree (the guide's mode) by edge precision/recall against the truth.
 
-    python examples/pyro/spanning_tree_svi.py            # default size
-    python examples/pyro/spanning_tree_svi.py --tiny     # seconds; used by the tests
+    python examples/pyro/spanning_tree_svi.py            # default size; writes spanning_tree_svi.png
+    python examples/pyro/spanning_tree_svi.py --smoke    # seconds; used by the tests
+
+The last stdout line is one JSON object: ``{"edge_precision": ..., "edge_recall": ..., "elbo": ...}``.
 """
 
 import argparse
+import json
+import pathlib
 
 import pyro
 import pyro.distributions as dist
@@ -46,14 +50,37 @@ def main(args):
     data = ops.symmetrize_upper(data)
     elbo = TraceMeanField_ELBO() if args.elbo == "meanfield" else Trace_ELBO()
     svi = SVI(model, guide, pyro.optim.Adam({"lr": args.lr}), elbo)
+    losses = []
     for step in range(args.steps):
         loss = svi.step(data, args.temperature)
+        losses.append(loss)
         if step % max(args.steps // 10, 1) == 0 or step == args.steps - 1:
             print(f"step {step:5d}  loss {loss:12.3f}", flush=True)
     estimate = RelaxedSpanningTree(pyro.param("edge_logits").detach(), args.temperature).mode
     precision, recall = precision_recall(estimate, truth)
     print(f"recovered tree: edge precision {precision:.3f}, recall {recall:.3f}")
+    plot(truth, estimate, data, losses, args.out)
+    print(f"figure: {args.out}")
+    print(json.dumps({"edge_precision": round(precision, 4), "edge_recall": round(recall, 4), "elbo": -losses[-1]}))
     return precision, recall
+
+
+def plot(truth, estimate, data, losses, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.3))
+    panels = [(truth, "hidden tree"), (data.mean(0), "mean of the measurements"), (estimate, "recovered (guide's mode)")]
+    for ax, (matrix, title) in zip(axes, panels):
+        ax.imshow(matrix.numpy(), cmap="Greys")
+        ax.set(title=title, xticks=[], yticks=[])
+    axes[3].plot(losses)
+    axes[3].set(title="loss (-ELBO)", xlabel="SVI step", yscale="symlog")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def parse_args(argv=None):
@@ -65,9 +92,10 @@ def parse_args(argv=None):
     parser.add_argument("--temperature", type=float, default=0.5)
     parser.add_argument("--elbo", choices=["meanfield", "trace"], default="meanfield")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tiny", action="store_true", help="a few seconds; what the test-suite runs")
+    parser.add_argument("--out", default=str(pathlib.Path(__file__).with_name("spanning_tree_svi.png")))
+    parser.add_argument("--smoke", "--tiny", action="store_true", help="a few seconds; what the test-suite runs")
     args = parser.parse_args(argv)
-    if args.tiny:
+    if args.smoke:
         args.nodes, args.steps = 8, 150
     return args
 
