@@ -11,7 +11,7 @@ def mlp_init(key, sizes, zero_last=False):
     ``zero_last`` zeroes the output layer (a network that starts by predicting nothing).
     """
     params = []
-    for k, (a, b) in zip(jax.random.split(key, len(sizes) - 1), zip(sizes[:-1], sizes[1:])):
+    for k, (a, b) in zip(jax.random.split(key, len(sizes) - 1), zip(sizes[:-1], sizes[1:], strict=True), strict=True):
         kw, kb = jax.random.split(k)
         bound = 1.0 / np.sqrt(a)
         weight = jax.random.uniform(kw, (a, b), minval=-bound, maxval=bound)

@@ -204,19 +204,19 @@ def plot(fits, curves, data, args):
     (_, x_test), true_test = data
     fig, axes = plt.subplots(1, len(fits) + 2, figsize=(3.3 * (len(fits) + 2), 3.3))
     for latent, curve in curves.items():
-        axes[0].plot(*zip(*curve), marker="o", label=latent)
+        axes[0].plot(*zip(*curve, strict=True), marker="o", label=latent)
     axes[0].set(title="test edge precision", xlabel="step", ylim=(0, 1.02))
     axes[0].legend()
     final = np.asarray(x_test[0, -1])
 
     def draw(ax, adjacency, title):
         ax.scatter(final[:, 0], final[:, 1], s=25, color="k", zorder=2)
-        for i, j in zip(*np.nonzero(np.triu(adjacency, 1))):
+        for i, j in zip(*np.nonzero(np.triu(adjacency, 1)), strict=True):
             ax.plot(*final[[i, j]].T, color="tab:green" if true_test[0, i, j] > 0 else "tab:red", lw=2)
         ax.set(title=title, xticks=[], yticks=[])
 
     draw(axes[1], true_test[0], "true tree (last frame)")
-    for ax, (latent, (vae, params)) in zip(axes[2:], fits.items()):
+    for ax, (latent, (vae, params)) in zip(axes[2:], fits.items(), strict=True):
         draw(ax, np.asarray(vae.hard_graphs(jax.random.PRNGKey(0), params, x_test[:1])[0]), f"{latent}: hard sample")
     fig.tight_layout()
     fig.savefig(args.out, dpi=100)

@@ -70,7 +70,7 @@ def parse_args(argv=None):
 
 def mlp(sizes):
     layers = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
+    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
         layers += [torch.nn.Linear(a, b), torch.nn.ELU()]
     return torch.nn.Sequential(*layers[:-1])
 
@@ -83,7 +83,7 @@ class Encoder(torch.nn.Module):
     """Trajectories ``(B, T + 1, n, 2)`` to symmetric edge logits ``(B, n, n)``.
 
     A pair's features over time are its distance and how far each end moves towards the other,
-    :math:`\langle v_i, x_j - x_i\rangle / r_{ij}`; the pair network sees both orders and sums,
+    ``<v_i, x_j - x_i> / r_ij``; the pair network sees both orders and sums,
     so the logits are symmetric. A round of node messages then lets an edge see the other edges
     at its two ends (which neighbours already explain a node's motion).
     """
@@ -230,20 +230,20 @@ def plot(vaes, curves, data, args):
     (_, x_test), true_test = data
     fig, axes = plt.subplots(1, len(vaes) + 2, figsize=(3.3 * (len(vaes) + 2), 3.3))
     for latent, curve in curves.items():
-        axes[0].plot(*zip(*curve), marker="o", label=latent)
+        axes[0].plot(*zip(*curve, strict=True), marker="o", label=latent)
     axes[0].set(title="test edge precision", xlabel="step", ylim=(0, 1.02))
     axes[0].legend()
     final = x_test[0, -1].numpy()
 
     def draw(ax, adjacency, title):
         ax.scatter(final[:, 0], final[:, 1], s=25, color="k", zorder=2)
-        for i, j in zip(*np.nonzero(np.triu(adjacency, 1))):
+        for i, j in zip(*np.nonzero(np.triu(adjacency, 1)), strict=True):
             ok = true_test[0, i, j] > 0
             ax.plot(*final[[i, j]].T, color="tab:green" if ok else "tab:red", lw=2)
         ax.set(title=title, xticks=[], yticks=[])
 
     draw(axes[1], true_test[0].numpy(), "true tree (last frame)")
-    for ax, (latent, vae) in zip(axes[2:], vaes.items()):
+    for ax, (latent, vae) in zip(axes[2:], vaes.items(), strict=True):
         draw(ax, vae.hard_graphs(x_test[:1])[0].numpy(), f"{latent}: hard sample")
     fig.tight_layout()
     fig.savefig(args.out, dpi=100)

@@ -72,8 +72,8 @@ def plot(truth, estimate, data, losses, path):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 4, figsize=(13, 3.3))
-    panels = [(truth, "hidden tree"), (data.mean(0), "mean of the measurements"), (estimate, "recovered (guide's mode)")]
-    for ax, (matrix, title) in zip(axes, panels):
+    panels = [(truth, "hidden tree"), (data.mean(0), "mean measurement"), (estimate, "recovered (guide's mode)")]
+    for ax, (matrix, title) in zip(axes[:3], panels, strict=True):
         ax.imshow(matrix.numpy(), cmap="Greys")
         ax.set(title=title, xticks=[], yticks=[])
     axes[3].plot(losses)
