@@ -5,13 +5,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint docs clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_PIN)"
-	$(PY) -m pip install -q -e ".[pyro,numpyro,examples,test]"
+	$(PY) -m pip install -q -e ".[pyro,numpyro,examples,test,docs]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -22,8 +22,13 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
-test: lint
+# The documentation site; -W: a warning is an error (CI builds it as part of `make test`).
+docs: setup
+	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+	@echo "docs: docs/_build/html/index.html"
+
+test: lint docs
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache docs/_build

@@ -49,3 +49,53 @@ def layout_forces(x, adjacency, repulsion):
     off_diagonal = 1.0 - np.eye(x.shape[1])[None, :, :, None]
     push = (off_diagonal * diff / (sq_dist + 0.05)).sum(2)
     return attraction - repulsion * push
+
+
+LISTOPS_OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
+LISTOPS_VOCABULARY = ("<pad>", "]") + LISTOPS_OPERATORS + tuple(str(d) for d in range(10))
+
+
+def listops(rng, count, max_depth=2, max_args=4, max_length=20):
+    """ListOps expressions (Nangia & Bowman, 2018), their values and their parse arborescences.
+
+    Returns ``(tokens, values, parents)``: token ids ``(count, max_length)`` padded with 0, values
+    in 0..9 ``(count,)``, and the parse as parent indices ``(count, max_length)``: every argument
+    and closing bracket hangs from its operator, the first token is the root (parent -1), and
+    padding hangs from the root. Expressions longer than ``max_length`` are redrawn.
+    """
+    vocabulary = {token: i for i, token in enumerate(LISTOPS_VOCABULARY)}
+    tokens = np.zeros((count, max_length), dtype=np.int64)
+    parents = np.zeros((count, max_length), dtype=np.int64)
+    values = np.zeros(count, dtype=np.int64)
+    for row in range(count):
+        while True:
+            sequence, heads = [], []
+            value = _listops_expression(rng, 0, max_depth, max_args, -1, sequence, heads)
+            if len(sequence) <= max_length:
+                break
+        tokens[row, : len(sequence)] = [vocabulary[t] for t in sequence]
+        parents[row, : len(heads)] = heads
+        parents[row, 0] = -1
+        values[row] = value
+    return tokens, values, parents
+
+
+def _listops_expression(rng, depth, max_depth, max_args, parent, sequence, heads):
+    """Append one expression (an operator and its arguments, or a digit) under ``parent``; return its value."""
+    position = len(sequence)
+    if depth == max_depth or (depth > 0 and rng.random() < 0.4):
+        digit = int(rng.integers(10))
+        sequence.append(str(digit))
+        heads.append(parent)
+        return digit
+    operator = LISTOPS_OPERATORS[rng.integers(len(LISTOPS_OPERATORS))]
+    sequence.append(operator)
+    heads.append(parent)
+    arguments = [
+        _listops_expression(rng, depth + 1, max_depth, max_args, position, sequence, heads)
+        for _ in range(rng.integers(2, max_args + 1))
+    ]
+    sequence.append("]")
+    heads.append(position)
+    value = {"[MIN": min, "[MAX": max, "[MED": lambda a: int(np.median(a)), "[SM": lambda a: sum(a) % 10}[operator]
+    return value(arguments)

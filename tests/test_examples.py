@@ -52,7 +52,7 @@ def test_graph_layout_example_smoke(backend, tmp_path):
     assert (tmp_path / "layout.png").stat().st_size > 0
     assert set(results) == {"tree", "topk", "independent"}
     for metrics in results.values():
-        assert set(metrics) == {"edge_precision", "edge_recall", "elbo"}
+        assert set(metrics) == {"edge_precision", "edge_recall", "elbo", "mode_edge_precision"}
     # Trees and (n-1)-subsets have n - 1 edges, like the truth: precision equals recall.
     for latent in ("tree", "topk"):
         assert results[latent]["edge_precision"] == results[latent]["edge_recall"]
@@ -67,3 +67,60 @@ def test_subset_selection_example_smoke(tmp_path):
     assert set(results) == {"exp_family", "euclidean", "categorical_entropy", "binary_entropy", "l2x"}
     # Chance is k / d = 0.4 at the smoke size (d = 10).
     assert all(metrics["subset_precision"] > 0.55 for metrics in results.values()), results
+
+
+def test_listops_parsing_example_smoke(tmp_path):
+    example = _load("listops_parsing")
+    results = example.main(example.parse_args(["--smoke", "--out", str(tmp_path / "listops.png")]))
+    assert (tmp_path / "listops.png").stat().st_size > 0
+    assert set(results) == {"arborescence", "independent"}
+    for metrics in results.values():
+        assert set(metrics) == {"accuracy", "edge_precision", "edge_recall"}
+    # Padding hangs from the root by -inf logits, so every real non-root token has one real parent.
+    assert results["arborescence"]["edge_precision"] == results["arborescence"]["edge_recall"]
+    assert results["arborescence"]["accuracy"] > 0.2  # ten classes
+
+
+def test_listops_data_parses_match_the_expressions():
+    import sys
+
+    import numpy as np
+
+    sys.path.insert(0, str(EXAMPLES))
+    import datasets
+
+    tokens, values, parents = datasets.listops(np.random.default_rng(0), 200)
+    vocabulary = datasets.LISTOPS_VOCABULARY
+    operators = {"[MIN": min, "[MAX": max, "[MED": lambda a: int(np.median(a)), "[SM": lambda a: sum(a) % 10}
+
+    def evaluate(row, node):
+        # The value of a node from the parse alone: an operator applied to its children's values.
+        token = vocabulary[tokens[row, node]]
+        if token.isdigit():
+            return int(token)
+        children = [c for c in range(1, tokens.shape[1]) if parents[row, c] == node and tokens[row, c] > 1]
+        return operators[token]([evaluate(row, c) for c in children])
+
+    for row in range(len(tokens)):
+        assert evaluate(row, 0) == values[row]
+        real = tokens[row] != 0
+        # Every closing bracket hangs from an operator that opens before it.
+        for c in np.flatnonzero(real & (tokens[row] == 1)):
+            assert vocabulary[tokens[row, parents[row, c]]].startswith("[") and parents[row, c] < c
+
+
+def test_random_trees_are_uniform_spanning_trees():
+    import sys
+    from collections import Counter
+
+    import networkx as nx
+    import numpy as np
+
+    sys.path.insert(0, str(EXAMPLES))
+    import datasets
+
+    trees = datasets.random_trees(np.random.default_rng(0), 8000, 4)
+    assert all(nx.is_tree(nx.from_numpy_array(a)) for a in trees)
+    counts = Counter(tuple(a[np.triu_indices(4, 1)]) for a in trees)
+    # Cayley: 16 labelled trees on 4 nodes, 500 draws each expected (sd ~22).
+    assert len(counts) == 16 and all(abs(c - 500) < 100 for c in counts.values())
