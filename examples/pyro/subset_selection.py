@@ -36,7 +36,7 @@ METHODS = ("exp_family", "euclidean", "categorical_entropy", "binary_entropy", "
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", choices=METHODS, nargs="+", default=list(METHODS))
-    parser.add_argument("--features", type=int, default=50, help="d")
+    parser.add_argument("--features", type=int, default=10, help="d (L2X's synthetic data uses 10)")
     parser.add_argument("--k", type=int, default=4, help="subset size (the switch and a group of k - 1)")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=128)
@@ -48,7 +48,7 @@ def parse_args(argv=None):
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.features, args.steps, args.test = 10, 300, 500
+        args.steps, args.test = 300, 500
     if args.k != 4:
         parser.error("--k must be 4: the switch feature and a group of 3")
     return args
