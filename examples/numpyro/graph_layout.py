@@ -44,9 +44,10 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3, help="decays to a tenth over the steps")
-    parser.add_argument("--temperature", type=float, default=0.5)
+    parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--sigma", type=float, default=0.01, help="decoder's observation noise")
-    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--hidden", type=int, default=64, help="encoder's width")
+    parser.add_argument("--decoder-hidden", type=int, default=32, help="decoder's width")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(pathlib.Path(__file__).with_name("graph_layout.png")))
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
@@ -88,11 +89,7 @@ def encoder(params, x):
 
 
 def decoder_init(key, hidden):
-    k1, k2 = jax.random.split(key)
-    return {
-        "every_pair": mlp_init(k1, [2, hidden, hidden, 1], zero_last=True),
-        "along_edge": mlp_init(k2, [2, hidden, hidden, 1], zero_last=True),
-    }
+    return mlp_init(key, [2, hidden, hidden, 2], zero_last=True)  # (g, h) of the distance
 
 
 def decoder(params, x, z):
@@ -100,7 +97,8 @@ def decoder(params, x, z):
     diff = x[..., None, :, :] - x[..., :, None, :]
     r2 = (diff**2).sum(-1, keepdims=True)
     features = jnp.concatenate([r2, 1.0 / (r2 + 0.05)], -1)
-    weight = mlp(params["every_pair"], features) + z[..., None] * mlp(params["along_edge"], features)
+    every_pair, along_edge = jnp.moveaxis(mlp(params, features), -1, 0)
+    weight = (every_pair + z * along_edge)[..., None]
     return x + (weight * diff).sum(-2)
 
 
@@ -110,7 +108,7 @@ class GraphLayoutVAE:
         self.n, self.latent, self.t, self.sigma = args.nodes, latent, args.temperature, args.sigma
         k_enc, k_dec = jax.random.split(key)
         self.encoder_init = encoder_init(k_enc, args.frames + 1, args.hidden)
-        self.decoder_init = decoder_init(k_dec, args.hidden)
+        self.decoder_init = decoder_init(k_dec, args.decoder_hidden)
         self.rows, self.cols = np.triu_indices(self.n, 1)
 
     def to_adjacency(self, edges):
@@ -189,8 +187,11 @@ def train(latent, data, args):
             graphs = hard(jax.random.fold_in(key_eval, step), svi.get_params(state), x_test)
             precision, _ = edge_precision_recall(np.asarray(graphs), true_test)
             curve.append((step, precision))
-            print(f"{latent:>11} step {step:5d}  -elbo/graph {float(loss) / args.batch:10.2f}  "
-                  f"test edge precision {precision:.3f}", flush=True)
+            print(
+                f"{latent:>11} step {step:5d}  -elbo/graph {float(loss) / args.batch:10.2f}  "
+                f"test edge precision {precision:.3f}",
+                flush=True,
+            )
     params = svi.get_params(state)
     precision, recall = edge_precision_recall(np.asarray(hard(key_eval, params, x_test)), true_test)
     mode_precision, _ = edge_precision_recall(np.asarray(hard(key_eval, params, x_test, mode=True)), true_test)

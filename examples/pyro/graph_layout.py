@@ -9,7 +9,7 @@ layout of it: springs along the tree's edges, repulsion between every pair
 * latent graph ``z``: ``--latent tree`` (``RelaxedSpanningTree``), ``topk`` (``RelaxedTopK`` over
   the ``n(n-1)/2`` edges with ``k = n - 1``) or ``independent`` (relaxed Bernoulli edges);
 * decoder (a GNN over ``z``): node ``i`` moves by :math:`\\sum_j (x_j - x_i)(g(r_{ij}) + z_{ij}
-  h(r_{ij}))`, with ``g`` and ``h`` small MLPs of the distance, and the next positions are
+  h(r_{ij}))`, with ``(g, h)`` one small MLP of the distance, and the next positions are
   ``Normal(x_t + move, sigma)``.
 
 Trained with Pyro's SVI and ``TraceMeanField_ELBO`` (the utility KL to a uniform prior for the
@@ -55,9 +55,10 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3, help="decays to a tenth over the steps")
-    parser.add_argument("--temperature", type=float, default=0.5)
+    parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--sigma", type=float, default=0.01, help="decoder's observation noise")
-    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--hidden", type=int, default=64, help="encoder's width")
+    parser.add_argument("--decoder-hidden", type=int, default=32, help="decoder's width")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(pathlib.Path(__file__).with_name("graph_layout.png")))
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
@@ -114,17 +115,16 @@ class Decoder(torch.nn.Module):
 
     def __init__(self, hidden):
         super().__init__()
-        self.every_pair = mlp([2, hidden, hidden, 1])
-        self.along_edge = mlp([2, hidden, hidden, 1])
-        for net in (self.every_pair, self.along_edge):  # start from "nothing moves"
-            torch.nn.init.zeros_(net[-1].weight)
-            torch.nn.init.zeros_(net[-1].bias)
+        self.pair_weights = mlp([2, hidden, hidden, 2])  # (g, h) of the distance
+        torch.nn.init.zeros_(self.pair_weights[-1].weight)  # start from "nothing moves"
+        torch.nn.init.zeros_(self.pair_weights[-1].bias)
 
     def forward(self, x, z):
         diff = x[..., None, :, :] - x[..., :, None, :]  # (B, T, i, j, 2): x_j - x_i
         r2 = diff.pow(2).sum(-1, keepdim=True)
         features = torch.cat([r2, 1.0 / (r2 + 0.05)], -1)
-        weight = self.every_pair(features) + z[..., None] * self.along_edge(features)
+        every_pair, along_edge = self.pair_weights(features).unbind(-1)
+        weight = (every_pair + z * along_edge)[..., None]
         return x + (weight * diff).sum(-2)
 
 
@@ -133,7 +133,7 @@ class GraphLayoutVAE(torch.nn.Module):
         super().__init__()
         self.n, self.latent, self.t, self.sigma = args.nodes, args.latent_kind, args.temperature, args.sigma
         self.encoder = Encoder(args.frames + 1, args.hidden)
-        self.decoder = Decoder(args.hidden)
+        self.decoder = Decoder(args.decoder_hidden)
         self.rows, self.cols = torch.triu_indices(self.n, self.n, 1)
 
     def to_adjacency(self, edges):

@@ -69,7 +69,10 @@ def switch_data(n, d, generator=None):
 
 def mlp(d_in, d_out, hidden=100):
     return torch.nn.Sequential(
-        torch.nn.Linear(d_in, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden), torch.nn.ReLU(),
+        torch.nn.Linear(d_in, hidden),
+        torch.nn.ReLU(),
+        torch.nn.Linear(hidden, hidden),
+        torch.nn.ReLU(),
         torch.nn.Linear(hidden, d_out),
     )
 
