@@ -156,6 +156,25 @@ def test_relaxed_kl_is_the_gumbel_utility_kl_counted_once():
         kl_divergence(q, RelaxedSpanningTree(jnp.ones((4, 4)), 0.7))
 
 
+def test_utility_kl_with_absent_arcs():
+    """Arcs absent (-inf) from both distributions add nothing to the KL and get no NaN gradient."""
+    absent = np.array([[0, 1, 0, 0], [0, 0, 0, 1], [0, 1, 0, 0], [0, 0, 0, 0]], dtype=bool)
+    theta = jnp.asarray(np.random.default_rng(0).normal(size=(4, 4)))
+    prior = RelaxedArborescence(jnp.where(absent, -jnp.inf, 0.0), 0.5, validate_args=False)
+
+    def kl(theta):
+        return kl_divergence(RelaxedArborescence(jnp.where(absent, -jnp.inf, theta), 0.5, validate_args=False), prior)
+
+    free = ~absent & ~np.eye(4, dtype=bool)
+    free[:, 0] = False  # nothing enters the root
+    diff = np.asarray(theta)[free]
+    np.testing.assert_allclose(kl(theta), (diff - 1 + np.exp(-diff)).sum(), rtol=1e-6)
+    grad = jax.grad(kl)(theta)
+    assert np.isfinite(grad).all() and (np.asarray(grad)[absent] == 0).all()
+    present = RelaxedArborescence(jnp.zeros((4, 4)), 0.5)
+    assert kl_divergence(present, prior) == np.inf and kl(theta) < kl_divergence(prior, present) == np.inf
+
+
 def test_validation_errors_name_the_argument():
     with pytest.raises(ValueError, match="temperature"):
         RelaxedSpanningTree(jnp.zeros((3, 3)), 0.0)

@@ -1,5 +1,7 @@
 """Tree distribution classes: shapes, sampling, log_prob, KL, validation, SVI."""
 
+import math
+
 import numpy as np
 import pyro
 import pyro.distributions as pdist
@@ -151,6 +153,24 @@ def test_expand_keeps_class_and_kl_registered():
     torch.testing.assert_close(kl_divergence(a, b), exact)
     with pytest.raises(ValueError, match="root"):
         kl_divergence(a, Arborescence(b.logits, root=2))
+
+
+def test_utility_kl_with_absent_arcs():
+    """Arcs absent (-inf) from both distributions add nothing to the KL and get no NaN gradient."""
+    absent = torch.tensor([[0, 1, 0, 0], [0, 0, 0, 1], [0, 1, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    theta = torch.randn(4, 4, dtype=torch.float64, requires_grad=True)
+    q = RelaxedArborescence(theta.masked_fill(absent, -math.inf), 0.5, validate_args=False)
+    zeros = torch.zeros(4, 4, dtype=torch.float64)
+    p = RelaxedArborescence(zeros.masked_fill(absent, -math.inf), 0.5, validate_args=False)
+    free = ~absent & ~torch.eye(4, dtype=torch.bool)
+    free[:, 0] = False  # nothing enters the root
+    diff = theta.detach()[free]
+    kl = kl_divergence(q, p)
+    torch.testing.assert_close(kl, (diff - 1 + torch.exp(-diff)).sum())
+    kl.backward()
+    assert torch.isfinite(theta.grad).all() and (theta.grad[absent] == 0).all()
+    present = RelaxedArborescence(torch.zeros(4, 4, dtype=torch.float64), 0.5)
+    assert kl_divergence(q, present) == math.inf and kl_divergence(present, p) == math.inf
 
 
 def test_infer_shapes():

@@ -56,11 +56,18 @@ def sample_noise(key, noise, shape, dtype=jnp.float32):
 
 
 def utility_kl(noise, theta_q, theta_p):
-    """Entry-wise KL between the utility distributions ``theta_q + E`` and ``theta_p + E``."""
+    """Entry-wise KL between the utility distributions ``theta_q + E`` and ``theta_p + E``.
+
+    An entry absent from both (``-inf`` in both) contributes 0; absent from one only, ``inf``.
+    """
     check_noise(noise)
-    diff = theta_q - theta_p
+    # inf - inf is NaN: zero the difference where the two agree, so that neither the value nor
+    # the gradient sees it.
+    diff = jnp.where(theta_q == theta_p, 0.0, theta_q - theta_p)
     if noise == "gumbel":
-        return diff - 1 + jnp.exp(-diff)
+        lost = diff == -jnp.inf  # exp(inf) - inf is NaN; the KL is inf
+        finite_diff = jnp.where(lost, 0.0, diff)
+        return jnp.where(lost, jnp.inf, finite_diff - 1 + jnp.exp(-finite_diff))
     if noise == "gaussian":
         return 0.5 * diff**2
     return jnp.where(diff <= 0, -diff, jnp.inf)

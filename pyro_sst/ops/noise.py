@@ -55,11 +55,18 @@ def sample_noise(noise, shape, dtype=None, device=None, generator=None):
 
 
 def utility_kl(noise, theta_q, theta_p):
-    """Entry-wise KL between the utility distributions ``theta_q + E`` and ``theta_p + E``."""
+    """Entry-wise KL between the utility distributions ``theta_q + E`` and ``theta_p + E``.
+
+    An entry absent from both (``-inf`` in both) contributes 0; absent from one only, ``inf``.
+    """
     check_noise(noise)
-    diff = theta_q - theta_p
+    # inf - inf is NaN: zero the difference where the two agree, so that neither the value nor
+    # the gradient sees it.
+    diff = torch.where(theta_q == theta_p, torch.zeros_like(theta_q), theta_q - theta_p)
     if noise == "gumbel":
-        return diff - 1 + torch.exp(-diff)
+        lost = diff == -math.inf  # exp(inf) - inf is NaN; the KL is inf
+        finite_diff = torch.where(lost, torch.zeros_like(diff), diff)
+        return torch.where(lost, torch.full_like(diff, math.inf), finite_diff - 1 + torch.exp(-finite_diff))
     if noise == "gaussian":
         return 0.5 * diff**2
     return torch.where(diff <= 0, -diff, torch.full_like(diff, float("inf")))
