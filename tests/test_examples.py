@@ -73,12 +73,30 @@ def test_listops_parsing_example_smoke(tmp_path):
     example = _load("listops_parsing")
     results = example.main(example.parse_args(["--smoke", "--out", str(tmp_path / "listops.png")]))
     assert (tmp_path / "listops.png").stat().st_size > 0
-    assert set(results) == {"arborescence", "independent"}
+    assert set(results) == {"arborescence", "independent", "true_parse"}
     for metrics in results.values():
         assert set(metrics) == {"accuracy", "edge_precision", "edge_recall"}
+    assert results["true_parse"]["edge_precision"] == results["true_parse"]["edge_recall"] == 1.0
     # Padding hangs from the root by -inf logits, so every real non-root token has one real parent.
     assert results["arborescence"]["edge_precision"] == results["arborescence"]["edge_recall"]
     assert results["arborescence"]["accuracy"] > 0.2  # ten classes
+
+
+def test_listops_parser_allows_operators_as_parents_only():
+    import numpy as np
+    import torch
+
+    example = _load("listops_parsing")
+    tokens = torch.as_tensor(example.datasets.listops(np.random.default_rng(1), 64, max_length=16)[0])
+    logits = example.Parser(16, 8)(tokens)
+    batch, parents, children = torch.isfinite(logits).nonzero(as_tuple=True)
+    parent_tokens, child_tokens = tokens[batch, parents], tokens[batch, children]
+    operator = (parent_tokens >= example.OPERATOR_0) & (parent_tokens < example.DIGIT_0)
+    assert operator.all()
+    assert (parents[child_tokens == 0] == 0).all()  # padding hangs from the root only
+    mode, _ = example.latent_graph("arborescence", logits, 0.5, hard=True)
+    assert (mode.sum(-2)[:, 1:] == 1).all()  # one parent each, from the allowed arcs
+    assert (mode * ~torch.isfinite(logits)).sum() == 0
 
 
 def test_listops_data_parses_match_the_expressions():
