@@ -146,7 +146,7 @@ def latent_graph(latent, logits, t, hard=False):
     # Relaxed Bernoulli arcs: sigmoid(U / t) of the utility U = theta + Logistic noise; the KL of
     # the utilities to those of the prior is estimated at the sample (no closed form).
     theta = torch.where(present, logits, torch.zeros_like(logits))
-    u = Logistic(theta, torch.ones_like(theta)).rsample()
+    u = Logistic(theta, 1.0).rsample()
     log_ratio = Logistic(theta, 1.0).log_prob(u) - Logistic(torch.zeros_like(theta), 1.0).log_prob(u)
     z = torch.sigmoid(u / t) * present * off_diagonal
     return z, (log_ratio * present * off_diagonal).sum((-1, -2))
