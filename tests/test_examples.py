@@ -87,16 +87,21 @@ def test_listops_parser_allows_operators_as_parents_only():
     import torch
 
     example = _load("listops_parsing")
-    tokens = torch.as_tensor(example.datasets.listops(np.random.default_rng(1), 64, max_length=16)[0])
+    tokens, _, true_parents = example.datasets.listops(np.random.default_rng(1), 64, max_length=16)
+    tokens, true_parents = torch.as_tensor(tokens), torch.as_tensor(true_parents)
     logits = example.Parser(16, 8)(tokens)
     batch, parents, children = torch.isfinite(logits).nonzero(as_tuple=True)
     parent_tokens, child_tokens = tokens[batch, parents], tokens[batch, children]
-    operator = (parent_tokens >= example.OPERATOR_0) & (parent_tokens < example.DIGIT_0)
-    assert operator.all()
-    assert (parents[child_tokens == 0] == 0).all()  # padding hangs from the root only
+    assert example.is_operator(parent_tokens).all()
+    no_value = (child_tokens == example.PAD) | (child_tokens == example.BRACKET)
+    assert (parents[no_value] == 0).all()  # brackets and padding hang from the root only
     mode, _ = example.latent_graph("arborescence", logits, 0.5, hard=True)
     assert (mode.sum(-2)[:, 1:] == 1).all()  # one parent each, from the allowed arcs
     assert (mode * ~torch.isfinite(logits)).sum() == 0
+    # The true parse is one of the arborescences the mask allows.
+    truth = example.parse_adjacency(true_parents, tokens)
+    assert (truth.sum(-2)[:, 1:] == 1).all() and (truth[:, :, 0] == 0).all()
+    assert (truth * ~torch.isfinite(logits)).sum() == 0
 
 
 def test_listops_data_parses_match_the_expressions():

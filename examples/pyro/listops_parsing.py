@@ -4,8 +4,10 @@ ListOps expressions (``examples/datasets.py``: ``[MIN``, ``[MAX``, ``[MED``, ``[
 over digits, nested to depth 2) are read token by token; their value (0-9) is the only label.
 A parser (a BiLSTM, then bilinear scores) gives arc logits ``theta[i, j]`` for "token ``i`` is
 the parent of token ``j``", with only operators as possible parents (the grammar's leaves, digits
-and closing brackets, have no children; the parse itself is not given); a latent graph ``Z`` is
-drawn from
+and closing brackets, have no children; the parse itself is not given). Closing brackets carry
+no value, so no loss could tell where they hang: they hang from the root, as padding does, and
+the latent parse is that of the arguments (operators and digits). A latent graph ``Z`` is drawn
+from
 
 * ``--latent arborescence``: ``RelaxedArborescence(theta, t, root=0)`` (the first token is the
   root, padding hangs from it), or
@@ -16,9 +18,12 @@ and an executor GNN whose messages are values (distributions over the digits) ru
 ``Z`` (see ``Executor``) and classifies the root. The loss is the cross-entropy through the
 relaxed sample plus ``beta`` times the KL of the parser's utilities to those of the uniform prior
 (``theta = 0`` on the allowed arcs); without it the parser collapses to the star "every token
-hangs from the root" within a few hundred steps. Evaluated with the hard structure (the mode of
-the parser's distribution): task accuracy, and edge precision/recall of the arcs between real
-tokens against the true parse (every argument and closing bracket hangs from its operator).
+hangs from the root" within a few hundred steps. The first ``--flat-steps`` steps train on flat
+expressions (one operator over digits, a parse the arc mask fixes), so that the executor knows
+the operators before the parser's gradients have to mean something. Evaluated on nested
+expressions with the hard structure (the mode of the parser's distribution): task accuracy, and
+edge precision/recall of the arcs into the arguments against the true parse (every argument
+hangs from its operator).
 
     python examples/pyro/listops_parsing.py            # all three, a few minutes on 2 cores
     python examples/pyro/listops_parsing.py --smoke    # seconds; used by the tests
@@ -45,6 +50,7 @@ import datasets  # noqa: E402
 LATENTS = ("arborescence", "independent", "true_parse")
 OPERATOR_0 = datasets.LISTOPS_VOCABULARY.index("[MIN")  # the operators' ids, then the digits'
 DIGIT_0 = datasets.LISTOPS_VOCABULARY.index("0")
+PAD, BRACKET = datasets.LISTOPS_VOCABULARY.index("<pad>"), datasets.LISTOPS_VOCABULARY.index("]")
 
 
 def parse_args(argv=None):
@@ -54,6 +60,7 @@ def parse_args(argv=None):
     parser.add_argument("--train", type=int, default=20000)
     parser.add_argument("--test", type=int, default=2000)
     parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument("--flat-steps", type=int, default=1000, help="first steps on flat expressions")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--temperature", type=float, default=0.5)
@@ -65,12 +72,15 @@ def parse_args(argv=None):
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.length, args.train, args.test, args.steps = 12, 512, 128, 60
+        args.length, args.train, args.test, args.steps, args.flat_steps = 12, 512, 128, 120, 40
     return args
 
 
 class Parser(torch.nn.Module):
-    """Token ids ``(B, n)`` to arc logits ``(B, n, n)``: operators are the only parents, padding hangs from the root."""
+    """Token ids ``(B, n)`` to arc logits ``(B, n, n)``.
+
+    Operators are the only parents; closing brackets and padding hang from the root.
+    """
 
     def __init__(self, length, hidden):
         super().__init__()
@@ -83,13 +93,13 @@ class Parser(torch.nn.Module):
     def forward(self, tokens):
         h, _ = self.lstm(self.embed(tokens) + self.position)
         logits = self.head(h) @ self.dependent(h).transpose(-1, -2) / self.head.out_features**0.5
-        pad = tokens == 0
-        from_root = torch.zeros_like(pad)
+        no_value = (tokens == PAD) | (tokens == BRACKET)
+        from_root = torch.zeros_like(no_value)
         from_root[:, 0] = True
-        leaf = (tokens < OPERATOR_0) | (tokens >= DIGIT_0)  # digits, brackets, padding
+        leaf = ~is_operator(tokens)  # digits, brackets, padding
         # -inf logits mark absent arcs, which every class and the independent arcs respect
-        # exactly: a leaf has no children, and a padding token's one arc comes from the root.
-        absent = leaf[:, :, None] | (pad[:, None, :] & ~from_root[:, :, None])
+        # exactly: a leaf has no children, and a bracket's or padding token's one arc comes from the root.
+        absent = leaf[:, :, None] | (no_value[:, None, :] & ~from_root[:, :, None])
         return logits.masked_fill(absent, -float("inf"))
 
 
@@ -119,13 +129,17 @@ class Executor(torch.nn.Module):
 
     def forward(self, tokens, z):
         digit = tokens - DIGIT_0
-        is_operator = (tokens >= OPERATOR_0) & (tokens < DIGIT_0)
+        operator = is_operator(tokens)
         digits = torch.nn.functional.one_hot(digit.clamp(min=0), 10).float() * (digit >= 0)[..., None]
         values, e = digits, self.embed(tokens)
         for _ in range(self.rounds):
             logits = self.combine(torch.cat([e, z @ values], -1))
-            values = torch.where(is_operator[..., None], logits.softmax(-1), digits)
+            values = torch.where(operator[..., None], logits.softmax(-1), digits)
         return logits[:, 0]
+
+
+def is_operator(tokens):
+    return (tokens >= OPERATOR_0) & (tokens < DIGIT_0)
 
 
 def latent_graph(latent, logits, t, hard=False):
@@ -153,46 +167,53 @@ def latent_graph(latent, logits, t, hard=False):
 
 
 def parse_adjacency(parents, tokens):
-    """The true parse as ``(B, n, n)`` arcs ``[parent, child]`` (padding hangs from the root)."""
-    truth = torch.nn.functional.one_hot(parents.clamp(min=0), tokens.shape[-1]).transpose(-1, -2).float()
+    """The true parse of the arguments as ``(B, n, n)`` arcs ``[parent, child]``.
+
+    Closing brackets and padding hang from the root, as in ``Parser``.
+    """
+    parents = parents.masked_fill(tokens == BRACKET, 0).clamp(min=0)
+    truth = torch.nn.functional.one_hot(parents, tokens.shape[-1]).transpose(-1, -2).float()
     truth[:, :, 0] = 0  # the root has no parent
     return truth
 
 
 def edge_precision_recall(z, parents, tokens):
-    """Arcs between real tokens against the true parse, pooled over the batch."""
-    real = (tokens != 0).float()
-    between_real = real[:, :, None] * real[:, None, :]
-    predicted, truth = z * between_real, parse_adjacency(parents, tokens) * between_real
+    """Arcs between arguments (operators and digits) against the true parse, pooled over the batch."""
+    argument = ((tokens != PAD) & (tokens != BRACKET)).float()
+    between_arguments = argument[:, :, None] * argument[:, None, :]
+    predicted, truth = z * between_arguments, parse_adjacency(parents, tokens) * between_arguments
     hits = (predicted * truth).sum()
     return (hits / predicted.sum().clamp(min=1)).item(), (hits / truth.sum()).item()
 
 
 def make_data(args):
     rng = np.random.default_rng(args.seed)
-    tokens, values, parents = datasets.listops(rng, args.train + args.test, max_length=args.length)
-    split = lambda a: (torch.as_tensor(a[: args.train]), torch.as_tensor(a[args.train :]))  # noqa: E731
-    return split(tokens), split(values), split(parents)
+    """``(flat, nested, test)``, each ``(tokens, values, parents)``; flat expressions have depth 1."""
+    flat = datasets.listops(rng, args.train, max_depth=1, max_length=args.length)
+    nested = datasets.listops(rng, args.train + args.test, max_length=args.length)
+    tensors = lambda arrays, rows: tuple(torch.as_tensor(a[rows]) for a in arrays)  # noqa: E731
+    return tensors(flat, slice(None)), tensors(nested, slice(args.train)), tensors(nested, slice(args.train, None))
 
 
 def train(latent, data, args):
-    (tokens, test_tokens), (values, test_values), (parents, test_parents) = data
+    flat, nested, test = data
     torch.manual_seed(args.seed)
     parser, executor = Parser(args.length, args.hidden), Executor(args.hidden, args.rounds)
     opt = torch.optim.Adam([*parser.parameters(), *executor.parameters()], lr=args.lr)
     curve = []
     for step in range(args.steps):
-        idx = torch.randint(len(tokens), (args.batch,))
+        idx = torch.randint(args.train, (args.batch,))
+        tokens, values, parents = (a[idx] for a in (flat if step < args.flat_steps else nested))
         if latent == "true_parse":
-            z, kl = parse_adjacency(parents[idx], tokens[idx]), torch.zeros(())
+            z, kl = parse_adjacency(parents, tokens), torch.zeros(())
         else:
-            z, kl = latent_graph(latent, parser(tokens[idx]), args.temperature)
-        loss = torch.nn.functional.cross_entropy(executor(tokens[idx], z), values[idx]) + args.beta * kl.mean()
+            z, kl = latent_graph(latent, parser(tokens), args.temperature)
+        loss = torch.nn.functional.cross_entropy(executor(tokens, z), values) + args.beta * kl.mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
         if step % max(args.steps // 10, 1) == 0 or step == args.steps - 1:
-            metrics = evaluate(latent, parser, executor, test_tokens, test_values, test_parents, args)
+            metrics = evaluate(latent, parser, executor, *test, args)
             curve.append((step, metrics["accuracy"], metrics["edge_precision"]))
             print(f"{latent:>12} step {step:5d}  loss {loss.item():.3f}  {metrics}", flush=True)
     return (parser, executor), metrics, curve
@@ -220,6 +241,8 @@ def plot(curves, args):
         steps, accuracy, precision = zip(*curve, strict=True)
         ax0.plot(steps, accuracy, marker="o", label=latent)
         ax1.plot(steps, precision, marker="o", label=latent)
+    for ax in (ax0, ax1):
+        ax.axvline(args.flat_steps, color="gray", linestyle=":")  # flat expressions before, nested after
     ax0.set(title="test accuracy (hard parse)", xlabel="step", ylim=(0, 1))
     ax1.set(title="test edge precision", xlabel="step", ylim=(0, 1))
     ax0.legend()
