@@ -93,7 +93,7 @@ class Parser(torch.nn.Module):
     def forward(self, tokens):
         h, _ = self.lstm(self.embed(tokens) + self.position)
         logits = self.head(h) @ self.dependent(h).transpose(-1, -2) / self.head.out_features**0.5
-        no_value = (tokens == PAD) | (tokens == BRACKET)
+        no_value = hangs_from_root(tokens)
         from_root = torch.zeros_like(no_value)
         from_root[:, 0] = True
         leaf = ~is_operator(tokens)  # digits, brackets, padding
@@ -142,6 +142,11 @@ def is_operator(tokens):
     return (tokens >= OPERATOR_0) & (tokens < DIGIT_0)
 
 
+def hangs_from_root(tokens):
+    """Closing brackets and padding: no value, so their one arc is fixed to come from the root."""
+    return (tokens == PAD) | (tokens == BRACKET)
+
+
 def latent_graph(latent, logits, t, hard=False):
     """A relaxed sample of the parse and its utility KL to the uniform prior, ``(z, kl)``.
 
@@ -160,8 +165,9 @@ def latent_graph(latent, logits, t, hard=False):
     # Relaxed Bernoulli arcs: sigmoid(U / t) of the utility U = theta + Logistic noise; the KL of
     # the utilities to those of the prior is estimated at the sample (no closed form).
     theta = torch.where(present, logits, torch.zeros_like(logits))
-    u = Logistic(theta, 1.0).rsample()
-    log_ratio = Logistic(theta, 1.0).log_prob(u) - Logistic(torch.zeros_like(theta), 1.0).log_prob(u)
+    utility = Logistic(theta, 1.0)
+    u = utility.rsample()
+    log_ratio = utility.log_prob(u) - Logistic(torch.zeros_like(theta), 1.0).log_prob(u)
     z = torch.sigmoid(u / t) * present * off_diagonal
     return z, (log_ratio * present * off_diagonal).sum((-1, -2))
 
@@ -171,7 +177,7 @@ def parse_adjacency(parents, tokens):
 
     Closing brackets and padding hang from the root, as in ``Parser``.
     """
-    parents = parents.masked_fill(tokens == BRACKET, 0).clamp(min=0)
+    parents = parents.masked_fill(hangs_from_root(tokens), 0).clamp(min=0)
     truth = torch.nn.functional.one_hot(parents, tokens.shape[-1]).transpose(-1, -2).float()
     truth[:, :, 0] = 0  # the root has no parent
     return truth
@@ -179,7 +185,7 @@ def parse_adjacency(parents, tokens):
 
 def edge_precision_recall(z, parents, tokens):
     """Arcs between arguments (operators and digits) against the true parse, pooled over the batch."""
-    argument = ((tokens != PAD) & (tokens != BRACKET)).float()
+    argument = (~hangs_from_root(tokens)).float()
     between_arguments = argument[:, :, None] * argument[:, None, :]
     predicted, truth = z * between_arguments, parse_adjacency(parents, tokens) * between_arguments
     hits = (predicted * truth).sum()
@@ -187,8 +193,8 @@ def edge_precision_recall(z, parents, tokens):
 
 
 def make_data(args):
-    rng = np.random.default_rng(args.seed)
     """``(flat, nested, test)``, each ``(tokens, values, parents)``; flat expressions have depth 1."""
+    rng = np.random.default_rng(args.seed)
     flat = datasets.listops(rng, args.train, max_depth=1, max_length=args.length)
     nested = datasets.listops(rng, args.train + args.test, max_length=args.length)
     tensors = lambda arrays, rows: tuple(torch.as_tensor(a[rows]) for a in arrays)  # noqa: E731
