@@ -127,3 +127,33 @@ def spanning_tree_family(theta):
 
 def arborescence_family(theta, root=0, single_root=False):
     return ExpFamily(arborescences(theta.shape[-1], root, single_root), theta)
+
+
+def exact_hessian_vector_product(support, theta, vector, weight_mask=None, digits=60):
+    """``(A(theta), mu, H v)`` of the exponential family over ``support`` in ``digits``-digit arithmetic (mpmath).
+
+    ``H v = Cov_q(x) v = E[x <x, v>] - mu <mu, v>``: every float reference (autograd of ``logdet``
+    included) loses digits at large spreads, this one does not.
+    """
+    import mpmath
+
+    support = np.asarray(support, dtype=np.float64)
+    mask = np.ones(support.shape[1:], dtype=bool) if weight_mask is None else weight_mask
+    flat = support.reshape(len(support), -1)
+    theta = np.where(mask, np.asarray(theta, dtype=np.float64), 0).reshape(-1)
+    vector = np.where(mask, np.asarray(vector, dtype=np.float64), 0).reshape(-1)
+    with mpmath.workdps(digits):
+        scores = [mpmath.fsum(mpmath.mpf(float(t)) for t, on in zip(theta, x, strict=True) if on) for x in flat]
+        log_z = mpmath.log(mpmath.fsum(mpmath.exp(s) for s in scores))
+        probs = [mpmath.exp(s - log_z) for s in scores]
+        dots = [mpmath.fsum(mpmath.mpf(float(v)) for v, on in zip(vector, x, strict=True) if on) for x in flat]
+        mean_dot = mpmath.fsum(p * d for p, d in zip(probs, dots, strict=True))
+        columns = flat.T
+        mu = [mpmath.fsum(p for p, on in zip(probs, c, strict=True) if on) for c in columns]
+        hvp = [mpmath.fsum(p * (d - mean_dot) for p, d, on in zip(probs, dots, c, strict=True) if on) for c in columns]
+        shape = support.shape[1:]
+        return (
+            float(log_z),
+            np.array([float(m) for m in mu]).reshape(shape),
+            np.array([float(h) for h in hvp]).reshape(shape),
+        )

@@ -24,15 +24,14 @@ import torch
 from sst_common import enumeration
 from sst_common.checks import check_root
 
-from .logspace import fill_nan, mask_nan_elements
+from .logspace import check_nonempty, fill_nan, mask_nan_elements
 from .matrix_tree import (
+    _STRUCTURE,
     _check_args,
-    _laplacian_adjoint,
-    _laplacian_map,
-    _scaled_minor,
     arborescence_log_partition,
     arborescence_marginals,
     directed_log_weights,
+    eliminate,
 )
 from .tracing import opaque_call
 from .validation import check_square
@@ -77,28 +76,27 @@ def spanning_tree_marginals(logits):
     return mu + mu.mT
 
 
-def _categorical(probs, generator=None):
-    """One draw per row of ``probs`` (..., m) by inverse CDF."""
-    u = torch.rand(probs.shape[:-1] + (1,), dtype=probs.dtype, device=probs.device, generator=generator)
-    cdf = probs.cumsum(-1)
-    cdf = cdf / cdf[..., -1:]
-    return torch.searchsorted(cdf, u).squeeze(-1).clamp(max=probs.shape[-1] - 1)
-
-
 def sample_arborescence(logits, root=0, single_root=False, sample_shape=(), generator=None):
-    r"""Exact sample from :math:`q(x) \propto e^{\langle \theta, x\rangle}` over arborescences.
+    r"""Exact samples from :math:`q(x) \propto e^{\langle \theta, x\rangle}` over arborescences, ``(..., n, n)``.
 
-    Ancestral sampling (Colbourn, Myrvold and Neufeld): the parent of each non-root
-    node ``j`` in turn is drawn from its conditional marginals given the parents
-    already drawn, :math:`\mu_{ij} = P_{ij}\,(B_{jj} - B_{ji})` (the matrix-tree
-    formula, with ``B`` the inverse of the scaled Laplacian minor ``M``), so the
-    product of the conditionals is exactly ``q``. Conditioning on ``j``'s parent
-    replaces column ``j`` of ``M``: a rank-one change, so ``B`` follows by a
-    Sherman-Morrison update in :math:`O(n^2)` and a sample costs :math:`O(n^3)`
-    (float64). Each round checks the inverse row it reads by its residual,
-    :math:`\|B_{j,:} M - e_j\|_1 \|B\|_\infty \le 10^{-9}`; elements that fail (ill-conditioned
-    Laplacians, at low temperatures) take that round's marginals from the exact tiered
-    :func:`arborescence_marginals` and restart from a fresh inverse.
+    Sampling through the elimination that computes the log-partition (see
+    :mod:`pyro_sst.ops.matrix_tree`). Eliminating node :math:`k` gives the graph :math:`G'` with
+    weights :math:`w'_{ij} = w_{ij} + \pi_i w_{kj}`, and for an arborescence :math:`x` of
+    :math:`G` its edges between the other nodes, :math:`F = x \setminus \delta(k)`, are distributed
+    as the edges of an arborescence :math:`x'` of :math:`G'` each kept with probability
+    :math:`f_{ij} = w_{ij} / w'_{ij}` (an edge not kept was the path :math:`i \to k \to j`). Given
+    :math:`F`, node :math:`k` is the parent of every node left without one, and its own parent is
+    drawn from :math:`\pi` restricted to the component of :math:`F` that holds the root. (Summing
+    over the ways to route the dropped edges through :math:`k`, with the weighted Cayley formula
+    :math:`\sum_T \prod_v W_{\mathrm{parent}(v)} = W_0 (\sum_a W_a)^{m-1}`, gives exactly
+    :math:`w(F) \prod_l w_{k t_l} \sum_{i \in C_0} w_{ik}`, the weight of the arborescences of
+    :math:`G` that contain :math:`F`.) So one log-space elimination per batch element
+    (:math:`O(n^3)`, exact at every scale) serves every sample, and undoing it costs
+    :math:`O(n^2 \log n)` per sample: a coin per tree edge, the root's component by pointer
+    doubling and one categorical draw per node. ``single_root``: draws from the distribution whose
+    root edges are scaled by :math:`e^{-c}` (the log-partition's construction), where arborescences
+    with several root edges weigh under :math:`e^{-60}`, and rejects those: what is accepted is
+    exactly :math:`q`.
 
     :returns: a 0/1 tensor of shape ``sample_shape + logits.shape``.
     """
@@ -110,42 +108,56 @@ def sample_arborescence(logits, root=0, single_root=False, sample_shape=(), gene
     return opaque_call(sample, logits)
 
 
-#: bound on the error of the inverse row a sampling round reads (see :func:`sample_arborescence`)
-_SAMPLER_TOLERANCE = 1e-9
+def _uniform(shape, like, generator):
+    return torch.rand(shape, dtype=like.dtype, device=like.device, generator=generator)
+
+
+def _root_component(parent, cut, k):
+    """``(N, k)``: whether the path from each node to the root (node 0) crosses no ``cut`` edge (pointer doubling)."""
+    ancestor = parent[:, :k]
+    for _ in range(max(k - 1, 1).bit_length()):
+        cut = cut | cut.gather(-1, ancestor)
+        ancestor = ancestor.gather(-1, ancestor)
+    return ~cut
+
+
+def _undo_elimination(steps, element, generator):
+    """``(N, n)`` parent arrays (elimination order, root 0 its own parent), drawn by undoing ``steps``."""
+    n = len(steps) + 1
+    parent = torch.zeros(element.shape[0], n, dtype=torch.long, device=element.device)
+    for k in range(1, n):
+        share, log_pi = steps[n - 1 - k].share, steps[n - 1 - k].log_pi
+        children = parent[:, 1:k]
+        nodes = torch.arange(1, k, device=element.device)
+        kept = share.flatten(-2)[element[:, None], children * k + nodes]
+        dropped = _uniform(kept.shape, kept, generator) >= kept
+        cut = torch.cat([dropped.new_zeros(dropped.shape[0], 1), dropped], -1)
+        in_root_component = _root_component(parent, cut, k)
+        parent[:, 1:k] = torch.where(dropped, k, children)
+        gumbel = -(-_uniform((element.shape[0], k), log_pi, generator).log()).log()
+        scores = torch.where(in_root_component, log_pi[element] + gumbel, -math.inf)
+        parent[:, k] = scores.argmax(-1)
+    return parent
 
 
 def _sample_arborescence(logits, root, single_root, sample_shape, generator):
     n = int(logits.shape[-1])
     theta, nan = mask_nan_elements(directed_log_weights(logits, root), 2)
-    shape = sample_shape + theta.shape
-    theta = theta.double().expand(shape).reshape(-1, n, n).clone()
-    P, _, M = _scaled_minor(theta, root, single_root)
-    B = torch.linalg.inv_ex(M)[0]
-    eye = torch.eye(n, dtype=theta.dtype, device=theta.device)
-    rows = torch.arange(n, device=theta.device)
-    for j in range(n):
-        if j == root:
-            continue
-        row = B[:, j, :]
-        residual = (row[:, None, :] @ M).squeeze(-2) - eye[j]
-        error = residual.abs().sum(-1) * B.abs().sum(-1).amax(-1)
-        column_j = torch.tensor([j], device=theta.device)
-        probs = P[:, :, j] * _laplacian_adjoint(row[:, :, None], root, single_root, column_j)[:, :, 0]
-        fresh = (~(error <= _SAMPLER_TOLERANCE)).nonzero().squeeze(-1)
-        if fresh.numel():
-            probs[fresh] = arborescence_marginals(theta[fresh], root, single_root)[:, :, j]
-            B[fresh] = torch.linalg.inv_ex(M[fresh])[0]
-        parent = _categorical(probs.clamp(min=0), generator)
-        keep = rows == parent[:, None]
-        theta[:, :, j] = theta[:, :, j].masked_fill(~keep, -math.inf)
-        # Column j of M becomes that of a single edge parent -> j: a rank-one update of B.
-        P[:, :, j] = keep.to(P.dtype)
-        column = _laplacian_map(P[:, :, j : j + 1], root, single_root, column_j)[:, :, 0]
-        change = B @ (column - M[:, :, j])[..., None]
-        B = torch.baddbmm(B, change / (1 + change[:, j : j + 1, :]), B[:, j : j + 1, :], alpha=-1)
-        M[:, :, j] = column
-    x = torch.isfinite(theta).to(logits.dtype) * (1 - eye.to(logits.dtype))
-    return fill_nan(x.reshape(shape), nan, 2)
+    theta = theta.reshape(-1, n, n)
+    elimination = eliminate(theta, root, single_root, keep_steps=True, linear=False)
+    check_nonempty(elimination.log_z, _STRUCTURE)
+    batch = theta.shape[0]
+    element = torch.arange(batch, device=theta.device).repeat(sample_shape.numel())
+    parent = _undo_elimination(elimination.steps, element, generator)
+    while single_root:
+        several = ((parent[:, 1:] == 0).sum(-1) != 1).nonzero().squeeze(-1)
+        if not several.numel():
+            break
+        parent[several] = _undo_elimination(elimination.steps, element[several], generator)
+    order = torch.as_tensor(elimination.order, device=theta.device)
+    x = torch.zeros(element.shape[0], n, n, dtype=logits.dtype, device=theta.device)
+    x[torch.arange(element.shape[0], device=theta.device)[:, None], order[parent[:, 1:]], order[1:]] = 1
+    return fill_nan(x.reshape(sample_shape + logits.shape), nan, 2)
 
 
 def sample_spanning_tree(logits, sample_shape=(), generator=None):
