@@ -1,10 +1,10 @@
 """Numeric constants of the matrix-tree core, named once for both backends, each with the reason for its value."""
 
-#: The linear (column-normalised, float64) elimination is exact while no column loses more than this many
-#: nats of scale. float64 flushes below ``e^-708``, so anything it loses is at least ``e^-108`` below the
-#: final scale of its column: far below float64 rounding. A batch element past it takes the log-space
-#: elimination, which has no range limit.
-LINEAR_ELIMINATION_MAX_LOSS = 600.0
+import math
+
+#: Nats by which whatever the linear elimination flushes to zero or rounds away stays below the working
+#: precision, relative to the final scale of its column.
+LINEAR_ELIMINATION_MARGIN = 10.0
 
 #: ``single_root``: the root's out-edges are scaled by ``e^-c`` with ``c`` this far above the bound on
 #: ``log(Z_{>1} / Z_1)``, so arborescences with several root edges weigh less than ``e^-60`` (2e-26) of the total.
@@ -13,3 +13,14 @@ SINGLE_ROOT_MARGIN = 60.0
 #: ``single_root``: half the margin. If ``Z_1 > 0`` then ``log Z_1 >= (n - 1) * smallest logit``; a value this
 #: far below that bound can only be the ``e^-c``-scaled multi-root mass, so ``Z_1 = 0`` (no single-root tree).
 SINGLE_ROOT_EMPTY_MARGIN = 30.0
+
+
+def linear_elimination_max_loss(eps, tiny):
+    """The most nats of scale a column of the linear (column-normalised) elimination may lose and stay exact.
+
+    Its entries are flushed or rounded with absolute errors below ``tiny`` (the smallest normal number)
+    in units of their column's scale at the time; after the column has lost ``L`` nats that error is
+    ``tiny * e^L`` of the final scale, which stays ``LINEAR_ELIMINATION_MARGIN`` nats below the rounding
+    error ``eps`` while ``L <= log(eps / tiny) - margin``: 662 nats in float64, 61 in float32.
+    """
+    return math.log(eps / tiny) - LINEAR_ELIMINATION_MARGIN

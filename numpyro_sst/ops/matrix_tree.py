@@ -1,45 +1,48 @@
-r"""Matrix-tree theorems: log-partition functions and edge marginals (JAX).
+r"""Matrix-tree theorems: log-partition functions, edge marginals and their derivatives (JAX).
 
-The same math as :mod:`pyro_sst.ops.matrix_tree`. Every function works on *directed*
-log-weights ``theta[..., i, j]`` for the edge ``i -> j`` (``i`` is the parent of ``j``) and
-an arborescence rooted at ``root``; undirected spanning trees are the arborescences of the
-symmetric digraph rooted at node 0.
+The same algorithm as :mod:`pyro_sst.ops.matrix_tree`, step for step. Every function works on
+*directed* log-weights ``theta[..., i, j]`` for the edge ``i -> j`` (``i`` is the parent of
+``j``) and an arborescence rooted at ``root``; undirected spanning trees are the arborescences of
+the symmetric digraph rooted at node 0.
 
 Tutte's directed matrix-tree theorem: with :math:`w_{ij} = e^{\theta_{ij}}` and the
 in-degree Laplacian :math:`L = \operatorname{diag}(\mathbf{1}^\top W) - W`,
 
 .. math::
 
-    A(\theta) = \log \sum_{x} e^{\langle \theta, x \rangle} = \log \det L_{\hat r \hat r},
+    A(\theta) = \log \sum_{x} e^{\langle \theta, x \rangle}
+              = \log \det L_{\hat r \hat r},
 
-where :math:`L_{\hat r \hat r}` drops the root's row and column. Koo et al. (2007) give the
-single-root variant: replace the first non-root row of the minor by the root's out-weights.
+where :math:`L_{\hat r \hat r}` drops the root's row and column.
 
-Numerics. Columns are scaled by their total in-weight, so the matrix that is inverted is
-:math:`M = \mathcal{A}^*(P) + e_r e_r^\top` with the column softmax
-:math:`P_{ij} = e^{\theta_{ij}} / \sum_k e^{\theta_{kj}}`, and
+One exact core: Gaussian elimination without subtraction (GTH). Eliminating node :math:`k`
+(the Schur complement of its pivot :math:`d_k = \sum_i w_{ik}`) leaves the Laplacian of the
+graph with weights
 
 .. math::
 
-    A = \log\det M + \sum_{j \ne r} \operatorname{logsumexp}_i \theta_{ij},\qquad
-    \mu_{ij} = P_{ij}\, \mathcal{A}(B^\top)_{ij},\quad B = M^{-1},
+    w'_{ij} = w_{ij} + \pi_i w_{kj}, \qquad \pi_i = w_{ik} / d_k,
 
-with :math:`\mathcal{A}` the adjoint of the linear map :math:`\mathcal{A}^*` that builds the
-Laplacian. The marginals are a ``jax.custom_jvp`` whose tangent is the explicit
-Hessian-vector product of :math:`A` (two matrix products), and the log-partition is a
-``custom_jvp`` whose tangent is :math:`\langle \mu, \dot\theta\rangle`: no autodiff through
-``slogdet`` or ``inv``, in forward or reverse mode, to any order.
+(self-loops dropped), so :math:`A = \sum_k \log d_k` over the nodes in elimination order, and
+every pivot and every weight is a sum of positive terms: no cancellation, entrywise relative
+accuracy whatever the condition number. Columns are kept normalised (each column of
+:math:`w` sums to one, its scale carried as a logarithm), in float64; a batch element where
+some column loses more than :data:`~sst_common.constants.LINEAR_ELIMINATION_MAX_LOSS` nats of
+scale (tight clusters at low temperature, where float64 would flush what the result depends
+on) is eliminated in log space instead, with the same steps as output. The marginals are the
+exact reverse pass through the steps (:func:`_reverse`, in probability units) and their
+backward, the Hessian-vector product of :math:`A`, is the forward-mode derivative of that pass
+(:func:`_step_tangents`): no inverse, no determinant, no autodiff through the elimination. The
+marginals are a ``jax.custom_jvp`` whose tangent is that product, written as plain linear
+operations, so JAX transposes it for reverse mode (``grad``, ``grad`` of ``vmap``) and
+``jacfwd`` / ``hessian`` use it directly. Time :math:`O(n^3)` and memory :math:`O(n^3)` per
+batch element.
 
-Where the inverse cannot be trusted (condition number above :math:`\epsilon^{-1/2}`, the
-common case of :math:`U / t` at low temperature), a batch element falls back to exact
-log-space Gaussian elimination (Kron reduction, the GTH trick): eliminating node :math:`k`
-adds :math:`w_{ik} w_{kj} / d_k` to every remaining weight, a sum of positive terms with no
-cancellation, and :math:`A` is the sum of the log pivots. Its marginals are the exact
-gradient of that program and their tangent its Hessian-vector product (forward over reverse
-mode). Under ``jit`` the fallback is a ``lax.cond``: it only runs when some element needs it
-(under ``vmap`` both branches run and each element takes its own). For ``single_root`` the
-elimination scales the root's out-edges by :math:`e^{-c}` with ``c`` chosen per element from
-the spread of its logits, as in pyro_sst.
+For ``single_root`` (the root has exactly one child, Koo et al. 2007) the root's out-edges are
+scaled by :math:`s = e^{-c}`, so that :math:`Z(s) = s Z_1 + s^2 Z_2 + \dots` and
+:math:`\log Z_1 = \log Z(s) + c` up to a relative error below :math:`e^{-60}`; ``c`` is chosen
+per batch element from the spread of its finite logits (root row included), and
+:math:`Z_1 = 0` is detected exactly from the same bound.
 
 Special inputs. ``-inf`` logits are absent edges; where no tree of finite weight remains the
 log-partition is ``-inf`` and the marginals are undefined: they raise :class:`ValueError` on
@@ -48,14 +51,16 @@ element. Every batch element is computed independently of the others.
 """
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from sst_common.checks import check_root
+from sst_common.constants import SINGLE_ROOT_EMPTY_MARGIN, SINGLE_ROOT_MARGIN, linear_elimination_max_loss
 
-from .logspace import by_tiers, fill_nan, log_add, log_sum_exp, mask_nan_elements, nan_elements, raise_if_empty
-from .validation import check_square
+from .logspace import by_tiers, fill_nan, log_sum_exp, mask_nan_elements, nan_elements, raise_if_empty
+from .validation import check_square, wide_dtype
 
 __all__ = [
     "arborescence_log_partition",
@@ -66,193 +71,307 @@ __all__ = [
 
 
 def laplacian(weights):
-    r"""In-degree Laplacian :math:`L = \operatorname{diag}(\mathbf 1^\top W) - W` (the diagonal of ``W`` is ignored)."""
+    r"""In-degree Laplacian :math:`L = \operatorname{diag}(\mathbf 1^\top W) - W` of ``(..., n, n)`` weights.
+
+    ``weights[..., i, j]`` is the weight of edge ``i -> j``; the diagonal is ignored.
+    """
     n = weights.shape[-1]
     weights = jnp.where(jnp.eye(n, dtype=bool), 0, weights)
     return jnp.eye(n, dtype=weights.dtype) * weights.sum(-2)[..., None, :] - weights
 
 
 def directed_log_weights(logits, root):
-    """Directed log-weights with self-loops and edges into ``root`` set to -inf."""
+    """Directed log-weights ``(..., n, n)`` with self-loops and edges into ``root`` set to -inf."""
     n = logits.shape[-1]
     idx = jnp.arange(n)
     excluded = (idx[:, None] == idx) | (idx == root)
     return jnp.where(excluded, -jnp.inf, logits)
 
 
-def _anchor(root):
-    """The non-root node whose Laplacian row Koo et al. replace by root weights."""
-    return 1 if root == 0 else 0
+class Step(NamedTuple):
+    """What eliminating each node left behind, stacked over the steps (node ``n - 1`` down to 1), full size."""
+
+    #: ``(B, n - 1, n, n)``: the share :math:`w_{ij} / w'_{ij}` of each reduced weight that was there before
+    share: jax.Array
+    #: ``(B, n - 1, n)``: the eliminated node's parent distribution :math:`\pi` over the nodes left
+    pi: jax.Array
+    #: ``(B, n - 1, n)``: its logarithm (exact where :math:`\pi` underflows)
+    log_pi: jax.Array
 
 
-def _masks(n, root):
-    idx = jnp.arange(n)
-    return idx != root, idx != _anchor(root)
+class Elimination(NamedTuple):
+    """The elimination of ``(B, n, n)`` directed log-weights, in elimination order (the root first)."""
+
+    #: ``(B,)`` the log-partition
+    log_z: jax.Array
+    #: the :class:`Step` arrays (``None`` unless asked for)
+    steps: Step
+    #: ``order[m]`` is the node at elimination position ``m``
+    order: tuple
 
 
-def _laplacian_map(Q, root, single_root):
-    r"""The linear map :math:`\mathcal{A}^*` from edge weights to the Laplacian minor (root row/column left zero)."""
-    n = Q.shape[-1]
-    not_root, not_anchor = _masks(n, root)
-    eye = jnp.eye(n, dtype=bool)
-    if not single_root:
-        return jnp.where(eye, Q.sum(-2, keepdims=True), 0) - Q * not_root[:, None]
-    Q_nonroot = Q * not_root[:, None]
-    M = jnp.where(eye & not_anchor, Q_nonroot.sum(-2, keepdims=True), 0) - Q_nonroot * not_anchor[:, None]
-    return M + jnp.where(~not_anchor[:, None], Q[..., root : root + 1, :], 0)
+def elimination_order(n, root):
+    """The root first, then the other nodes in increasing order; nodes are eliminated from the last."""
+    return tuple([root] + [i for i in range(n) if i != root])
 
 
-def _laplacian_adjoint(X, root, single_root):
-    r"""The adjoint :math:`\mathcal{A}`: ``<X, A*(Q)> == <A(X), Q>`` for every ``Q``."""
-    not_root, not_anchor = _masks(X.shape[-1], root)
-    diag = jnp.diagonal(X, axis1=-2, axis2=-1)[..., None, :]
-    if not single_root:
-        return diag - X * not_root[:, None]
-    a = _anchor(root)
-    out = (diag * not_anchor - X * (not_root & not_anchor)[:, None]) * not_root[:, None]
-    return jnp.where(not_root[:, None], out, X[..., a : a + 1, :])
+def _permute(x, order):
+    order = jnp.asarray(order)
+    return x[..., order, :][..., :, order]
 
 
-def _scaled_minor(theta, root, single_root):
-    """Column softmax ``P``, the column log-normalisers and the scaled minor ``M``."""
-    n = theta.shape[-1]
-    root_col = jnp.arange(n) == root
-    # The root column is all -inf; give it finite values so the softmax stays NaN-free.
-    log_norm = log_sum_exp(jnp.where(root_col, 0, theta), -2)
-    P = jnp.where(root_col, 0, jnp.exp(theta - log_norm[..., None, :]))
-    log_norm = jnp.where(root_col, 0, log_norm)
-    E_rr = (root_col[:, None] & root_col).astype(theta.dtype)
-    return P, log_norm, _laplacian_map(P, root, single_root) + E_rr
+def _inverse_order(order):
+    return tuple(sorted(range(len(order)), key=order.__getitem__))
 
 
-def _scaled_inverse(theta, root, single_root):
-    """``(P, log_norm, B, sign, log_abs_det, ok)`` of ``M``, with ``B = M^{-1}``, from one LU factorisation.
+def _single_root_shift(X):
+    r"""Per batch element: the shift ``c`` of the root's out-edges and the smallest finite logit.
 
-    One factorisation serves both the inverse and the determinant: half the work of ``inv`` plus
-    ``slogdet``, and no two independent batched LAPACK calls in one program (jaxlib 0.10 can
-    deadlock its CPU thread pool on those). Trusted elements ``ok``: condition number below
-    ``eps^(-1/2)``, so the first-order error ``cond * eps`` of everything computed from ``B``
-    stays below ``eps^(1/2)``.
+    The bound on :math:`Z_{k+1} / Z_k` is :math:`n^2 e^{\mathrm{spread}}` on a complete graph and
+    :math:`n^n e^{(n-1)\,\mathrm{spread}}` with absent edges (see pyro_sst).
     """
-    P, log_norm, M = _scaled_minor(theta, root, single_root)
-    lu, pivots, _ = jax.lax.linalg.lu(M)
-    B = jax.scipy.linalg.lu_solve((lu, pivots), jnp.broadcast_to(jnp.eye(M.shape[-1], dtype=M.dtype), M.shape))
-    pivot_values = jnp.diagonal(lu, axis1=-2, axis2=-1)
-    swaps = (pivots != jnp.arange(M.shape[-1])).sum(-1)
-    sign = jnp.where(swaps % 2 == 1, -1, 1) * jnp.prod(jnp.sign(pivot_values), -1)
-    log_abs_det = jnp.log(jnp.abs(pivot_values)).sum(-1)
-    cond = jnp.abs(M).sum(-1).max(-1) * jnp.abs(B).sum(-1).max(-1)
-    # Test B for NaN with a boolean reduction: XLA's CPU max may skip NaN rows (measured: a singular
-    # float32 minor passed a NaN-propagating test in a batch of 20000, not alone), so isfinite(cond) is not enough.
-    ok = jnp.isfinite(B).all((-2, -1)) & (cond < jnp.finfo(theta.dtype).eps ** -0.5)
-    return P, log_norm, B, sign, log_abs_det, ok
+    n = X.shape[-1]
+    finite = jnp.isfinite(X)
+    largest = jnp.where(finite, X, -jnp.inf).max((-2, -1))
+    smallest = jnp.where(finite, X, jnp.inf).min((-2, -1))
+    spread = jnp.where(finite.any((-2, -1)), largest - smallest, 0)
+    complete = finite.sum((-2, -1)) == (n - 1) ** 2
+    log_n = jnp.log(n)
+    bound = jnp.where(complete, spread + 2 * log_n, (n - 1) * spread + n * log_n)
+    return bound + SINGLE_ROOT_MARGIN, smallest
 
 
-def _elimination_log_partition(theta, root, single_root):
-    """Log-space Kron reduction of ``(B, n, n)`` directed log-weights: ``A`` for any spread (see module doc)."""
-    n = theta.shape[-1]
-    order = jnp.array([root] + [i for i in range(n) if i != root])
-    X = theta[..., order, :][..., :, order]
-    shift = jnp.zeros(X.shape[:-2], X.dtype)
-    if single_root:
-        # Root edges scaled by s = e^{-shift}: Z(s) = s Z_1 + s^2 Z_2 + ...; the bound on Z_{k+1} / Z_k is
-        # n^2 e^{spread} on a complete graph and n^n e^{(n-1) spread} with absent edges (pyro_sst's reasoning).
-        finite = jnp.isfinite(X)
-        largest = jnp.where(finite, X, -jnp.inf).max((-2, -1))
-        smallest = jnp.where(finite, X, jnp.inf).min((-2, -1))
-        spread = jax.lax.stop_gradient(jnp.where(finite.any((-2, -1)), largest - smallest, 0))
-        complete = finite.sum((-2, -1)) == (n - 1) ** 2
-        log_n = jnp.log(n)
-        shift = jnp.where(complete, spread + 2 * log_n, (n - 1) * spread + n * log_n) + 60.0
-        X = X.at[..., 0, :].add(-shift[..., None])
+def _no_neg_inf(x):
+    return jnp.where(x == -jnp.inf, 0, x)
+
+
+class _Linear:
+    """Normalised columns held as numbers: fast, exact while no column loses more than the dtype allows."""
+
+    absent = 0.0
+
+    @staticmethod
+    def from_log(x):
+        return jnp.exp(x)
+
+    @staticmethod
+    def add_paths(old, entering, leaving):
+        return old + entering[..., :, None] * leaving[..., None, :]
+
+    @staticmethod
+    def normalise(new):
+        column = new.sum(-2)
+        return new / jnp.where(column > 0, column, 1)[..., None, :], jnp.log(column)
+
+    @staticmethod
+    def share(old, new):
+        return jnp.where(new > 0, old / jnp.where(new > 0, new, 1), 0)
+
+    @staticmethod
+    def probabilities(pi):
+        return pi, jnp.log(pi)
+
+
+class _Logarithmic:
+    """Normalised columns held as logarithms: exact at any spread."""
+
+    absent = -jnp.inf
+
+    @staticmethod
+    def from_log(x):
+        return x
+
+    @staticmethod
+    def add_paths(old, entering, leaving):
+        return jnp.logaddexp(old, entering[..., :, None] + leaving[..., None, :])
+
+    @staticmethod
+    def normalise(new):
+        log_column = log_sum_exp(new, -2)
+        return new - _no_neg_inf(log_column)[..., None, :], log_column
+
+    @staticmethod
+    def share(old, new):
+        return jnp.where(new > -jnp.inf, jnp.exp(old - _no_neg_inf(new)), 0)
+
+    @staticmethod
+    def probabilities(log_pi):
+        return jnp.exp(log_pi), log_pi
+
+
+def _eliminate_columns(X, space, keep_steps):
+    """Eliminate nodes ``n - 1, ..., 1`` of ``(B, n, n)`` log-weights (root first), columns normalised in ``space``.
+
+    Returns ``(log_z, steps, worst)`` as pyro_sst does; the arrays keep their full size, the nodes
+    left at step ``k`` (those before ``k``) selected by masks.
+    """
+    n = X.shape[-1]
     idx = jnp.arange(n)
+    log_scale = log_sum_exp(X, -2)
+    W = space.from_log(X - _no_neg_inf(log_scale)[..., None, :])
 
     def eliminate(carry, k):
-        X, total = carry
-        before = idx < k
-        into_k = jnp.where(before, jnp.take(X, k, axis=-1), -jnp.inf)
-        log_pivot = log_sum_exp(into_k, -1)
-        # A zero pivot (no tree) leaves every into_k at -inf: keep -inf - (-inf) from making NaN.
-        log_pi = into_k - jnp.where(jnp.isfinite(log_pivot), log_pivot, 0)[..., None]
-        from_k = jnp.where(before, jnp.take(X, k, axis=-2), -jnp.inf)
-        reduced = log_add(X, log_pi[..., :, None] + from_k[..., None, :])
-        return (jnp.where(before[:, None] & before, reduced, X), total + log_pivot), None
+        W, log_scale, lost, total, worst = carry
+        left = idx < k
+        block = left[:, None] & left & (idx[:, None] != idx)  # a path j -> k -> j is a self-loop: in no tree
+        entering = jnp.where(left, jnp.take(W, k, axis=-1), space.absent)
+        leaving = jnp.where(left, jnp.take(W, k, axis=-2), space.absent)
+        old = jnp.where(block, W, space.absent)
+        new = jnp.where(block, space.add_paths(old, entering, leaving), space.absent)
+        W, log_column = space.normalise(new)
+        log_column = jnp.where(left, log_column, 0)
+        carry = (
+            W,
+            log_scale + log_column,
+            lost - log_column,
+            total + jnp.take(log_scale, k, axis=-1),
+            jnp.maximum(worst, jnp.take(lost, k, axis=-1)),
+        )
+        step = Step(jnp.where(block, space.share(old, new), 0), *space.probabilities(entering)) if keep_steps else None
+        return carry, step
 
-    (_, total), _ = jax.lax.scan(eliminate, (X, jnp.zeros_like(shift)), jnp.arange(n - 1, 0, -1))
-    log_z = total + shift
-    if single_root:
-        # If Z_1 > 0 then log Z_1 >= (n - 1) * smallest; if Z_1 = 0 the bound above puts the value 60 below.
-        log_z = jnp.where(log_z < (n - 1) * smallest - 30.0, -jnp.inf, log_z)
-    return log_z
-
-
-def _elimination_marginals(theta, root, single_root):
-    """Exact marginals (the gradient of the elimination), NaN where the support is empty."""
-    per_element = jax.grad(lambda t: _sum_and_values(_elimination_log_partition(t, root, single_root)), has_aux=True)
-    mu, log_z = per_element(theta)
-    return jnp.where((log_z == -jnp.inf)[..., None, None], jnp.nan, jnp.where(jnp.isfinite(theta), mu, 0))
-
-
-def _sum_and_values(x):
-    return x.sum(), jax.lax.stop_gradient(x)
+    zeros = jnp.zeros(X.shape[:-2], X.dtype)
+    carry = (W, log_scale, jnp.zeros_like(log_scale), zeros, zeros)
+    (_, _, _, total, worst), steps = jax.lax.scan(eliminate, carry, jnp.arange(n - 1, 0, -1))
+    return total, jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1), steps), worst
 
 
-def _elimination_marginals_jvp(theta, v, root, single_root):
-    """``(mu, its tangent along v)`` of the elimination in one pass (entries at ``-inf`` logits stay 0)."""
-    finite = jnp.isfinite(theta)
-    mu, tangent = jax.jvp(lambda t: _elimination_marginals(t, root, single_root), (theta,), (jnp.where(finite, v, 0),))
-    return mu, jnp.where(finite, tangent, 0)
+def eliminate(theta, root, single_root, keep_steps=False, linear=True):
+    r"""The exact elimination (:class:`Elimination`) of ``(B, n, n)`` directed log-weights, in the wide dtype.
 
-
-def _untrusted(theta, ok):
-    """``theta`` with the trusted elements replaced by zeros (safe inputs for the fallback tier)."""
-    return jnp.where(ok[..., None, None], 0, theta)
-
-
-def _inverse_marginals(theta, root, single_root):
-    """``(mu, P, B, ok, inverse)``: the inverse tier from ``B``, the ``inverse`` of ``M`` zeroed where untrusted.
-
-    The zeros keep inf and NaN of singular elements out of the derivatives of the other tier.
+    ``linear=False`` takes the log-space path for every element (the samplers need exact
+    :math:`\log \pi` of every parent, however small).
     """
-    P, _, inverse, _, _, ok = _scaled_inverse(theta, root, single_root)
-    B = jnp.where(ok[..., None, None], inverse, 0)
-    return P * _laplacian_adjoint(jnp.swapaxes(B, -1, -2), root, single_root), P, B, ok, inverse
+    n = theta.shape[-1]
+    order = elimination_order(n, root)
+    X = _permute(theta.astype(wide_dtype(theta.dtype)), order)
+    if single_root:
+        shift, smallest = _single_root_shift(X)
+        X = X.at[..., 0, :].add(-shift[..., None])
+    if linear:
+        log_z, steps, worst = _eliminate_columns(X, _Linear, keep_steps)
+        info = jnp.finfo(X.dtype)
+        exact = jnp.isfinite(log_z) & (worst <= linear_elimination_max_loss(float(info.eps), float(info.tiny)))
+        log_z, steps = by_tiers(exact, (log_z, steps), lambda: _eliminate_columns(X, _Logarithmic, keep_steps)[:2])
+    else:
+        log_z, steps, _ = _eliminate_columns(X, _Logarithmic, keep_steps)
+    if single_root:
+        log_z = log_z + shift
+        # If Z_1 > 0 then log Z_1 >= (n - 1) * smallest; if Z_1 = 0 the shift puts the value far below.
+        log_z = jnp.where(log_z < (n - 1) * smallest - SINGLE_ROOT_EMPTY_MARGIN, -jnp.inf, log_z)
+    return Elimination(log_z, steps, order)
 
 
-def _tiered_marginals(theta, root, single_root):
-    """``(mu, inverse)``: the marginals by tiers and the raw inverse of ``M`` (the sampler goes on from it)."""
-    mu, _, _, ok, inverse = _inverse_marginals(theta, root, single_root)
-    return by_tiers(ok, mu, lambda: _elimination_marginals(_untrusted(theta, ok), root, single_root)), inverse
+def _step_tangents(steps, dX):
+    """Directional derivatives of each step's ``(share, pi)`` along ``dX`` (log-weights in elimination order).
+
+    Linear in ``dX`` (the steps are constants here), so JAX transposes it for reverse mode.
+    """
+    n = dX.shape[-1]
+    idx = jnp.arange(n)
+
+    def tangent(dX, step_k):
+        (share, pi), k = step_k
+        left = idx < k
+        block = left[:, None] & left
+        into_k = jnp.where(left, jnp.take(dX, k, axis=-1), 0)
+        d_log_pi = jnp.where(left, into_k - (pi * into_k).sum(-1, keepdims=True), 0)
+        d_via_k = d_log_pi[..., :, None] + jnp.where(left, jnp.take(dX, k, axis=-2), 0)[..., None, :]
+        d_diff = dX - d_via_k
+        dX = jnp.where(block, d_via_k + share * d_diff, dX)
+        return dX, (jnp.where(block, share * (1 - share) * d_diff, 0), pi * d_log_pi)
+
+    per_step = (jnp.moveaxis(steps.share, 1, 0), jnp.moveaxis(steps.pi, 1, 0))
+    _, tangents = jax.lax.scan(tangent, dX, (per_step, jnp.arange(n - 1, 0, -1)))
+    return tangents
+
+
+def _reverse(steps):
+    r"""Marginals from the elimination steps, in elimination order, and those of every reduced graph.
+
+    The reverse pass of pyro_sst (:func:`pyro_sst.ops.matrix_tree._reverse`): undoing the
+    elimination of node :math:`k`, with :math:`T = \mu' (1 - f)`,
+    :math:`\mu_{ij} = \mu'_{ij} f_{ij}`, :math:`\mu_{kj} = \sum_i T_{ij}` and
+    :math:`\mu_{ik} = \pi_i (1 - \sum T) + \sum_j T_{ij}`: probabilities and expected counts only.
+    Returns ``(mu, reduced)``; ``reduced`` stacks the :math:`\mu'` each step started from, which
+    :func:`_reverse_tangents` needs.
+    """
+    B, n = steps.pi.shape[0], steps.pi.shape[-1]
+    idx = jnp.arange(n)
+
+    def undo(mu, step_k):
+        (share, pi), k = step_k
+        is_k = (idx == k).astype(mu.dtype)
+        through_k = mu - mu * share
+        into_k = pi * (1 - through_k.sum((-2, -1))[..., None]) + through_k.sum(-1)
+        return mu * share + into_k[..., :, None] * is_k + is_k[:, None] * through_k.sum(-2)[..., None, :], mu
+
+    per_step = (jnp.moveaxis(steps.share, 1, 0), jnp.moveaxis(steps.pi, 1, 0))
+    zeros = jnp.zeros((B, n, n), steps.pi.dtype)
+    return jax.lax.scan(undo, zeros, (per_step, jnp.arange(n - 1, 0, -1)), reverse=True)
+
+
+def _reverse_tangents(steps, reduced, tangents):
+    """The directional derivative of :func:`_reverse` given the steps' tangents (linear in those)."""
+    B, n = steps.pi.shape[0], steps.pi.shape[-1]
+    idx = jnp.arange(n)
+
+    def undo(d_mu, step_k):
+        (share, pi, mu, d_share, d_pi), k = step_k
+        is_k = (idx == k).astype(mu.dtype)
+        through_total = (mu - mu * share).sum((-2, -1))[..., None]
+        d_through_k = d_mu - d_mu * share - mu * d_share
+        d_into_k = d_pi * (1 - through_total) - pi * d_through_k.sum((-2, -1))[..., None] + d_through_k.sum(-1)
+        d_out_of_k = d_through_k.sum(-2)
+        d_mu = d_mu * share + mu * d_share
+        return d_mu + d_into_k[..., :, None] * is_k + is_k[:, None] * d_out_of_k[..., None, :], None
+
+    per_step = (jnp.moveaxis(steps.share, 1, 0), jnp.moveaxis(steps.pi, 1, 0), reduced, *tangents)
+    zeros = jnp.zeros((B, n, n), steps.pi.dtype)
+    return jax.lax.scan(undo, zeros, (per_step, jnp.arange(n - 1, 0, -1)), reverse=True)[0]
+
+
+def _marginals_of(elimination):
+    """The marginals of an :class:`Elimination` kept with its steps, in node order; NaN where the support is empty."""
+    mu = _permute(_reverse(elimination.steps)[0], _inverse_order(elimination.order))
+    return jnp.where((elimination.log_z == -jnp.inf)[..., None, None], jnp.nan, mu)
+
+
+def _hvp(elimination, reduced, v):
+    """The Hessian-vector product of the log-partition along ``v``: the marginals' tangent (linear in ``v``)."""
+    order, steps = elimination.order, elimination.steps
+    d_mu = _reverse_tangents(steps, reduced, _step_tangents(steps, _permute(v, order)))
+    d_mu = _permute(d_mu, _inverse_order(order))
+    return jnp.where((elimination.log_z == -jnp.inf)[..., None, None], jnp.nan, d_mu)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
 def _marginals(theta, root, single_root):
-    return _tiered_marginals(theta, root, single_root)[0]
+    return _marginals_of(eliminate(theta, root, single_root, keep_steps=True)).astype(theta.dtype)
 
 
 @_marginals.defjvp
 def _marginals_jvp(root, single_root, primals, tangents):
     (theta,), (v,) = primals, tangents
-    mu, P, B, ok, _ = _inverse_marginals(theta, root, single_root)
-    # mu = P * A(B^T): through B = M^{-1} (dM = -B^T dB B^T), M = A*(P) and dP = P * (v - column mean of v).
-    Bt = jnp.swapaxes(B, -1, -2)
-    dP = P * (v - (P * v).sum(-2, keepdims=True))
-    dBt = -Bt @ jnp.swapaxes(_laplacian_map(dP, root, single_root), -1, -2) @ Bt
-    direct = dP * _laplacian_adjoint(Bt, root, single_root) + P * _laplacian_adjoint(dBt, root, single_root)
-    direct = jnp.where(ok[..., None, None], direct, 0)
-    return by_tiers(
-        ok,
-        (mu, direct),
-        lambda: _elimination_marginals_jvp(_untrusted(theta, ok), _untrusted(v, ok), root, single_root),
-    )
+    elimination = eliminate(theta, root, single_root, keep_steps=True)
+    mu, reduced = _reverse(elimination.steps)
+    empty = (elimination.log_z == -jnp.inf)[..., None, None]
+    mu = jnp.where(empty, jnp.nan, _permute(mu, _inverse_order(elimination.order)))
+    finite = jnp.isfinite(theta)
+
+    def hessian_times(v):
+        hvp = _hvp(elimination, reduced, jnp.where(finite, v, 0).astype(elimination.steps.pi.dtype))
+        return jnp.where(finite, hvp, 0).astype(theta.dtype)
+
+    # Linearising the (already linear) product marks its scans' tangent inputs as linear, which lets JAX
+    # transpose them for reverse mode; traced as written, they would not be.
+    _, linear_hessian_times = jax.linearize(hessian_times, jnp.zeros_like(v))
+    return mu.astype(theta.dtype), linear_hessian_times(v)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
 def _log_partition(theta, root, single_root):
-    _, log_norm, _, sign, log_abs_det, ok = _scaled_inverse(theta, root, single_root)
-    ok = ok & (sign > 0)
-    direct = jnp.where(ok, log_abs_det + log_norm.sum(-1), 0)
-    return by_tiers(ok, direct, lambda: _elimination_log_partition(_untrusted(theta, ok), root, single_root))
+    return eliminate(theta, root, single_root).log_z.astype(theta.dtype)
 
 
 @_log_partition.defjvp
@@ -288,8 +407,8 @@ def arborescence_log_partition(logits, root=0, single_root=False):
         the root column are ignored.
     :param int root: the root node.
     :param bool single_root: restrict to arborescences where the root has one child.
-    :returns: ``A(logits)`` of shape ``logits.shape[:-2]``, differentiable to any order, with
-        gradient :func:`arborescence_marginals`.
+    :returns: ``A(logits)`` of shape ``logits.shape[:-2]``, with gradient
+        :func:`arborescence_marginals` (whose own derivative is the exact Hessian).
     """
     logits = check_square(logits)
     root = check_root(logits.shape[-1], root, single_root)
@@ -299,11 +418,11 @@ def arborescence_log_partition(logits, root=0, single_root=False):
 
 
 def arborescence_marginals(logits, root=0, single_root=False):
-    r"""Edge marginals :math:`\mu_{ij} = P(i \to j \in x) = \partial A / \partial \theta_{ij}`.
+    r"""Edge marginals :math:`\mu_{ij} = P(i \to j \in x) = \partial A / \partial \theta_{ij}`, ``(..., n, n)``.
 
-    Explicit inverse formula with an explicit tangent; ill-conditioned batch elements fall
-    back to exact log-space elimination (see the module docstring). Every non-root column sums
-    to 1; the root column and the diagonal are 0.
+    Exact at every scale (the elimination of the module docstring); the tangent is the exact
+    Hessian-vector product of :math:`A` from the same steps. Every non-root column sums to 1; the
+    root column and the diagonal are 0.
     """
     logits = check_square(logits)
     root = check_root(logits.shape[-1], root, single_root)

@@ -25,13 +25,11 @@ from sst_common.checks import check_root
 
 from .logspace import fill_nan, mask_nan_elements
 from .matrix_tree import (
-    _laplacian_adjoint,
-    _laplacian_map,
-    _scaled_minor,
-    _tiered_marginals,
+    _STRUCTURE,
     arborescence_log_partition,
     arborescence_marginals,
     directed_log_weights,
+    eliminate,
     raise_if_undefined,
 )
 from .validation import check_square, raise_if, wide_dtype
@@ -73,24 +71,17 @@ def spanning_tree_marginals(logits):
     return mu + jnp.swapaxes(mu, -1, -2)
 
 
-#: bound on the error of the inverse row a sampling round reads, by working dtype (see :func:`sample_arborescence`)
-_SAMPLER_TOLERANCE = {jnp.dtype(jnp.float64): 1e-9, jnp.dtype(jnp.float32): 1e-5}
-
-
 def sample_arborescence(key, logits, root=0, single_root=False, sample_shape=()):
-    r"""Exact sample from :math:`q(x) \propto e^{\langle \theta, x\rangle}` over arborescences.
+    r"""Exact samples from :math:`q(x) \propto e^{\langle \theta, x\rangle}` over arborescences, ``(..., n, n)``.
 
-    Ancestral sampling (Colbourn, Myrvold and Neufeld): the parent of each non-root node ``j``
-    in turn is drawn from its conditional marginals given the parents already drawn,
-    :math:`\mu_{ij} = P_{ij}\,\mathcal A(B^\top)_{ij}` with ``B`` the inverse of the scaled
-    Laplacian minor ``M``. Conditioning on ``j``'s parent replaces column ``j`` of ``M``, a
-    rank-one change, so ``B`` follows by a Sherman-Morrison update and a sample costs
-    :math:`O(n^3)`. Each round checks the inverse row it reads by its residual,
-    :math:`\|B_{j,:} M - e_j\|_1 \|B\|_\infty \le 10^{-9}`; where that fails (ill-conditioned
-    Laplacians, at low temperatures) the round takes the exact tiered marginals and a fresh
-    inverse. Computes in float64 where JAX has it enabled; in float32 otherwise, with the bound
-    at :math:`10^{-5}` (an error in the sampling probabilities far below Monte Carlo noise, and
-    more rounds take the exact path).
+    The algorithm of :func:`pyro_sst.ops.sample_arborescence`: one log-space elimination per batch
+    element (:math:`O(n^3)`, exact at every scale), undone once per sample. Undoing the
+    elimination of node :math:`k` keeps each edge :math:`i \to j` of the reduced arborescence with
+    probability :math:`f_{ij} = w_{ij} / w'_{ij}` (the others were the path
+    :math:`i \to k \to j`, so their heads become children of :math:`k`) and draws :math:`k`'s
+    parent from :math:`\pi` restricted to the root's component: :math:`O(n^2 \log n)` per sample.
+    ``single_root`` rejects the draws (of total weight below :math:`e^{-60}`) with several root
+    edges, so what is returned is exactly :math:`q`.
 
     :param key: a ``jax.random`` key.
     :returns: a 0/1 array of shape ``sample_shape + logits.shape``.
@@ -98,50 +89,66 @@ def sample_arborescence(key, logits, root=0, single_root=False, sample_shape=())
     logits = check_square(logits)
     root = check_root(logits.shape[-1], root, single_root)
     x = _sample_arborescence(key, logits, root, bool(single_root), tuple(sample_shape))
-    raise_if_undefined(x, directed_log_weights(logits, root), 2, "spanning tree or arborescence")
+    raise_if_undefined(x, directed_log_weights(logits, root), 2, _STRUCTURE)
     return x
+
+
+def _root_component(parent, cut):
+    """``(N, n)``: whether the path from each node to the root (node 0) crosses no ``cut`` edge (pointer doubling)."""
+    ancestor = parent
+    for _ in range(_doublings(parent.shape[-1])):
+        cut = cut | jnp.take_along_axis(cut, ancestor, -1)
+        ancestor = jnp.take_along_axis(ancestor, ancestor, -1)
+    return ~cut
+
+
+def _undo_elimination(key, steps, element):
+    """``(N, n)`` parent arrays (elimination order, root 0 its own parent), drawn by undoing ``steps``."""
+    n = steps.pi.shape[-1]
+    nodes = jnp.arange(n)
+    share = steps.share.reshape(steps.share.shape[:2] + (n * n,))
+
+    def undo(k, parent):
+        m = n - 1 - k
+        children = (nodes >= 1) & (nodes < k)
+        kept = share[element[:, None], m, parent * n + nodes]
+        u = jax.random.uniform(jax.random.fold_in(key, 2 * k), kept.shape, kept.dtype)
+        dropped = children & (u >= kept)
+        left = _root_component(parent, dropped) & (nodes < k)
+        parent = jnp.where(dropped, k, parent)
+        gumbel = jax.random.gumbel(jax.random.fold_in(key, 2 * k + 1), kept.shape, kept.dtype)
+        scores = jnp.where(left, steps.log_pi[element, m] + gumbel, -jnp.inf)
+        return parent.at[:, k].set(jnp.argmax(scores, -1).astype(parent.dtype))
+
+    return jax.lax.fori_loop(1, n, undo, jnp.zeros((element.shape[0], n), jnp.int32))
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4))
 def _sample_arborescence(key, logits, root, single_root, sample_shape):
     n = logits.shape[-1]
     theta, nan = mask_nan_elements(jax.lax.stop_gradient(directed_log_weights(logits, root)), 2)
-    shape = sample_shape + theta.shape
-    dtype = wide_dtype(theta.dtype)
-    theta = jnp.broadcast_to(theta.astype(dtype), shape).reshape(-1, n, n)
-    P, _, M = _scaled_minor(theta, root, single_root)
-    B = jnp.linalg.inv(M)
-    eye = jnp.eye(n, dtype=dtype)
-    rows = jnp.arange(n)
+    theta = theta.reshape(-1, n, n)
+    elimination = eliminate(theta, root, single_root, keep_steps=True, linear=False)
+    valid = jnp.isfinite(elimination.log_z)
+    count = functools.reduce(lambda a, b: a * b, sample_shape, 1)
+    element = jnp.tile(jnp.arange(theta.shape[0]), count)
+    parent = _undo_elimination(jax.random.fold_in(key, 0), elimination.steps, element)
+    if single_root:
 
-    def draw(i, state):
-        theta, P, M, B = state
-        j = i + (i >= root)  # the non-root nodes in order
-        row = B[:, j, :]
-        residual = jnp.einsum("bi,bij->bj", row, M) - eye[j]
-        error = jnp.abs(residual).sum(-1) * jnp.abs(B).sum(-1).max(-1)
-        error = jnp.where(jnp.isfinite(B).all((-2, -1)), error, jnp.inf)  # XLA's CPU max may skip NaN rows
-        probs = P[:, :, j] * _laplacian_adjoint(jnp.swapaxes(B, -1, -2), root, single_root)[:, :, j]
-        fresh = ~(error <= _SAMPLER_TOLERANCE[jnp.dtype(dtype)])
+        def rejected(parent):
+            return ((parent[:, 1:] == 0).sum(-1) != 1) & valid[element]
 
-        def refresh():
-            exact, inverse = _tiered_marginals(theta, root, single_root)  # the inverse of the current M
-            return jnp.where(fresh[:, None], exact[:, :, j], probs), jnp.where(fresh[:, None, None], inverse, B)
+        def redraw(state):
+            attempt, parent = state
+            again = _undo_elimination(jax.random.fold_in(key, attempt), elimination.steps, element)
+            return attempt + 1, jnp.where(rejected(parent)[:, None], again, parent)
 
-        probs, B = jax.lax.cond(jnp.any(fresh), refresh, lambda: (probs, B))
-        parent = jax.random.categorical(jax.random.fold_in(key, j), jnp.log(jnp.clip(probs, 0)), axis=-1)
-        keep = rows == parent[:, None]
-        theta = theta.at[:, :, j].set(jnp.where(keep, theta[:, :, j], -jnp.inf))
-        # Column j of M becomes that of the single edge parent -> j: a rank-one update of B.
-        P = P.at[:, :, j].set(keep.astype(dtype))
-        column = _laplacian_map(P, root, single_root)[:, :, j]
-        change = B @ (column - M[:, :, j])[..., None]
-        B = B - (change / (1 + change[:, j, None, :])) @ B[:, j, None, :]
-        return theta, P, M.at[:, :, j].set(column), B
-
-    theta = jax.lax.fori_loop(0, n - 1, draw, (theta, P, M, B))[0]
-    x = jnp.isfinite(theta).astype(logits.dtype) * (1 - jnp.eye(n, dtype=logits.dtype))
-    return fill_nan(x.reshape(shape), nan, 2)
+        parent = jax.lax.while_loop(lambda state: rejected(state[1]).any(), redraw, (1, parent))[1]
+    order = jnp.asarray(elimination.order)
+    x = jnp.zeros((element.shape[0], n, n), logits.dtype)
+    x = x.at[jnp.arange(element.shape[0])[:, None], order[parent[:, 1:]], order[1:]].set(1)
+    x = jnp.where(valid[element][:, None, None], x, jnp.nan)
+    return fill_nan(x.reshape(sample_shape + logits.shape), nan, 2)
 
 
 def sample_spanning_tree(key, logits, sample_shape=()):

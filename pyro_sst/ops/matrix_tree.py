@@ -27,10 +27,11 @@ graph with weights
 (self-loops dropped), so :math:`A = \sum_k \log d_k` over the nodes in elimination order, and
 every pivot and every weight is a sum of positive terms: no cancellation, entrywise relative
 accuracy whatever the condition number. Columns are kept normalised (each column of
-:math:`w` sums to one, its scale carried as a logarithm), in float64; a batch element where
-some column loses more than :data:`~sst_common.constants.LINEAR_ELIMINATION_MAX_LOSS` nats of
-scale (tight clusters at low temperature, where float64 would flush what the result depends
-on) is eliminated in log space instead, with the same steps as output. The marginals are the
+:math:`w` sums to one, its scale carried as a logarithm), in float64. A batch element where
+some column loses more than 662 nats of scale (tight clusters at low temperature, where float64
+would flush what the result depends on; see
+:func:`~sst_common.constants.linear_elimination_max_loss`) is eliminated with the same
+normalised columns held as logarithms, which have no range limit, and gives the same steps. The marginals are the
 exact reverse pass through the steps (:func:`_reverse`, in probability units) and their
 backward, the Hessian-vector product of :math:`A`, is the forward-mode derivative of that pass
 (:func:`_step_tangents`): no inverse, no determinant, no second-order autograd. Time
@@ -58,7 +59,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from sst_common.checks import check_root
-from sst_common.constants import LINEAR_ELIMINATION_MAX_LOSS, SINGLE_ROOT_EMPTY_MARGIN, SINGLE_ROOT_MARGIN
+from sst_common.constants import SINGLE_ROOT_EMPTY_MARGIN, SINGLE_ROOT_MARGIN, linear_elimination_max_loss
 
 from .logspace import check_nonempty, fill_nan, log_sum_exp, mask_nan_elements, zeros_in_graph
 from .validation import check_square
@@ -89,6 +90,10 @@ def directed_log_weights(logits, root):
     idx = torch.arange(n, device=logits.device)
     excluded = (idx[:, None] == idx) | (idx == root)
     return logits.masked_fill(excluded, -float("inf"))
+
+
+#: float64 columns of the linear elimination may lose this many nats of scale and stay exact
+MAX_LOSS = linear_elimination_max_loss(torch.finfo(torch.float64).eps, torch.finfo(torch.float64).tiny)
 
 
 class Step(NamedTuple):
@@ -140,54 +145,87 @@ def _single_root_shift(X):
     return bound + SINGLE_ROOT_MARGIN, smallest
 
 
-def _eliminate_linear(X, keep_steps):
-    """Column-normalised float64 elimination of ``(B, n, n)`` log-weights (root first).
+class _Linear:
+    """Normalised columns held as numbers: fast, exact while no column loses more than :data:`MAX_LOSS` nats."""
 
-    Returns ``(log_z, steps, exact)``: ``exact`` marks the elements where no column lost more
-    than :data:`LINEAR_ELIMINATION_MAX_LOSS` nats (the others need :func:`_eliminate_log`).
+    absent = 0.0
+
+    @staticmethod
+    def from_log(x):
+        return x.exp()
+
+    @staticmethod
+    def add_paths(old, entering, leaving):
+        return torch.addcmul(old, entering[..., :, None], leaving[..., None, :])
+
+    @staticmethod
+    def normalise(new):
+        column = new.sum(-2)
+        return new / torch.where(column > 0, column, 1.0)[..., None, :], column.log()
+
+    @staticmethod
+    def share(old, new):
+        return torch.where(new > 0, old / new, 0.0)
+
+    @staticmethod
+    def probabilities(pi):
+        return pi, pi.log()
+
+
+class _Logarithmic:
+    """Normalised columns held as logarithms: exact at any spread."""
+
+    absent = -math.inf
+
+    @staticmethod
+    def from_log(x):
+        return x
+
+    @staticmethod
+    def add_paths(old, entering, leaving):
+        return torch.logaddexp(old, entering[..., :, None] + leaving[..., None, :])
+
+    @staticmethod
+    def normalise(new):
+        log_column = log_sum_exp(new, -2)
+        return new - log_column.nan_to_num(neginf=0.0)[..., None, :], log_column
+
+    @staticmethod
+    def share(old, new):
+        return (old - new).exp().nan_to_num(0.0)  # NaN where both are absent
+
+    @staticmethod
+    def probabilities(log_pi):
+        return log_pi.exp(), log_pi
+
+
+def _eliminate_columns(X, space, keep_steps):
+    """Eliminate nodes ``n - 1, ..., 1`` of ``(B, n, n)`` log-weights (root first), columns normalised in ``space``.
+
+    Returns ``(log_z, steps, worst)``: ``worst`` is the most nats of scale any column lost before
+    its own elimination (what decides whether :class:`_Linear` was exact).
     """
     n = X.shape[-1]
     log_scale = log_sum_exp(X, -2)
-    P = (X - log_scale.nan_to_num(neginf=0.0)[..., None, :]).exp()
+    W = space.from_log(X - log_scale.nan_to_num(neginf=0.0)[..., None, :])
+    self_loop = torch.eye(n, dtype=torch.bool, device=X.device)
     lost = torch.zeros_like(log_scale)
     total = torch.zeros_like(log_scale[..., 0])
     worst = torch.zeros_like(total)
     steps = []
     for k in range(n - 1, 0, -1):
-        pi = P[..., :k, k]
+        entering = W[..., :k, k]
         total = total + log_scale[..., k]
         worst = torch.maximum(worst, lost[..., k])
-        old = P[..., :k, :k]
-        new = torch.addcmul(old, pi[..., :, None], P[..., k, None, :k])
-        new.diagonal(dim1=-2, dim2=-1).zero_()  # a path j -> k -> j is a self-loop: in no tree
-        column = new.sum(-2)
+        old = W[..., :k, :k]
+        # A path j -> k -> j is a self-loop: in no tree.
+        new = space.add_paths(old, entering, W[..., k, :k]).masked_fill(self_loop[:k, :k], space.absent)
+        W, log_column = space.normalise(new)
         if keep_steps:
-            steps.append(Step(torch.where(new > 0, old / new, 0.0), pi, pi.log()))
-        P = new / torch.where(column > 0, column, 1.0)[..., None, :]
-        log_column = column.log()
+            steps.append(Step(space.share(old, new), *space.probabilities(entering)))
         log_scale = log_scale[..., :k] + log_column
         lost = lost[..., :k] - log_column
-    exact = torch.isfinite(total) & (worst <= LINEAR_ELIMINATION_MAX_LOSS)
-    return total, steps, exact
-
-
-def _eliminate_log(X, keep_steps):
-    """Log-space elimination of ``(B, n, n)`` log-weights (root first): exact at any spread."""
-    n = X.shape[-1]
-    total = X.new_zeros(X.shape[:-2])
-    steps = []
-    for k in range(n - 1, 0, -1):
-        into_k = X[..., :k, k]
-        log_pivot = log_sum_exp(into_k, -1)
-        total = total + log_pivot
-        # A zero pivot (no tree) leaves every into_k at -inf: keep -inf - (-inf) from making NaN.
-        log_pi = into_k - torch.where(torch.isfinite(log_pivot), log_pivot, 0)[..., None]
-        old = X[..., :k, :k]
-        X = torch.logaddexp(old, log_pi[..., :, None] + X[..., k, None, :k])
-        if keep_steps:
-            share = (old - X).exp_().nan_to_num_(0.0)  # NaN where both are absent
-            steps.append(Step(share, log_pi.exp(), log_pi))
-    return total, steps
+    return total, steps, worst
 
 
 def eliminate(theta, root, single_root, keep_steps=False, linear=True):
@@ -203,12 +241,12 @@ def eliminate(theta, root, single_root, keep_steps=False, linear=True):
         shift, smallest = _single_root_shift(X)
         X = torch.cat([X[..., :1, :] - shift[..., None, None], X[..., 1:, :]], dim=-2)
     if not linear:
-        log_z, steps = _eliminate_log(X, keep_steps)
+        log_z, steps, _ = _eliminate_columns(X, _Logarithmic, keep_steps)
     else:
-        log_z, steps, exact = _eliminate_linear(X, keep_steps)
-        rest = (~exact).nonzero().squeeze(-1)
+        log_z, steps, worst = _eliminate_columns(X, _Linear, keep_steps)
+        rest = (~(torch.isfinite(log_z) & (worst <= MAX_LOSS))).nonzero().squeeze(-1)
         if rest.numel():
-            log_z_rest, steps_rest = _eliminate_log(X[rest], keep_steps)
+            log_z_rest, steps_rest, _ = _eliminate_columns(X[rest], _Logarithmic, keep_steps)
             log_z = log_z.index_put((rest,), log_z_rest)
             for step, step_rest in zip(steps, steps_rest, strict=True):
                 for field, value in zip(step, step_rest, strict=True):
