@@ -1,0 +1,277 @@
+"""The matrix-tree core of both backends against enumeration in 60-digit arithmetic, at the extremes.
+
+One template, parametrised over the backend and the dtype: log-partitions, marginals and their
+Hessian-vector products (what every relaxed-tree ``rsample`` backpropagates) at temperatures down to
+0.05 and logit scales up to 1000, the reproducers of the inputs where inverse-based marginals had a
+backward off by 1e4, reverse mode through ``vmap`` (NumPyro's vectorised particles), and the exact
+samplers' frequencies. References are computed from the input as rounded to its dtype, so the
+tolerances measure the algorithm, not the rounding of the input.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from reference import arborescences, exact_hessian_vector_product, spanning_trees, upper_mask
+
+import numpyro_sst.ops as N
+import pyro_sst.ops as P
+
+#: worst error allowed relative to max(1, |H g|): float32 keeps about 7 digits through the elimination, float64 15
+TOLERANCE = {"float32": 1e-4, "float64": 1e-9}
+
+# The issue's reproducers: inverse-based marginals had correct values but a backward off by 1.3e4 (float32) and
+# 4.9e-4 (float64) here.
+ISSUE_INPUTS = [
+    (
+        [
+            [0, -48.6, -6.9, 5.7, -5.5],
+            [0, 0, 10.3, 40.9, 18.2],
+            [0, 4.6, 0, -16.1, 19.7],
+            [0, -2.9, -4.1, 0, -18.5],
+            [0, -3.5, 18.2, -29.4, 0],
+        ],
+        [
+            [0, -0.2, 0.8, -1.4, -0.3],
+            [0, 0, 0.9, 0.4, 1.2],
+            [0, 0, 0, -0.2, 0.5],
+            [0, -0.2, -0.4, 0, 0.3],
+            [0, -0.3, -0.3, -0.1, 0],
+        ],
+    ),
+    (
+        [
+            [0, 12.73, 8.06, -19.83, -30.06],
+            [0, 0, -15.2, -11.52, 23.14],
+            [0, 39.09, 0, 17.02, -3.68],
+            [0, -13.15, -5.98, 0, 20.85],
+            [0, 21.3, 23.48, -27.97, 0],
+        ],
+        [
+            [0, 0.3, -0.26, 0.16, -0.93],
+            [0, 0, -0.22, 0.16, -1.52],
+            [0, -1.18, 0, -0.96, 1.73],
+            [0, -0.46, -0.84, 0, -3.13],
+            [0, 0.16, 0.54, -2.35, 0],
+        ],
+    ),
+]
+
+# (structure, root, single_root): the support, and the mask of the entries that score a structure
+STRUCTURES = [("tree", 0, False), ("arborescence", 0, False), ("arborescence", 2, True)]
+
+
+class Torch:
+    name = "pyro_sst"
+
+    @staticmethod
+    def marginals_and_hvp(theta, g, structure, root, single_root, dtype):
+        x = torch.tensor(theta, dtype=getattr(torch, dtype), requires_grad=True)
+        if structure == "tree":
+            log_z, mu = P.spanning_tree_log_partition(x), P.spanning_tree_marginals(x)
+        else:
+            log_z = P.arborescence_log_partition(x, root, single_root)
+            mu = P.arborescence_marginals(x, root, single_root)
+        (hvp,) = torch.autograd.grad((mu * torch.tensor(g, dtype=x.dtype)).sum(), x)
+        return float(log_z.detach()), mu.detach().double().numpy(), hvp.double().numpy()
+
+    @staticmethod
+    def sample(theta, structure, root, single_root, count, seed):
+        generator = torch.Generator().manual_seed(seed)
+        x = torch.tensor(theta, dtype=torch.float64)
+        if structure == "tree":
+            return P.sample_spanning_tree(x, (count,), generator=generator).numpy()
+        return P.sample_arborescence(x, root, single_root, (count,), generator=generator).numpy()
+
+
+class Jax:
+    name = "numpyro_sst"
+
+    @staticmethod
+    def _functions(structure, root, single_root):
+        if structure == "tree":
+            return N.spanning_tree_log_partition, N.spanning_tree_marginals
+        return (
+            lambda t: N.arborescence_log_partition(t, root, single_root),
+            lambda t: N.arborescence_marginals(t, root, single_root),
+        )
+
+    @classmethod
+    def marginals_and_hvp(cls, theta, g, structure, root, single_root, dtype):
+        log_partition, marginals = cls._functions(structure, root, single_root)
+        with jax.enable_x64(dtype == "float64"):
+            x, g = jnp.asarray(theta, dtype), jnp.asarray(g, dtype)
+            hvp_forward = jax.jvp(marginals, (x,), (g,))[1]
+            hvp_reverse = jax.grad(lambda t: (marginals(t) * g).sum())(x)
+            if structure == "tree":  # the tangent of the symmetric marginals; the gradient reaches the upper half
+                hvp_forward = jnp.triu(hvp_forward, 1)
+            np.testing.assert_allclose(hvp_forward, hvp_reverse, atol=TOLERANCE[dtype], rtol=0)
+            return float(log_partition(x)), np.asarray(marginals(x), np.float64), np.asarray(hvp_reverse, np.float64)
+
+    @staticmethod
+    def sample(theta, structure, root, single_root, count, seed):
+        with jax.enable_x64(True):
+            key, x = jax.random.PRNGKey(seed), jnp.asarray(theta, jnp.float64)
+            if structure == "tree":
+                return np.asarray(N.sample_spanning_tree(key, x, (count,)))
+            return np.asarray(N.sample_arborescence(key, x, root, single_root, (count,)))
+
+
+BACKENDS = [Torch, Jax]
+
+
+def _support(structure, n, root, single_root):
+    if structure == "tree":
+        return spanning_trees(n), upper_mask(n)
+    return arborescences(n, root, single_root), None
+
+
+def _check(backend, theta, g, structure, root, single_root, dtype):
+    theta = np.asarray(theta, dtype).astype(np.float64)  # the input as the dtype holds it
+    g = np.asarray(g, dtype).astype(np.float64)
+    support, mask = _support(structure, theta.shape[-1], root, single_root)
+    if structure == "tree":  # only the strict upper triangle is read: it alone gets a derivative
+        g = np.triu(g, 1)
+    exact_log_z, exact_mu, exact_hvp = exact_hessian_vector_product(support, theta, g, mask)
+    if structure == "tree":
+        exact_hvp = np.triu(exact_hvp, 1)
+    log_z, mu, hvp = backend.marginals_and_hvp(theta, g, structure, root, single_root, dtype)
+    tolerance = TOLERANCE[dtype]
+    assert abs(log_z - exact_log_z) <= tolerance * max(1.0, abs(exact_log_z))
+    np.testing.assert_allclose(mu, exact_mu, atol=tolerance, rtol=0)
+    np.testing.assert_allclose(hvp, exact_hvp, atol=tolerance * max(1.0, np.abs(exact_hvp).max()), rtol=0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+@pytest.mark.parametrize("case", range(len(ISSUE_INPUTS)))
+def test_marginal_backward_on_the_reproducers(case, backend, dtype):
+    theta, g = ISSUE_INPUTS[case]
+    _check(backend, theta, g, "arborescence", 0, False, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+@pytest.mark.parametrize("structure,root,single_root", STRUCTURES)
+@pytest.mark.parametrize("temperature", [1.0, 0.5, 0.2, 0.1, 0.05])
+def test_relaxation_backward_at_low_temperature(temperature, structure, root, single_root, backend, dtype):
+    """``theta = (logits + Gumbel) / t``, logits of scale 3: the Hessian-vector products of ``rsample``."""
+    rng = np.random.default_rng(int(temperature * 100) + root)
+    utilities = 3.0 * rng.normal(size=(5, 5)) + rng.gumbel(size=(5, 5))
+    if structure == "tree":
+        utilities = np.triu(utilities, 1) + np.triu(utilities, 1).T
+    _check(backend, utilities / temperature, rng.normal(size=(5, 5)), structure, root, single_root, dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+@pytest.mark.parametrize("structure,root,single_root", STRUCTURES)
+@pytest.mark.parametrize("scale", [1.0, 10.0, 100.0, 1000.0])
+def test_values_and_backward_at_large_logit_scales(scale, structure, root, single_root, backend):
+    rng = np.random.default_rng(int(scale) + 7 * root)
+    theta = scale * rng.normal(size=(5, 5))
+    if structure == "tree":
+        theta = np.triu(theta, 1) + np.triu(theta, 1).T
+    _check(backend, theta, rng.normal(size=(5, 5)), structure, root, single_root, "float64")
+
+
+def _noise_level(probs, count):
+    """Twice the expected total variation of ``count`` multinomial draws: sum_i sqrt(p_i (1 - p_i) / count)."""
+    return float(np.sqrt(probs * (1 - probs) / count).sum())
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+@pytest.mark.parametrize("structure,root,single_root", STRUCTURES)
+@pytest.mark.parametrize("scale", [1.0, 10.0, 100.0, 400.0, 1000.0])
+def test_exact_samplers_at_every_logit_scale(scale, structure, root, single_root, backend):
+    """No sampled structure below probability 1e-12, frequencies within the multinomial noise (float64)."""
+    n, count = 5, 4000
+    rng = np.random.default_rng(int(scale) + 11 * root + (structure == "tree"))
+    theta = scale * rng.normal(size=(n, n))
+    if structure == "tree":
+        theta = np.triu(theta, 1) + np.triu(theta, 1).T
+    support, mask = _support(structure, n, root, single_root)
+    mask = np.ones((n, n), bool) if mask is None else mask
+    scores = (support * np.where(mask, theta, 0)).sum((-2, -1))
+    probs = np.exp(scores - scores.max())
+    probs /= probs.sum()
+    x = backend.sample(theta, structure, root, single_root, count, seed=int(scale))
+    match = np.abs(x[:, None] - support[None]).sum((-2, -1)) < 0.5
+    assert match.sum(-1).min() == 1, "a sample outside the support"
+    index = match.argmax(-1)
+    assert probs[index].min() > 1e-12
+    frequencies = np.bincount(index, minlength=len(support)) / count
+    assert 0.5 * np.abs(frequencies - probs).sum() <= _noise_level(probs, count) + 1e-12
+
+
+@pytest.mark.parametrize("structure", ["tree", "arborescence"])
+def test_reverse_mode_through_vmap(structure):
+    """NumPyro vectorises particles: grad of a vmap of marginals, against the per-element loop and pyro_sst."""
+    marginals = N.spanning_tree_marginals if structure == "tree" else N.arborescence_marginals
+    scales = jnp.array([1.0, 2.0, 40.0])
+    logits = jnp.asarray(np.random.default_rng(3).normal(size=(5, 5)), jnp.float32)
+
+    def loss(x, s):
+        return (marginals(x * s) * jnp.arange(25.0).reshape(5, 5)).sum()
+
+    batched = jax.grad(lambda x: jax.vmap(lambda s: loss(x, s))(scales).sum())(logits)
+    looped = sum(jax.grad(loss)(logits, s) for s in scales)
+    np.testing.assert_allclose(batched, looped, atol=1e-4)
+    torch_marginals = P.spanning_tree_marginals if structure == "tree" else P.arborescence_marginals
+    x = torch.tensor(np.asarray(logits), requires_grad=True)
+    weights = torch.arange(25.0).reshape(5, 5)
+    sum((torch_marginals(x * float(s)) * weights).sum() for s in scales).backward()
+    np.testing.assert_allclose(batched, x.grad.numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+@pytest.mark.parametrize("temperature", [0.1, 0.05])
+def test_float32_backward_matches_float64_in_sst_use(temperature, backend):
+    """n = 10, batch 128, ``theta = (logits + Gumbel) / t``: inverse-based backwards were off by up to 460 here."""
+    rng = np.random.default_rng(int(100 * temperature))
+    theta = ((rng.normal(size=(128, 10, 10)) + rng.gumbel(size=(128, 10, 10))) / temperature).astype(np.float32)
+    g = rng.normal(size=(128, 10, 10)).astype(np.float32)
+    if backend is Torch:
+        results = []
+        for dtype in (torch.float32, torch.float64):
+            x = torch.tensor(theta, dtype=dtype, requires_grad=True)
+            (P.arborescence_marginals(x) * torch.tensor(g, dtype=dtype)).sum().backward()
+            results.append(x.grad.double().numpy())
+    else:
+        results = []
+        for dtype in ("float32", "float64"):
+            with jax.enable_x64(dtype == "float64"):
+                cotangent = jnp.asarray(g, dtype)
+                grad = jax.grad(lambda t, c=cotangent: (N.arborescence_marginals(t) * c).sum())
+                results.append(np.asarray(grad(jnp.asarray(theta, dtype)), np.float64))
+    scale = np.maximum(1.0, np.abs(results[1]).max((-2, -1), keepdims=True))
+    assert (np.abs(results[0] - results[1]) / scale).max() < 1e-3
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+@pytest.mark.parametrize(
+    "structure,seed,single_root", [("tree", 5, False), ("arborescence", 8, False), ("arborescence", 8, True)]
+)
+def test_sampler_reproducers_at_logit_scale_100(structure, seed, single_root, backend):
+    """Inputs where rank-one-updated inverses drew a tree of probability 8e-32 and arborescences at TV 0.876."""
+    theta = 100 * np.random.default_rng(seed).normal(size=(5, 5))
+    support, mask = _support(structure, 5, 0, single_root)
+    mask = np.ones((5, 5), bool) if mask is None else mask
+    scores = (support * np.where(mask, theta, 0)).sum((-2, -1))
+    probs = np.exp(scores - scores.max())
+    probs /= probs.sum()
+    x = backend.sample(theta, structure, 0, single_root, 2000, seed=0)
+    index = (np.abs(x[:, None] - support[None]).sum((-2, -1)) < 0.5).argmax(-1)
+    assert probs[index].min() > 1e-12
+    frequencies = np.bincount(index, minlength=len(support)) / 2000
+    assert 0.5 * np.abs(frequencies - probs).sum() <= _noise_level(probs, 2000) + 1e-12
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+def test_sampler_draws_the_certain_maximum_tree_at_logit_scale_400(backend):
+    """Element 0 of this batch has one tree of probability 1 (score 2067); samples of score 1108 were drawn."""
+    theta = (400 * torch.randn((2, 6, 6), generator=torch.Generator().manual_seed(15), dtype=torch.float64)).numpy()
+    best = P.max_spanning_tree(torch.tensor(theta)).numpy()
+    for b in range(2):
+        x = backend.sample(theta[b], "tree", 0, False, 200, seed=b)
+        assert (x == best[b]).all()
