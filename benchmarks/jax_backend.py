@@ -51,7 +51,19 @@ def _forward_case(name, jax_fn, torch_fn, shape):
     return row(name, ours, median_time(lambda: torch_fn(torch.tensor(w)), repeats=5), compile_s=compile_s)
 
 
+def _sampler_case(n, count, temperature):
+    """``count`` exact spanning trees of one ``(n, n)`` logit matrix divided by ``temperature``, both backends."""
+    logits = (np.random.RandomState(3).normal(size=(n, n)) / temperature).astype(np.float32)
+    ours, compile_s = _jax_timed(lambda w: numpyro_sst.ops.sample_spanning_tree(KEY, w, (count,)), jnp.asarray(logits))
+    baseline = median_time(lambda: pyro_sst.ops.sample_spanning_tree(torch.tensor(logits), (count,)), repeats=5)
+    return row(f"sample_spanning_tree {count} trees n={n} t={temperature}", ours, baseline, compile_s=compile_s)
+
+
 def cases(quick):
+    for scale in (1.0, 10.0):
+        yield _matrix_tree_case(256, 30, scale)
+    for temperature in (1.0, 0.1):
+        yield _sampler_case(50, 256, temperature)
     B, n = (64, 20) if quick else (256, 50)
     yield _relaxed_case(
         f"RelaxedSpanningTree rsample+grad ({B},{n},t=0.5)",
@@ -86,4 +98,57 @@ def cases(quick):
         lambda w: numpyro_sst.ops.sample_spanning_tree(KEY, w),
         pyro_sst.ops.sample_spanning_tree,
         (B, n, n),
+    )
+
+
+def _reference_marginals(theta):
+    """The research method in JAX: marginals as ``jax.grad`` of ``slogdet`` of the max-shifted Laplacian minor."""
+
+    def log_partition(theta):
+        theta = theta - jax.lax.stop_gradient(theta.max((-2, -1), keepdims=True))
+        n = theta.shape[-1]
+        weights = jnp.exp(theta) * (1 - jnp.eye(n, dtype=theta.dtype))
+        laplacian = jnp.eye(n, dtype=theta.dtype) * weights.sum(-2)[..., None, :] - weights
+        return jnp.linalg.slogdet(laplacian[..., 1:, 1:])[1].sum()
+
+    return jax.grad(log_partition)(theta)
+
+
+def _matrix_tree_case(B, n, scale):
+    """Marginals and the gradient of a linear loss through them (the HVP), float32, against the jitted reference."""
+    rng = np.random.RandomState(n)
+    theta = jnp.asarray(numpyro_sst.ops.symmetrize_upper(scale * rng.normal(size=(B, n, n))), jnp.float32)
+    weights = jnp.asarray(rng.normal(size=(B, n, n)), jnp.float32)
+
+    def ours(theta):
+        return jax.value_and_grad(lambda x: (numpyro_sst.ops.spanning_tree_marginals(x) * weights).sum())(theta)
+
+    def reference(theta):
+        def marginals(x):
+            mu = _reference_marginals(x)
+            return mu + jnp.swapaxes(mu, -1, -2)
+
+        return jax.value_and_grad(lambda x: (marginals(jnp.triu(x, 1)) * weights).sum())(theta)
+
+    ours_s, compile_s = _jax_timed(ours, theta)
+    reference_s, _ = _jax_timed(reference, theta)
+    with jax.enable_x64(True):
+        x64 = jnp.asarray(theta, jnp.float64)
+        exact_mu = numpyro_sst.ops.spanning_tree_marginals(x64)
+        exact_grad = jax.grad(lambda x: (numpyro_sst.ops.spanning_tree_marginals(x) * weights).sum())(x64)
+    errors = []
+    for fn in (ours, reference):
+        mu = numpyro_sst.ops.spanning_tree_marginals(theta) if fn is ours else _reference_marginals(jnp.triu(theta, 1))
+        mu = mu if fn is ours else mu + jnp.swapaxes(mu, -1, -2)
+        grad = jax.jit(fn)(theta)[1]
+        mu_error = jnp.nan_to_num(jnp.abs(mu - exact_mu), nan=jnp.inf).max()
+        grad_error = jnp.nan_to_num(jnp.abs(jnp.triu(grad, 1) - jnp.triu(exact_grad, 1)), nan=jnp.inf).max()
+        errors.append(max(float(mu_error), float(grad_error)))
+    return row(
+        f"tree marginals+grad B={B} n={n} scale={scale} vs jitted grad of slogdet",
+        ours_s,
+        reference_s,
+        compile_s=compile_s,
+        err=errors[0],
+        baseline_err=errors[1],
     )
