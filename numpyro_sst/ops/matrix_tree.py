@@ -199,7 +199,7 @@ class _Logarithmic:
         return jnp.exp(log_pi), log_pi
 
 
-def _eliminate_columns(X, space, keep_steps):
+def _eliminate_columns(X, space, keep_steps, steps_dtype):
     """Eliminate nodes ``n - 1, ..., 1`` of ``(B, n, n)`` log-weights (root first), columns normalised in ``space``.
 
     Returns ``(log_z, steps, worst)`` as pyro_sst does; the arrays keep their full size, the nodes
@@ -227,7 +227,9 @@ def _eliminate_columns(X, space, keep_steps):
             total + jnp.take(log_scale, k, axis=-1),
             jnp.maximum(worst, jnp.take(lost, k, axis=-1)),
         )
-        step = Step(jnp.where(block, space.share(old, new), 0), *space.probabilities(entering)) if keep_steps else None
+        pi, log_pi = space.probabilities(entering)
+        share = jnp.where(block, space.share(old, new), 0)
+        step = Step(share.astype(steps_dtype), pi.astype(steps_dtype), log_pi) if keep_steps else None
         return carry, step
 
     zeros = jnp.zeros(X.shape[:-2], X.dtype)
@@ -239,6 +241,7 @@ def _eliminate_columns(X, space, keep_steps):
 def eliminate(theta, root, single_root, keep_steps=False, linear=True):
     r"""The exact elimination (:class:`Elimination`) of ``(B, n, n)`` directed log-weights, in the wide dtype.
 
+    The steps' shares and parent probabilities are kept in the dtype of ``theta`` (as in pyro_sst).
     ``linear=False`` takes the log-space path for every element (the samplers need exact
     :math:`\log \pi` of every parent, however small).
     """
@@ -249,12 +252,15 @@ def eliminate(theta, root, single_root, keep_steps=False, linear=True):
         shift, smallest = _single_root_shift(X)
         X = X.at[..., 0, :].add(-shift[..., None])
     if linear:
-        log_z, steps, worst = _eliminate_columns(X, _Linear, keep_steps)
+        log_z, steps, worst = _eliminate_columns(X, _Linear, keep_steps, theta.dtype)
         info = jnp.finfo(X.dtype)
         exact = jnp.isfinite(log_z) & (worst <= linear_elimination_max_loss(float(info.eps), float(info.tiny)))
-        log_z, steps = by_tiers(exact, (log_z, steps), lambda: _eliminate_columns(X, _Logarithmic, keep_steps)[:2])
+        def logarithmic():
+            return _eliminate_columns(X, _Logarithmic, keep_steps, theta.dtype)[:2]
+
+        log_z, steps = by_tiers(exact, (log_z, steps), logarithmic)
     else:
-        log_z, steps, _ = _eliminate_columns(X, _Logarithmic, keep_steps)
+        log_z, steps, _ = _eliminate_columns(X, _Logarithmic, keep_steps, theta.dtype)
     if single_root:
         log_z = log_z + shift
         # If Z_1 > 0 then log Z_1 >= (n - 1) * smallest; if Z_1 = 0 the shift puts the value far below.

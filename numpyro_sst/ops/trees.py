@@ -127,7 +127,7 @@ def _undo_elimination(key, steps, element):
 def _sample_arborescence(key, logits, root, single_root, sample_shape):
     n = logits.shape[-1]
     theta, nan = mask_nan_elements(jax.lax.stop_gradient(directed_log_weights(logits, root)), 2)
-    theta = theta.reshape(-1, n, n)
+    theta = theta.reshape(-1, n, n).astype(wide_dtype(theta.dtype))
     elimination = eliminate(theta, root, single_root, keep_steps=True, linear=False)
     valid = jnp.isfinite(elimination.log_z)
     count = functools.reduce(lambda a, b: a * b, sample_shape, 1)

@@ -199,7 +199,7 @@ class _Logarithmic:
         return log_pi.exp(), log_pi
 
 
-def _eliminate_columns(X, space, keep_steps):
+def _eliminate_columns(X, space, keep_steps, steps_dtype):
     """Eliminate nodes ``n - 1, ..., 1`` of ``(B, n, n)`` log-weights (root first), columns normalised in ``space``.
 
     Returns ``(log_z, steps, worst)``: ``worst`` is the most nats of scale any column lost before
@@ -222,7 +222,8 @@ def _eliminate_columns(X, space, keep_steps):
         new = space.add_paths(old, entering, W[..., k, :k]).masked_fill(self_loop[:k, :k], space.absent)
         W, log_column = space.normalise(new)
         if keep_steps:
-            steps.append(Step(space.share(old, new), *space.probabilities(entering)))
+            pi, log_pi = space.probabilities(entering)
+            steps.append(Step(space.share(old, new).to(steps_dtype), pi.to(steps_dtype), log_pi))
         log_scale = log_scale[..., :k] + log_column
         lost = lost[..., :k] - log_column
     return total, steps, worst
@@ -231,8 +232,10 @@ def _eliminate_columns(X, space, keep_steps):
 def eliminate(theta, root, single_root, keep_steps=False, linear=True):
     r"""The exact elimination (:class:`Elimination`) of ``(B, n, n)`` directed log-weights, in float64.
 
-    ``linear=False`` takes the log-space path for every element (the samplers need exact
-    :math:`\log \pi` of every parent, however small).
+    The steps' shares and parent probabilities (numbers in ``[0, 1]``, each to a relative accuracy of
+    a few roundings) are kept in the dtype of ``theta``: the reverse pass and its derivative then run
+    at that precision, half the memory traffic for float32. ``linear=False`` takes the log-space
+    path for every element (the samplers need exact :math:`\log \pi` of every parent, however small).
     """
     n = theta.shape[-1]
     order = elimination_order(n, root)
@@ -241,12 +244,12 @@ def eliminate(theta, root, single_root, keep_steps=False, linear=True):
         shift, smallest = _single_root_shift(X)
         X = torch.cat([X[..., :1, :] - shift[..., None, None], X[..., 1:, :]], dim=-2)
     if not linear:
-        log_z, steps, _ = _eliminate_columns(X, _Logarithmic, keep_steps)
+        log_z, steps, _ = _eliminate_columns(X, _Logarithmic, keep_steps, theta.dtype)
     else:
-        log_z, steps, worst = _eliminate_columns(X, _Linear, keep_steps)
+        log_z, steps, worst = _eliminate_columns(X, _Linear, keep_steps, theta.dtype)
         rest = (~(torch.isfinite(log_z) & (worst <= MAX_LOSS))).nonzero().squeeze(-1)
         if rest.numel():
-            log_z_rest, steps_rest, _ = _eliminate_columns(X[rest], _Logarithmic, keep_steps)
+            log_z_rest, steps_rest, _ = _eliminate_columns(X[rest], _Logarithmic, keep_steps, theta.dtype)
             log_z = log_z.index_put((rest,), log_z_rest)
             for step, step_rest in zip(steps, steps_rest, strict=True):
                 for field, value in zip(step, step_rest, strict=True):
@@ -328,7 +331,7 @@ def _hvp(elimination, v):
     """
     order = elimination.order
     steps = elimination.steps
-    _, d_mu = _reverse(steps, _step_tangents(steps, _permute(v.double(), order)))
+    _, d_mu = _reverse(steps, _step_tangents(steps, _permute(v.to(steps[0].pi.dtype), order)))
     return _permute(d_mu, _inverse_order(order))
 
 

@@ -143,7 +143,7 @@ def _undo_elimination(steps, element, generator):
 def _sample_arborescence(logits, root, single_root, sample_shape, generator):
     n = int(logits.shape[-1])
     theta, nan = mask_nan_elements(directed_log_weights(logits, root), 2)
-    theta = theta.reshape(-1, n, n)
+    theta = theta.reshape(-1, n, n).double()
     elimination = eliminate(theta, root, single_root, keep_steps=True, linear=False)
     check_nonempty(elimination.log_z, _STRUCTURE)
     batch = theta.shape[0]
