@@ -275,3 +275,98 @@ def test_sampler_draws_the_certain_maximum_tree_at_logit_scale_400(backend):
     for b in range(2):
         x = backend.sample(theta[b], "tree", 0, False, 200, seed=b)
         assert (x == best[b]).all()
+
+
+# ------------------------------------------------------------------ numpyro_sst: every transform users compose
+def _tree_classes():
+    import numpyro_sst as S
+
+    return {
+        "RelaxedSpanningTree": lambda x: S.RelaxedSpanningTree(x, 0.5),
+        "RelaxedArborescence": lambda x: S.RelaxedArborescence(x, 0.5, root=1),
+        "RelaxedArborescence single_root": lambda x: S.RelaxedArborescence(x, 0.5, single_root=True),
+        "SpanningTree": lambda x: S.SpanningTree(x),
+        "Arborescence": lambda x: S.Arborescence(x, root=2),
+        "Arborescence single_root": lambda x: S.Arborescence(x, single_root=True),
+    }
+
+
+def _support_of(name, n):
+    if "Spanning" in name:
+        return spanning_trees(n), upper_mask(n)
+    root = {"RelaxedArborescence": 1, "Arborescence": 2}.get(name, 0)
+    return arborescences(n, root, "single_root" in name), None
+
+
+@pytest.mark.parametrize("name", list(_tree_classes()))
+def test_jit_vmap_grad_jacfwd_hessian_compose(name, x64):
+    """The Hessian of the log-partition (jacfwd over grad, and ``jax.hessian``) is the covariance of the structure."""
+    make = _tree_classes()[name]
+    n = 4
+    logits = jnp.asarray(np.random.default_rng(5).normal(size=(n, n)) * 3)
+
+    def log_partition(x):
+        return make(x).log_partition
+
+    support, mask = _support_of(name, n)
+    mask = np.ones((n, n), bool) if mask is None else mask
+    flat = support.reshape(len(support), -1) * mask.reshape(-1)
+    scores = flat @ np.asarray(logits).reshape(-1)
+    probs = np.exp(scores - scores.max())
+    probs /= probs.sum()
+    covariance = (flat.T * probs) @ flat - np.outer(probs @ flat, probs @ flat)
+    hessian = np.asarray(jax.hessian(log_partition)(logits)).reshape(n * n, n * n)
+    np.testing.assert_allclose(hessian, covariance, atol=1e-10)
+    forward_over_reverse = jax.jit(jax.jacfwd(jax.grad(log_partition)))(logits).reshape(n * n, n * n)
+    np.testing.assert_allclose(forward_over_reverse, covariance, atol=1e-10)
+    scales = jnp.array([0.5, 1.0, 2.0])
+    batched = jax.grad(lambda x: jax.vmap(lambda s: log_partition(x * s))(scales).sum())(logits)
+    looped = sum(jax.grad(lambda x, s=s: log_partition(x * s))(logits) for s in scales)
+    np.testing.assert_allclose(batched, looped, atol=1e-10)
+    np.testing.assert_allclose(
+        jax.vmap(jax.grad(log_partition))(logits[None] * scales[:, None, None])[1],
+        jax.grad(log_partition)(logits),
+        atol=1e-12,
+    )
+
+
+@pytest.mark.parametrize("name", [k for k in _tree_classes() if k.startswith("Relaxed")])
+@pytest.mark.parametrize("elbo", ["Trace_ELBO", "TraceMeanField_ELBO", "TraceRLOO_ELBO"])
+def test_svi_with_vectorised_particles(name, elbo):
+    """NumPyro vectorises particles with vmap, and SVI differentiates through it (grad of vmap)."""
+    import numpyro
+    import numpyro.distributions as ndist
+    from numpyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
+
+    from numpyro_sst.estimators import TraceRLOO_ELBO
+
+    make = _tree_classes()[name]
+    n = 5
+    data = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)))
+
+    def model():
+        x = numpyro.sample("x", make(jnp.zeros((n, n))))
+        numpyro.sample("obs", ndist.Normal(x, 1.0).to_event(2), obs=data)
+
+    def guide():
+        numpyro.sample("x", make(numpyro.param("w", jnp.zeros((n, n)))))
+
+    loss = {"Trace_ELBO": Trace_ELBO, "TraceMeanField_ELBO": TraceMeanField_ELBO, "TraceRLOO_ELBO": TraceRLOO_ELBO}
+    svi = SVI(model, guide, numpyro.optim.Adam(0.1), loss[elbo](num_particles=4))
+    result = svi.run(jax.random.PRNGKey(1), 5, progress_bar=False)
+    assert np.isfinite(np.asarray(result.losses)).all()
+    assert np.abs(np.asarray(result.params["w"])).max() > 0
+
+
+@pytest.mark.parametrize(
+    "logits,root,single_root",
+    [
+        (np.where(np.kron(np.eye(2), np.ones((2, 2))) > 0, 0.0, -np.inf), 0, False),  # two components
+        (np.where(np.arange(4)[None, :] == 3, -np.inf, np.zeros((4, 4))), 0, False),  # node 3 has no parent
+        (np.where(np.arange(4)[:, None] == 0, -np.inf, np.zeros((4, 4))), 0, True),  # the root has no out-edge
+    ],
+)
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+def test_samplers_raise_on_an_empty_support(logits, root, single_root, backend):
+    with pytest.raises(ValueError, match="no spanning tree or arborescence"):
+        backend.sample(logits, "arborescence", root, single_root, 3, seed=0)

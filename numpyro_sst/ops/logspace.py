@@ -65,18 +65,22 @@ def undefined_where_empty(mu, log_partition, event_dim):
     return fill_nan(mu, log_partition == -jnp.inf, event_dim)
 
 
-def by_tiers(ok, direct, fallback):
-    """``direct`` (a pytree of ``(B, ...)`` arrays) where the ``(B,)`` mask ``ok`` holds, ``fallback()`` elsewhere.
+def by_tiers(ok, direct, fallback, batch_axes=0):
+    """``direct`` (a pytree of arrays) where the batch mask ``ok`` holds, ``fallback()`` elsewhere.
 
-    The caller gives each tier safe inputs for the other tier's elements, so that neither's
-    derivatives leak NaN into the other's. ``lax.cond`` skips the fallback when every element is
-    trusted (under ``vmap`` both branches run and each element takes its own).
+    ``ok`` has the batch shape; it sits at axis ``batch_axes`` of every array (an int, or a pytree of
+    ints matching ``direct``). The caller gives each tier safe inputs for the other tier's elements,
+    so that neither's derivatives leak NaN into the other's. ``lax.cond`` skips the fallback when
+    every element is trusted (under ``vmap`` both branches run and each element takes its own).
     """
+    axes = jax.tree.map(lambda _: batch_axes, direct) if isinstance(batch_axes, int) else batch_axes
+
+    def pick(axis, a, b):
+        shape = (1,) * axis + ok.shape + (1,) * (a.ndim - axis - ok.ndim)
+        return jnp.where(ok.reshape(shape), a, b)
 
     def select():
-        return jax.tree.map(
-            lambda a, b: jnp.where(ok.reshape(ok.shape + (1,) * (a.ndim - ok.ndim)), a, b), direct, fallback()
-        )
+        return jax.tree.map(pick, axes, direct, fallback())
 
     return jax.lax.cond(jnp.all(ok), lambda: direct, select)
 

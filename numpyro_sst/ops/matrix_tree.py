@@ -91,11 +91,11 @@ def directed_log_weights(logits, root):
 class Step(NamedTuple):
     """What eliminating each node left behind, stacked over the steps (node ``n - 1`` down to 1), full size."""
 
-    #: ``(B, n - 1, n, n)``: the share :math:`w_{ij} / w'_{ij}` of each reduced weight that was there before
+    #: ``(n - 1, B, n, n)``: the share :math:`w_{ij} / w'_{ij}` of each reduced weight that was there before
     share: jax.Array
-    #: ``(B, n - 1, n)``: the eliminated node's parent distribution :math:`\pi` over the nodes left
+    #: ``(n - 1, B, n)``: the eliminated node's parent distribution :math:`\pi` over the nodes left
     pi: jax.Array
-    #: ``(B, n - 1, n)``: its logarithm (exact where :math:`\pi` underflows)
+    #: ``(n - 1, B, n)``: its logarithm (exact where :math:`\pi` underflows)
     log_pi: jax.Array
 
 
@@ -235,7 +235,7 @@ def _eliminate_columns(X, space, keep_steps, steps_dtype):
     zeros = jnp.zeros(X.shape[:-2], X.dtype)
     carry = (W, log_scale, jnp.zeros_like(log_scale), zeros, zeros)
     (_, _, _, total, worst), steps = jax.lax.scan(eliminate, carry, jnp.arange(n - 1, 0, -1))
-    return total, jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1), steps), worst
+    return total, steps, worst
 
 
 def eliminate(theta, root, single_root, keep_steps=False, linear=True):
@@ -258,7 +258,8 @@ def eliminate(theta, root, single_root, keep_steps=False, linear=True):
         def logarithmic():
             return _eliminate_columns(X, _Logarithmic, keep_steps, theta.dtype)[:2]
 
-        log_z, steps = by_tiers(exact, (log_z, steps), logarithmic)
+        step_axes = Step(1, 1, 1) if keep_steps else None  # the batch follows the step axis
+        log_z, steps = by_tiers(exact, (log_z, steps), logarithmic, batch_axes=(0, step_axes))
     else:
         log_z, steps, _ = _eliminate_columns(X, _Logarithmic, keep_steps, theta.dtype)
     if single_root:
@@ -287,8 +288,7 @@ def _step_tangents(steps, dX):
         dX = jnp.where(block, d_via_k + share * d_diff, dX)
         return dX, (jnp.where(block, share * (1 - share) * d_diff, 0), pi * d_log_pi)
 
-    per_step = (jnp.moveaxis(steps.share, 1, 0), jnp.moveaxis(steps.pi, 1, 0))
-    _, tangents = jax.lax.scan(tangent, dX, (per_step, jnp.arange(n - 1, 0, -1)))
+    _, tangents = jax.lax.scan(tangent, dX, ((steps.share, steps.pi), jnp.arange(n - 1, 0, -1)))
     return tangents
 
 
@@ -302,7 +302,7 @@ def _reverse(steps):
     Returns ``(mu, reduced)``; ``reduced`` stacks the :math:`\mu'` each step started from, which
     :func:`_reverse_tangents` needs.
     """
-    B, n = steps.pi.shape[0], steps.pi.shape[-1]
+    B, n = steps.pi.shape[1], steps.pi.shape[-1]
     idx = jnp.arange(n)
 
     def undo(mu, step_k):
@@ -312,14 +312,13 @@ def _reverse(steps):
         into_k = pi * (1 - through_k.sum((-2, -1))[..., None]) + through_k.sum(-1)
         return mu * share + into_k[..., :, None] * is_k + is_k[:, None] * through_k.sum(-2)[..., None, :], mu
 
-    per_step = (jnp.moveaxis(steps.share, 1, 0), jnp.moveaxis(steps.pi, 1, 0))
     zeros = jnp.zeros((B, n, n), steps.pi.dtype)
-    return jax.lax.scan(undo, zeros, (per_step, jnp.arange(n - 1, 0, -1)), reverse=True)
+    return jax.lax.scan(undo, zeros, ((steps.share, steps.pi), jnp.arange(n - 1, 0, -1)), reverse=True)
 
 
 def _reverse_tangents(steps, reduced, tangents):
     """The directional derivative of :func:`_reverse` given the steps' tangents (linear in those)."""
-    B, n = steps.pi.shape[0], steps.pi.shape[-1]
+    B, n = steps.pi.shape[1], steps.pi.shape[-1]
     idx = jnp.arange(n)
 
     def undo(d_mu, step_k):
@@ -332,7 +331,7 @@ def _reverse_tangents(steps, reduced, tangents):
         d_mu = d_mu * share + mu * d_share
         return d_mu + d_into_k[..., :, None] * is_k + is_k[:, None] * d_out_of_k[..., None, :], None
 
-    per_step = (jnp.moveaxis(steps.share, 1, 0), jnp.moveaxis(steps.pi, 1, 0), reduced, *tangents)
+    per_step = (steps.share, steps.pi, reduced, *tangents)
     zeros = jnp.zeros((B, n, n), steps.pi.dtype)
     return jax.lax.scan(undo, zeros, (per_step, jnp.arange(n - 1, 0, -1)), reverse=True)[0]
 
