@@ -23,11 +23,6 @@ def log_sum_exp(x, axis):
     return jnp.where(empty, -jnp.inf, log_s + jnp.squeeze(m, axis))
 
 
-def log_add(a, b):
-    """``log(e^a + e^b)`` with the derivatives of :func:`log_sum_exp`."""
-    return log_sum_exp(jnp.stack([a, b]), 0)
-
-
 def nan_elements(x, event_dim):
     """Batch mask of the elements with a NaN anywhere in their last ``event_dim`` dims."""
     return jnp.any(jnp.isnan(x), tuple(range(x.ndim - event_dim, x.ndim))) if event_dim else jnp.isnan(x)
