@@ -11,7 +11,7 @@ import pytest
 import torch
 from numpyro.distributions.batch_util import vmap_over
 from numpyro.distributions.kl import kl_divergence
-from numpyro.infer import SVI, Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
+from numpyro.infer import SVI, Predictive, Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 from reference import ExpFamily, k_subsets
 
 import numpyro_sst
@@ -317,3 +317,29 @@ def test_package_mirrors_pyro_sst_names():
 
     assert set(pyro_sst.__all__) <= set(numpyro_sst.__all__)
     assert set(pyro_sst.ops.__all__) == set(numpyro_sst.ops.__all__)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_construct_under_jit_with_validation_and_run_svi_and_predictive(name):
+    """Validation on (NumPyro's default): a class built inside ``jit`` from concrete logits, a model with a
+    fixed prior under SVI, and Predictive of the prior (sequential) and of the guide (parallel) all run."""
+    _, event_shape, relaxed = CASES[name]
+    prior = jnp.zeros(event_shape)
+    with numpyro.validation_enabled(True):
+        logits = jax.jit(lambda _: _make(name, prior[None]).logits)(0)
+        np.testing.assert_array_equal(logits, prior[None])
+
+        def model():
+            numpyro.sample("x", _make(name, prior))
+
+        def guide():
+            numpyro.sample("x", _make(name, numpyro.param("w", jnp.zeros(event_shape))))
+
+        elbo = Trace_ELBO() if relaxed else TraceGraph_ELBO()
+        result = SVI(model, guide, numpyro.optim.Adam(0.1), elbo).run(KEY, 3, progress_bar=False)
+        assert np.isfinite(np.asarray(result.losses)).all()
+        prior_draws = Predictive(model, num_samples=3)(KEY)["x"]  # sequential (lax.map), NumPyro's default
+        posterior = Predictive(
+            model, guide=guide, params=result.params, num_samples=3, parallel=True, return_sites=["x"]
+        )
+        assert prior_draws.shape == posterior(KEY)["x"].shape == (3,) + event_shape

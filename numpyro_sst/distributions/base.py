@@ -88,8 +88,8 @@ class StructuredDistribution(Distribution):
 
     @property
     def _free_mask(self):
-        """Which entries of ``logits`` are parameters (default: all of them)."""
-        return jnp.ones(self.event_shape, bool)
+        """Which entries of ``logits`` are parameters (default: all of them): a NumPy constant, never traced."""
+        return np.ones(self.event_shape, bool)
 
     def _canonical(self, x):
         """``x`` with the non-free entries filled in (default: unchanged)."""

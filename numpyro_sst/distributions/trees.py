@@ -1,6 +1,7 @@
 r"""Spanning trees and arborescences: relaxed (SST) and exact exponential-family classes (NumPyro)."""
 
 import jax.numpy as jnp
+import numpy as np
 from numpyro.distributions.kl import kl_divergence
 
 from sst_common.checks import check_root
@@ -28,7 +29,7 @@ class SpanningTreeStructure:
 
     @property
     def _free_mask(self):
-        return jnp.triu(jnp.ones((self.num_nodes, self.num_nodes), bool), 1)
+        return np.triu(np.ones((self.num_nodes, self.num_nodes), bool), 1)
 
     def _canonical(self, x):
         return ops.symmetrize_upper(x)
@@ -70,7 +71,7 @@ class ArborescenceStructure:
 
     @property
     def _free_mask(self):
-        idx = jnp.arange(self.num_nodes)
+        idx = np.arange(self.num_nodes)
         return (idx[:, None] != idx) & (idx != self.root)
 
     def _canonical(self, x):
