@@ -271,7 +271,7 @@ class TraceRLOO_ELBO(ELBO):
     :param int num_particles: ``>= 2``.
     """
 
-    can_infer_discrete = False
+    can_infer_discrete = True  # score-function sites are what it is for: no "discrete latent" warning
 
     def __init__(self, num_particles=2):
         super().__init__(num_particles=check_int(num_particles, "num_particles", 2))

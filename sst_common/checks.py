@@ -89,3 +89,12 @@ def check_ordered_k(k):
             f"(they sum over the k! orderings of the set), got {k}"
         )
     return k
+
+
+def check_event_shape(value, event_shape):
+    """Raise unless ``value`` (any array) ends in ``event_shape``: ``log_prob`` broadcasts only its leading dims."""
+    shape = tuple(value.shape)
+    event_shape = tuple(event_shape)
+    if shape[len(shape) - len(event_shape) :] != event_shape or len(shape) < len(event_shape):
+        layout = ", ".join(["..."] + [str(size) for size in event_shape])
+        raise ValueError(f"value must have shape ({layout}) (event shape {event_shape}), got shape {shape}")

@@ -343,3 +343,34 @@ def test_construct_under_jit_with_validation_and_run_svi_and_predictive(name):
             model, guide=guide, params=result.params, num_samples=3, parallel=True, return_sites=["x"]
         )
         assert prior_draws.shape == posterior(KEY)["x"].shape == (3,) + event_shape
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_conformance_expand_validate_args_and_value_shape(name):
+    dist = _make(name)
+    with pytest.raises(ValueError, match="Cannot broadcast distribution of shape"):
+        dist.expand((3,))
+    assert dist.expand((4, 2)).batch_shape == (4, 2)
+    with pytest.raises(ValueError, match="value must have shape"):
+        dist.log_prob(jnp.zeros(BATCH + tuple(size - 1 for size in dist.event_shape)))
+    with numpyro.validation_enabled(True):
+        dist = _make(name)
+        dist.validate_args(strict=True)  # concrete arguments: checked, and valid
+        with pytest.raises(RuntimeError, match="Cannot validate arguments inside jitted code"):
+            jax.jit(lambda x: _make(name, x).validate_args(strict=True) or x)(dist.logits)
+        jax.jit(lambda x: _make(name, x).validate_args(strict=False) or x)(dist.logits)
+        read_entry = (..., 0, -1) if len(dist.event_shape) == 2 else (..., 0)  # read by every class
+        with pytest.raises(ValueError, match="logits must be finite"):
+            _make(name, dist.logits.at[read_entry].set(jnp.nan))
+
+
+def test_trace_rloo_elbo_does_not_warn_about_discrete_latents():
+    from numpyro_sst.estimators import TraceRLOO_ELBO
+
+    def model():
+        numpyro.sample("x", KSubset(jnp.zeros(4), 2))
+
+    def guide():
+        numpyro.sample("x", KSubset(numpyro.param("w", jnp.zeros(4)), 2))
+
+    SVI(model, guide, numpyro.optim.Adam(0.1), TraceRLOO_ELBO(2)).init(KEY)  # warnings are errors in this module

@@ -11,6 +11,7 @@ from pyro.infer import SVI, Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 from reference import arborescence_family, spanning_tree_family
 from torch.distributions import kl_divergence
 
+import pyro_sst
 from pyro_sst import Arborescence, RelaxedArborescence, RelaxedSpanningTree, SpanningTree, ops
 
 
@@ -257,3 +258,23 @@ def test_svi_exact_spanning_tree_with_score_function():
         svi.step()
     q = SpanningTree(ops.symmetrize_upper(pyro.param("q_logits").detach()))
     assert torch.equal(q.mode, truth)
+
+
+@pytest.mark.parametrize(
+    "make,event_shape",
+    [
+        (lambda x: RelaxedSpanningTree(x, 0.5), (4, 4)),
+        (lambda x: RelaxedArborescence(x, 0.5, single_root=True), (4, 4)),
+        (lambda x: SpanningTree(x), (4, 4)),
+        (lambda x: Arborescence(x, root=1), (4, 4)),
+        (lambda x: pyro_sst.GumbelSinkhorn(x, 1.0), (4, 4)),
+        (lambda x: pyro_sst.RelaxedTopK(x, 2, 0.5), (5,)),
+        (lambda x: pyro_sst.KSubset(x, 2), (5,)),
+        (lambda x: pyro_sst.RelaxedOneHotCategorical(0.5, logits=x), (5,)),
+        (lambda x: pyro_sst.RelaxedOneHotCategoricalStraightThrough(0.5, logits=x), (5,)),
+    ],
+)
+def test_log_prob_of_a_value_of_the_wrong_event_shape_names_value(make, event_shape):
+    dist = make(torch.randn((2,) + event_shape))
+    with pytest.raises(ValueError, match=r"value must have shape \(\.\.\., "):
+        dist.log_prob(torch.zeros((2,) + tuple(size - 1 for size in event_shape)))

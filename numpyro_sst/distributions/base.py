@@ -15,14 +15,17 @@ options (``k``, ``root``, ``noise``, ...) are static auxiliary data, so an insta
 ``jax.jit``, ``jax.vmap`` and ``lax.map`` and is rebuilt with the same options.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from numpyro.distributions import Distribution, constraints
 from numpyro.distributions.batch_util import _default_vmap_over, vmap_over
+from numpyro.distributions.distribution import ExpandedDistribution
 from numpyro.distributions.util import validate_sample
 
-from sst_common.checks import check_noise
+from sst_common.checks import check_event_shape, check_noise
 
 from ..ops.noise import sample_noise, utility_kl, utility_log_prob
 from ..ops.validation import check_array, is_concrete
@@ -35,6 +38,19 @@ def check_same_options(q, p):
     for name in q._all_options():
         if name != "straight_through" and getattr(q, name) != getattr(p, name):
             raise ValueError(f"kl_divergence needs the same {name}, got {getattr(q, name)!r} and {getattr(p, name)!r}")
+
+
+def validate_value(log_prob):
+    """``log_prob`` that first checks the value's event shape (a ``ValueError``, not a broadcasting error), then
+    masks invalid values as NumPyro's ``validate_sample`` does."""
+    checked = validate_sample(log_prob)
+
+    @functools.wraps(log_prob)
+    def wrapper(self, value):
+        check_event_shape(value, self.event_shape)
+        return checked(self, value)
+
+    return wrapper
 
 
 def _as_temperature(temperature, logits):
@@ -82,9 +98,29 @@ class StructuredDistribution(Distribution):
         super().__init__(batch_shape, event_shape, validate_args=validate_args)
 
     def validate_args(self, strict=True):
-        """Only the entries that are read must be finite (the diagonal, say, may hold -inf); checked where known."""
-        if is_concrete(self.logits) and not bool(np.all(np.isfinite(self.logits) | ~np.asarray(self._free_mask))):
-            raise ValueError("logits must be finite (no NaN or inf) on the entries that are read")
+        """NumPyro's argument checks, except that only the entries of ``logits`` that are read must be finite.
+
+        Inside ``jit`` the values are unknown: ``strict`` raises NumPyro's ``RuntimeError``, otherwise
+        nothing is checked.
+        """
+        with jax.ensure_compile_time_eval():
+            for name, constraint in self.arg_constraints.items():
+                if name not in self.__dict__:
+                    continue  # set after Distribution.__init__ (temperature): checked where it is converted
+                value = self.__dict__[name]
+                if not is_concrete(value):
+                    if strict:
+                        raise RuntimeError("Cannot validate arguments inside jitted code.")
+                    continue
+                if name == "logits":
+                    valid = np.isfinite(np.asarray(value)) | ~self._free_mask
+                else:
+                    valid = np.asarray(constraint(value))
+                if np.all(valid):
+                    continue
+                if name == "logits":
+                    raise ValueError("logits must be finite (no NaN or inf) on the entries that are read")
+                raise ValueError(f"{type(self).__name__} distribution got invalid {name} parameter.")
 
     @property
     def _free_mask(self):
@@ -122,7 +158,7 @@ class StructuredDistribution(Distribution):
         r"""The MAP structure :math:`\arg\max_{x} \langle\theta, x\rangle` (deterministic ties)."""
         return self.solve(self.logits)
 
-    @validate_sample
+    @validate_value
     def log_prob(self, value):
         r""":math:`\langle\theta, x\rangle - A(\theta)`, summed over the free entries."""
         return self._score(value) - self.log_partition
@@ -149,6 +185,7 @@ class StructuredDistribution(Distribution):
         batch_shape = tuple(batch_shape)
         if batch_shape == self.batch_shape:
             return self
+        ExpandedDistribution._broadcast_shape(self.batch_shape, batch_shape)  # NumPyro's error for a bad shape
         new = type(self).__new__(type(self))
         self._expand_arrays(new, batch_shape)
         for name in self._all_options():

@@ -19,9 +19,9 @@ import jax.numpy as jnp
 from jax.scipy.special import gammaln
 from numpyro.distributions import constraints as numpyro_constraints
 from numpyro.distributions.kl import kl_divergence
-from numpyro.distributions.util import validate_sample
 
 from . import constraints
+from .base import validate_value
 from .subsets import RelaxedTopK
 
 __all__ = ["RelaxedOneHotCategorical", "RelaxedOneHotCategoricalStraightThrough"]
@@ -65,7 +65,7 @@ class RelaxedOneHotCategorical(RelaxedTopK):
     def support(self):
         return numpyro_constraints.simplex
 
-    @validate_sample
+    @validate_value
     def log_prob(self, value):
         """The Concrete density of a point ``value`` of the open simplex."""
         K = self.event_shape[-1]
@@ -93,7 +93,7 @@ class RelaxedOneHotCategoricalStraightThrough(RelaxedOneHotCategorical):
     def support(self):
         return constraints.k_subset(1, relaxed=False)
 
-    @validate_sample
+    @validate_value
     def log_prob(self, value):
         """:math:`\\log p(x) = \\langle\\theta, x\\rangle - \\operatorname{logsumexp}(\\theta)` for a one-hot ``x``."""
         return (self.logits * value).sum(-1) - jax.nn.logsumexp(self.logits, -1)

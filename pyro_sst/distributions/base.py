@@ -23,7 +23,7 @@ from pyro.distributions.torch_distribution import TorchDistribution
 from torch.distributions import constraints
 from torch.distributions.utils import lazy_property
 
-from sst_common.checks import check_noise
+from sst_common.checks import check_event_shape, check_noise
 
 from ..ops.noise import sample_noise, utility_kl, utility_log_prob
 from ..ops.validation import check_tensor
@@ -129,6 +129,7 @@ class StructuredDistribution(TorchDistribution):
 
     def log_prob(self, value):
         r""":math:`\langle\theta, x\rangle - A(\theta)`, summed over the free entries."""
+        check_event_shape(value, self.event_shape)
         if self._validate_args:
             self._validate_sample(value)
         return self._score(value) - self.log_partition

@@ -22,6 +22,8 @@ import torch
 from torch.distributions import constraints as torch_constraints
 from torch.distributions.kl import register_kl
 
+from sst_common.checks import check_event_shape
+
 from . import constraints
 from .subsets import RelaxedTopK
 
@@ -62,6 +64,7 @@ class RelaxedOneHotCategorical(RelaxedTopK):
 
     def log_prob(self, value):
         """The Concrete density of a point ``value`` of the open simplex."""
+        check_event_shape(value, self.event_shape)
         if self._validate_args:
             self._validate_sample(value)
         K = self.event_shape[-1]
@@ -90,6 +93,7 @@ class RelaxedOneHotCategoricalStraightThrough(RelaxedOneHotCategorical):
 
     def log_prob(self, value):
         """:math:`\\log p(x) = \\langle\\theta, x\\rangle - \\operatorname{logsumexp}(\\theta)` for a one-hot ``x``."""
+        check_event_shape(value, self.event_shape)
         if self._validate_args:
             self._validate_sample(value)
         return (self.logits * value).sum(-1) - self.logits.logsumexp(-1)
