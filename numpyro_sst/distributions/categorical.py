@@ -59,7 +59,9 @@ class RelaxedOneHotCategorical(RelaxedTopK):
         return jax.nn.softmax(self.logits, -1)
 
     def _relax(self, scores):
-        return jax.nn.softmax(scores, -1)  # = the k = 1 subset marginals, without the subset DP
+        # softmax from its logarithm, each entry at least the dtype's smallest normal number (see pyro_sst): an
+        # underflowed 0 would make log_prob of the sample -inf or NaN. XLA flushes subnormals: bound after exp.
+        return jnp.maximum(jnp.exp(jax.nn.log_softmax(scores, -1)), jnp.finfo(scores.dtype).tiny)
 
     @property
     def support(self):

@@ -56,7 +56,11 @@ class RelaxedOneHotCategorical(RelaxedTopK):
         return self.logits.softmax(-1)
 
     def _relax(self, scores):
-        return scores.softmax(-1)  # = the k = 1 subset marginals, without the subset DP
+        # softmax (the k = 1 subset marginals) from its logarithm, each entry at least the dtype's smallest normal
+        # number: an entry that underflowed to 0 (t = 0.1 over 1000 classes) would make log_prob of the sample
+        # -inf or NaN; the Concrete density at the returned point is then finite, and the point moves by at most
+        # K * tiny. The bound is applied after exp, which may round tiny to a subnormal that is flushed to 0.
+        return scores.log_softmax(-1).exp().clamp(min=torch.finfo(scores.dtype).tiny)
 
     @property
     def support(self):
