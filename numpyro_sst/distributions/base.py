@@ -140,8 +140,12 @@ class StructuredDistribution(Distribution):
         return x.sum(tuple(range(-self.event_dim, 0)))
 
     def _score(self, value):
-        """``<theta, value>`` over the free entries, broadcasting over leading dims."""
-        return self._sum_event(jnp.where(self._free_mask, self.logits * value, 0))
+        """``<theta, value>`` over the free entries, broadcasting over leading dims.
+
+        Entries where ``value`` is 0 add 0, also where the logit is ``-inf`` (an absent edge or item), with
+        zero gradients there.
+        """
+        return self._sum_event(_product_where_nonzero(self.logits, value, self._free_mask))
 
     @property
     def log_partition(self):
@@ -330,11 +334,18 @@ class PerturbAndRelax(StructuredDistribution):
         return self._sum_event(jnp.where(self._free_mask, kl, 0))
 
 
+def _product_where_nonzero(x, y, mask):
+    """``x * y`` on ``mask`` where ``y != 0``, else 0: no ``inf * 0`` (or ``nan``) in the value or the gradient."""
+    present = (y != 0) & mask
+    return jnp.where(present, jnp.where(present, x, 0) * y, 0)
+
+
 def exp_family_kl(q, p):
     r""":math:`\mathrm{KL}(q\|p) = A(\theta_p) - A(\theta_q) + \langle\theta_q - \theta_p, \mu(\theta_q)\rangle`."""
     check_same_options(q, p)
-    diff = jnp.where(q._free_mask, q.logits - p.logits, 0)
-    return p.log_partition - q.log_partition + q._sum_event(diff * q.marginals)
+    # Entries absent from q (marginal 0) add 0, whatever p says; absent from p only: +inf.
+    diff_times_mu = _product_where_nonzero(q.logits - p.logits, q.marginals, q._free_mask)
+    return p.log_partition - q.log_partition + q._sum_event(diff_times_mu)
 
 
 @vmap_over.register

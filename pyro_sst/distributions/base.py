@@ -109,8 +109,12 @@ class StructuredDistribution(TorchDistribution):
         return x.sum(tuple(range(-self.event_dim, 0)))
 
     def _score(self, value):
-        """``<theta, value>`` over the free entries, broadcasting over leading dims."""
-        return self._sum_event(self.logits * value * self._free_mask)
+        """``<theta, value>`` over the free entries, broadcasting over leading dims.
+
+        Entries where ``value`` is 0 add 0, also where the logit is ``-inf`` (an absent edge or item), with
+        zero gradients there.
+        """
+        return self._sum_event(_product_where_nonzero(self.logits, value, self._free_mask))
 
     @lazy_property
     def log_partition(self):
@@ -295,8 +299,15 @@ class PerturbAndRelax(StructuredDistribution):
         return self._sum_event(torch.where(self._free_mask, kl, torch.zeros_like(kl)))
 
 
+def _product_where_nonzero(x, y, mask):
+    """``x * y`` on ``mask`` where ``y != 0``, else 0: no ``inf * 0`` (or ``nan``) in the value or the gradient."""
+    present = (y != 0) & mask
+    return torch.where(present, torch.where(present, x, 0) * y, 0)
+
+
 def exp_family_kl(q, p):
     r""":math:`\mathrm{KL}(q\|p) = A(\theta_p) - A(\theta_q) + \langle\theta_q - \theta_p, \mu(\theta_q)\rangle`."""
     check_same_options(q, p)
-    diff = (q.logits - p.logits) * q._free_mask
-    return p.log_partition - q.log_partition + q._sum_event(diff * q.marginals)
+    # Entries absent from q (marginal 0) add 0, whatever p says; absent from p only: +inf.
+    diff_times_mu = _product_where_nonzero(q.logits - p.logits, q.marginals, q._free_mask)
+    return p.log_partition - q.log_partition + q._sum_event(diff_times_mu)
