@@ -42,7 +42,7 @@ from numpyro.handlers import replay, seed
 from numpyro.infer.elbo import ELBO
 from numpyro.infer.util import log_density
 
-from sst_common.checks import check_int
+from sst_common.checks import check_int, check_per_structure
 
 from . import ops
 from .distributions.base import ExponentialFamily, PerturbAndRelax
@@ -62,13 +62,18 @@ class Estimate(NamedTuple):
     baseline_loss: Optional[jax.Array] = None
 
 
+def _per_structure(f, structures, dist, name="f"):
+    """``f(structures)``, checked to hold one value per structure (a ``ValueError`` naming ``name`` otherwise)."""
+    return check_per_structure(f(structures), structures, len(dist.event_shape), name)
+
+
 def _centred(x):
     """Value 0, gradient that of ``x``."""
     return x - jax.lax.stop_gradient(x)
 
 
 def _unsupported(dist, what):
-    note = f" with noise={dist.noise!r} (needs 'gumbel')" if isinstance(dist, PerturbAndRelax) else ""
+    note = f" with noise={dist.noise!r} (needs 'gumbel')" if getattr(dist, "noise", "gumbel") != "gumbel" else ""
     return ValueError(f"dist: {what} does not support {type(dist).__name__}{note}")
 
 
@@ -89,7 +94,7 @@ def exact_expectation(f, dist):
     no closed form: use the exponential-family classes for exact references.
     """
     values, log_probs = _support(dist)
-    return (jnp.exp(log_probs) * f(values)).sum(0)
+    return (jnp.exp(log_probs) * _per_structure(f, values, dist)).sum(0)
 
 
 def _support(dist):
@@ -123,7 +128,7 @@ def score_function(key, f, dist, num_samples=1, baseline=None):
     n = check_int(num_samples, "num_samples", 1)
     _check_baseline(baseline, n)
     x, log_q = _hard_samples_and_scores(key, dist, n)
-    values = f(x)
+    values = _per_structure(f, x, dist)
     fixed = jax.lax.stop_gradient(values)
     b = _baseline_values(baseline, fixed, n)
     surrogate = values + (fixed - jax.lax.stop_gradient(b)) * _centred(log_q)
@@ -195,8 +200,9 @@ def _relaxed(dist, z, temperature):
 def _relax_estimate(key, f, dist, control_variate, num_samples):
     n = check_int(num_samples, "num_samples", 1)
     z, hard, z_tilde, log_p_hard, log_p_order = _conditional_draws(key, dist, n)
-    f_hard = f(hard)
-    c_z, c_tilde = control_variate(z), control_variate(z_tilde)
+    f_hard = _per_structure(f, hard, dist)
+    c_z = _per_structure(control_variate, z, dist, "control_variate")
+    c_tilde = control_variate(z_tilde)
     # No path to the logits: the coefficient of the score terms (it still depends on c's own parameters).
     c_fixed = control_variate(jax.lax.stop_gradient(z_tilde))
     surrogate = (

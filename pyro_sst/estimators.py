@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch.distributions import Bernoulli
 from torch.distributions import RelaxedBernoulli as TorchRelaxedBernoulli
 
-from sst_common.checks import check_int
+from sst_common.checks import check_int, check_per_structure
 
 from . import ops
 from .distributions.base import ExponentialFamily, PerturbAndRelax
@@ -57,6 +57,11 @@ class Estimate(NamedTuple):
     baseline_loss: Optional[torch.Tensor] = None
 
 
+def _per_structure(f, structures, dist, name="f"):
+    """``f(structures)``, checked to hold one value per structure (a ``ValueError`` naming ``name`` otherwise)."""
+    return check_per_structure(f(structures), structures, len(dist.event_shape), name)
+
+
 def _centred(x):
     """Value 0, gradient that of ``x``."""
     return x - x.detach()
@@ -67,7 +72,7 @@ def _unsupported(dist, what):
 
 
 def _noise_note(dist):
-    return f" with noise={dist.noise!r} (needs 'gumbel')" if isinstance(dist, PerturbAndRelax) else ""
+    return f" with noise={dist.noise!r} (needs 'gumbel')" if getattr(dist, "noise", "gumbel") != "gumbel" else ""
 
 
 def _is_gumbel_subset(dist):
@@ -87,7 +92,7 @@ def exact_expectation(f, dist):
     no closed form: use the exponential-family classes for exact references.
     """
     values, log_probs = _support(dist)
-    return (log_probs.exp() * f(values)).sum(0)
+    return (log_probs.exp() * _per_structure(f, values, dist)).sum(0)
 
 
 def _support(dist):
@@ -116,7 +121,7 @@ def score_function(f, dist, num_samples=1, baseline=None):
     n = check_int(num_samples, "num_samples", 1)
     _check_baseline(baseline, n)
     x, log_q = _hard_samples_and_scores(dist, n)
-    values = f(x)
+    values = _per_structure(f, x, dist)
     b = _baseline_values(baseline, values.detach(), n)
     surrogate = values + (values.detach() - b.detach()) * _centred(log_q)
     return Estimate(surrogate.mean(0), ((values.detach() - b) ** 2).mean(0))
@@ -186,8 +191,9 @@ def _relaxed(dist, z, temperature):
 def _relax_estimate(f, dist, control_variate, num_samples):
     n = check_int(num_samples, "num_samples", 1)
     z, hard, z_tilde, log_p_hard, log_p_order = _conditional_draws(dist, n)
-    f_hard = f(hard)
-    c_z, c_tilde = control_variate(z), control_variate(z_tilde)
+    f_hard = _per_structure(f, hard, dist)
+    c_z = _per_structure(control_variate, z, dist, "control_variate")
+    c_tilde = control_variate(z_tilde)
     # No path to the logits: the coefficient of the score terms (it still depends on c's own parameters).
     c_fixed = control_variate(z_tilde.detach())
     surrogate = (

@@ -98,3 +98,18 @@ def check_event_shape(value, event_shape):
     if shape[len(shape) - len(event_shape) :] != event_shape or len(shape) < len(event_shape):
         layout = ", ".join(["..."] + [str(size) for size in event_shape])
         raise ValueError(f"value must have shape ({layout}) (event shape {event_shape}), got shape {shape}")
+
+
+def check_per_structure(values, structures, event_ndim, name="f"):
+    """Raise unless ``values`` (what ``name`` returned for ``structures``) has one entry per structure.
+
+    ``structures`` has shape ``sample_shape + batch_shape + event_shape``; ``values`` must have shape
+    ``sample_shape + batch_shape``.
+    """
+    expected = tuple(structures.shape[: len(structures.shape) - event_ndim])
+    if tuple(values.shape) != expected:
+        raise ValueError(
+            f"{name} must return one value per structure: shape {expected} (sample_shape + batch_shape) for "
+            f"structures of shape {tuple(structures.shape)}, got shape {tuple(values.shape)}"
+        )
+    return values

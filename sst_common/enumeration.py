@@ -78,7 +78,7 @@ def k_subsets(d, k):
     """All k-hot vectors of length ``d`` in lexicographic order of their index sets, ``(C(d, k), d)``."""
     if math.comb(d, k) > MAX_SUBSETS:
         raise ValueError(f"enumerate_k_subsets: C(d={d}, k={k}) = {math.comb(d, k)} subsets is too many (max 10^6)")
-    index = np.array(list(itertools.combinations(range(d), k)), dtype=np.int64).reshape(-1, k)
+    index = np.array(list(itertools.combinations(range(d), k)), dtype=np.int64).reshape(math.comb(d, k), k)
     x = np.zeros((index.shape[0], d))
     np.put_along_axis(x, index, 1.0, axis=-1)
     return x

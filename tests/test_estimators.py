@@ -385,3 +385,39 @@ def test_numpyro_svi_with_trace_rloo_elbo_recovers_a_subset():
     svi = SVI(model, guide, numpyro.optim.Adam(0.1), NE.TraceRLOO_ELBO(num_particles=4))
     result = svi.run(jax.random.PRNGKey(4), 300, progress_bar=False)
     np.testing.assert_array_equal(numpyro_sst.KSubset(result.params["logits"], k).mode, truth)
+
+
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        lambda x: x.sum(),  # one number for the whole batch of draws
+        lambda x: x,  # per-entry values
+        lambda x: x.sum(tuple(range(1, x.ndim))),  # the batch reduced
+    ],
+)
+def test_estimators_raise_when_f_does_not_return_one_value_per_structure(wrong):
+    message = "f must return one value per structure"
+    logits = torch.randn(3, 5)
+    with pytest.raises(ValueError, match=message):
+        PE.score_function(wrong, pyro_sst.RelaxedTopK(logits, 2, 0.5), num_samples=4)
+    with pytest.raises(ValueError, match=message):
+        PE.rebar(wrong, pyro_sst.RelaxedTopK(logits, 2, 0.5), num_samples=4)
+    with pytest.raises(ValueError, match=message):
+        PE.exact_expectation(wrong, pyro_sst.KSubset(logits, 2))
+    with pytest.raises(ValueError, match="control_variate must return one value per structure"):
+        PE.relax(lambda x: x.sum(-1), pyro_sst.RelaxedTopK(logits, 2, 0.5), wrong, num_samples=4)
+    jax_logits = jnp.asarray(logits.numpy())
+    key = jax.random.PRNGKey(0)
+    with pytest.raises(ValueError, match=message):
+        NE.score_function(key, wrong, numpyro_sst.RelaxedTopK(jax_logits, 2, 0.5), num_samples=4)
+    with pytest.raises(ValueError, match=message):
+        NE.rebar(key, wrong, numpyro_sst.RelaxedTopK(jax_logits, 2, 0.5), num_samples=4)
+    with pytest.raises(ValueError, match=message):
+        NE.exact_expectation(wrong, numpyro_sst.KSubset(jax_logits, 2))
+
+
+def test_unsupported_distribution_error_names_the_class_not_the_noise():
+    with pytest.raises(ValueError, match=r"does not support GumbelSinkhorn$"):
+        PE.exact_expectation(lambda x: x.sum((-2, -1)), pyro_sst.GumbelSinkhorn(torch.zeros(3, 3), 1.0))
+    with pytest.raises(ValueError, match=r"does not support GumbelSinkhorn$"):
+        NE.exact_expectation(lambda x: x.sum((-2, -1)), numpyro_sst.GumbelSinkhorn(jnp.zeros((3, 3)), 1.0))

@@ -374,3 +374,23 @@ def test_trace_rloo_elbo_does_not_warn_about_discrete_latents():
         numpyro.sample("x", KSubset(numpyro.param("w", jnp.zeros(4)), 2))
 
     SVI(model, guide, numpyro.optim.Adam(0.1), TraceRLOO_ELBO(2)).init(KEY)  # warnings are errors in this module
+
+
+@pytest.mark.parametrize("name", sorted(name for name, case in CASES.items() if case[2]))
+def test_non_positive_temperature_under_jit_gives_nan(name):
+    """Eagerly a non-positive temperature raises; under jit its batch elements are NaN, the others unaffected."""
+    build = {
+        "GumbelSinkhorn": lambda x, t: GumbelSinkhorn(x, t),
+        "RelaxedArborescence": lambda x, t: RelaxedArborescence(x, t, root=1, single_root=True),
+        "RelaxedOneHotCategorical": lambda x, t: RelaxedOneHotCategorical(t, logits=x),
+        "RelaxedSpanningTree": lambda x, t: RelaxedSpanningTree(x, t),
+        "RelaxedTopK": lambda x, t: RelaxedTopK(x, 2, t),
+        "RelaxedTopK-euclidean-st": lambda x, t: RelaxedTopK(x, 2, t, relaxation="euclidean"),
+    }[name]
+    _, event_shape, _ = CASES[name]
+    logits = _logits(event_shape)
+    with pytest.raises(ValueError, match="temperature"):
+        build(logits, jnp.array([0.5, -1.0]))
+    for bad in (-1.0, 0.0):
+        x = jax.jit(lambda t: build(logits, t).sample(KEY))(jnp.array([0.5, bad]))
+        assert bool(jnp.isnan(x[1]).all()) and bool(jnp.isfinite(x[0]).all())

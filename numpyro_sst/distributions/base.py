@@ -300,8 +300,15 @@ class PerturbAndRelax(StructuredDistribution):
         return self._sum_event(jnp.where(self._free_mask, log_p, 0))
 
     def relax(self, utilities):
-        r"""The relaxed sample for given utilities, e.g. :math:`\mu(U / t)` (differentiable)."""
-        return self._relax(utilities / self._per_event(self.temperature))
+        r"""The relaxed sample for given utilities, e.g. :math:`\mu(U / t)` (differentiable).
+
+        A non-positive temperature raises at construction on concrete values; under ``jit`` (values unknown
+        there) those batch elements come out NaN, with zero gradients.
+        """
+        t = self._per_event(self.temperature)
+        positive = t > 0
+        relaxed = self._relax(utilities / jnp.where(positive, t, 1))
+        return jnp.where(positive, relaxed, jnp.nan)
 
     def _relax(self, scores):
         """The regularised argmax of ``scores = U / t`` (default: the exponential-family marginals)."""
