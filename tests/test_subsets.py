@@ -365,3 +365,15 @@ def test_relaxed_top_k_with_k1_is_gumbel_softmax_and_matches_pyro_concrete():
     torch.testing.assert_close(st.log_prob(x), (logits.log_softmax(-1) * x).sum(-1))
     (x * torch.arange(5.0)).sum().backward()
     assert logits.grad.abs().sum() > 0
+
+
+def test_k_zero_enumerates_the_empty_subset_in_both_backends():
+    import jax.numpy as jnp
+
+    import numpyro_sst
+
+    support = KSubset(torch.zeros(4), 0).enumerate_support()
+    assert support.shape == (1, 4) and support.sum() == 0
+    assert KSubset(torch.zeros(4), 0).log_prob(support).item() == 0.0
+    jax_support = numpyro_sst.KSubset(jnp.zeros(4), 0).enumerate_support()
+    assert jax_support.shape == (1, 4) and float(jax_support.sum()) == 0.0
