@@ -21,9 +21,9 @@ import pyro_sst.ops as P
 #: worst error allowed relative to max(1, |H g|): float32 keeps about 7 digits through the elimination, float64 15
 TOLERANCE = {"float32": 1e-4, "float64": 1e-9}
 
-# The issue's reproducers: inverse-based marginals had correct values but a backward off by 1.3e4 (float32) and
-# 4.9e-4 (float64) here.
-ISSUE_INPUTS = [
+# Inputs where the backward of inverse-formula marginals is off by 1.3e4 (float32, the first) and 4.9e-4
+# (float64, the second), although the marginals themselves are right.
+HARD_BACKWARD_INPUTS = [
     (
         [
             [0, -48.6, -6.9, 5.7, -5.5],
@@ -145,9 +145,9 @@ def _check(backend, theta, g, structure, root, single_root, dtype):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
-@pytest.mark.parametrize("case", range(len(ISSUE_INPUTS)))
+@pytest.mark.parametrize("case", range(len(HARD_BACKWARD_INPUTS)))
 def test_marginal_backward_on_the_reproducers(case, backend, dtype):
-    theta, g = ISSUE_INPUTS[case]
+    theta, g = HARD_BACKWARD_INPUTS[case]
     _check(backend, theta, g, "arborescence", 0, False, dtype)
 
 
@@ -227,7 +227,7 @@ def test_reverse_mode_through_vmap(structure):
 @pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
 @pytest.mark.parametrize("temperature", [0.1, 0.05])
 def test_float32_backward_matches_float64_in_sst_use(temperature, backend):
-    """n = 10, batch 128, ``theta = (logits + Gumbel) / t``: inverse-based backwards were off by up to 460 here."""
+    """n = 10, batch 128, ``theta = (logits + Gumbel) / t``: inverse-formula backwards are off by up to 460 here."""
     rng = np.random.default_rng(int(100 * temperature))
     theta = ((rng.normal(size=(128, 10, 10)) + rng.gumbel(size=(128, 10, 10))) / temperature).astype(np.float32)
     g = rng.normal(size=(128, 10, 10)).astype(np.float32)
@@ -253,7 +253,7 @@ def test_float32_backward_matches_float64_in_sst_use(temperature, backend):
     "structure,seed,single_root", [("tree", 5, False), ("arborescence", 8, False), ("arborescence", 8, True)]
 )
 def test_sampler_reproducers_at_logit_scale_100(structure, seed, single_root, backend):
-    """Inputs where rank-one-updated inverses drew a tree of probability 8e-32 and arborescences at TV 0.876."""
+    """Logit scale 100, where samplers on rank-one-updated inverses draw trees of probability 8e-32."""
     theta = 100 * np.random.default_rng(seed).normal(size=(5, 5))
     support, mask = _support(structure, 5, 0, single_root)
     mask = np.ones((5, 5), bool) if mask is None else mask
@@ -269,7 +269,7 @@ def test_sampler_reproducers_at_logit_scale_100(structure, seed, single_root, ba
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
 def test_sampler_draws_the_certain_maximum_tree_at_logit_scale_400(backend):
-    """Element 0 of this batch has one tree of probability 1 (score 2067); samples of score 1108 were drawn."""
+    """Element 0 of this batch has one tree of probability 1 (score 2067); a sampler on inverses draws score 1108."""
     theta = (400 * torch.randn((2, 6, 6), generator=torch.Generator().manual_seed(15), dtype=torch.float64)).numpy()
     best = P.max_spanning_tree(torch.tensor(theta)).numpy()
     for b in range(2):

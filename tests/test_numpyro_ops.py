@@ -198,9 +198,9 @@ def test_two_batched_matrix_tree_calls_in_one_program_finish():
     subprocess.run([sys.executable, "-c", program], check=True, timeout=120)
 
 
-def test_float32_singular_minor_in_a_large_batch_takes_the_exact_tier():
-    # Element 3372 has a float32-singular minor (a pair of nodes cut off by underflow); in a batch of
-    # 20000 XLA's CPU max skipped its NaN rows, so it passed the inverse tier's test and came out NaN.
+def test_float32_singular_minor_in_a_large_batch_is_exact():
+    # Element 3372 has a float32-singular Laplacian minor (a pair of nodes cut off by underflow), in a batch
+    # of 20000 (where XLA's CPU max can skip NaN rows, so a NaN-propagating check would not see it).
     rng = np.random.RandomState(0)
     theta = rng.normal(size=(5, 5)).astype(np.float32)
     scores = (theta + rng.gumbel(size=(20000, 5, 5)).astype(np.float32)) / 0.1

@@ -255,6 +255,7 @@ def eliminate(theta, root, single_root, keep_steps=False, linear=True):
         log_z, steps, worst = _eliminate_columns(X, _Linear, keep_steps, theta.dtype)
         info = jnp.finfo(X.dtype)
         exact = jnp.isfinite(log_z) & (worst <= linear_elimination_max_loss(float(info.eps), float(info.tiny)))
+
         def logarithmic():
             return _eliminate_columns(X, _Logarithmic, keep_steps, theta.dtype)[:2]
 
