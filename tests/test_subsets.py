@@ -1,6 +1,7 @@
 """k-subsets: ops and distributions against brute-force enumeration."""
 
 import math
+import warnings
 
 import numpy as np
 import pyro
@@ -377,3 +378,11 @@ def test_k_zero_enumerates_the_empty_subset_in_both_backends():
     assert KSubset(torch.zeros(4), 0).log_prob(support).item() == 0.0
     jax_support = numpyro_sst.KSubset(jnp.zeros(4), 0).enumerate_support()
     assert jax_support.shape == (1, 4) and float(jax_support.sum()) == 0.0
+
+
+def test_k_subset_backward_emits_no_deprecation_warning():
+    x = torch.randn(3, 6, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (ops.subset_marginals(x, 2) * torch.randn(3, 6)).sum().backward()
+    assert torch.isfinite(x.grad).all()

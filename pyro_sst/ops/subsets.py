@@ -37,6 +37,7 @@ results (NaN-filled samples and masks) for its batch element.
 
 import functools
 import math
+import warnings
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -327,7 +328,11 @@ class _SubsetMarginals(torch.autograd.Function):
         (theta,) = ctx.saved_tensors
         flat, nan = mask_nan_elements(_flat(theta), 1)
         v = _flat(grad_mu).masked_fill(nan[..., None], 0)
-        _, hvp = torch.func.jvp(lambda t: _subset_marginals(t, ctx.k)[0], (flat,), (v,))
+        with warnings.catch_warnings():
+            # torch.func.jvp scripts a helper of torch's own with torch.jit.script, which torch 2.13 reports as
+            # deprecated: nothing this library or its users can change.
+            warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", DeprecationWarning)
+            _, hvp = torch.func.jvp(lambda t: _subset_marginals(t, ctx.k)[0], (flat,), (v,))
         return hvp.masked_fill(nan[..., None], 0).reshape(theta.shape), None
 
 
