@@ -115,7 +115,7 @@ def _uniform(shape, like, generator):
 def _root_component(parent, cut, k):
     """``(N, k)``: whether the path from each node to the root (node 0) crosses no ``cut`` edge (pointer doubling)."""
     ancestor = parent[:, :k]
-    for _ in range(max(k - 1, 1).bit_length()):
+    for _ in range(_doublings(k)):
         cut = cut | cut.gather(-1, ancestor)
         ancestor = ancestor.gather(-1, ancestor)
     return ~cut
