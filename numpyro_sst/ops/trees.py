@@ -16,6 +16,7 @@ gives NaN log-partitions, marginals, samples and modes for that batch element.
 """
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -130,8 +131,7 @@ def _sample_arborescence(key, logits, root, single_root, sample_shape):
     theta = theta.reshape(-1, n, n).astype(wide_dtype(theta.dtype))
     elimination = eliminate(theta, root, single_root, keep_steps=True, linear=False)
     valid = jnp.isfinite(elimination.log_z)
-    count = functools.reduce(lambda a, b: a * b, sample_shape, 1)
-    element = jnp.tile(jnp.arange(theta.shape[0]), count)
+    element = jnp.tile(jnp.arange(theta.shape[0]), math.prod(sample_shape))
     parent = _undo_elimination(jax.random.fold_in(key, 0), elimination.steps, element)
     if single_root:
 
