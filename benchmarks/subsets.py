@@ -1,7 +1,13 @@
 """Relaxed top-k, exponential-family relaxation: ``RelaxedTopK.relax(U)`` then ``backward()``, float32, against a
 NumPy log-space forward-backward DP for the marginals whose backward is a central finite difference along the
 cotangent (valid because the Jacobian of the marginals is the symmetric Hessian of the log-partition). Errors are
-max abs errors of the relaxed sample against float64 exact values."""
+max abs errors of the relaxed sample against float64 exact values. The d = 10^4 rows (B = 1) run each backend in a
+fresh process and give its time (``jax`` jitted, after compilation) and peak resident memory, torch or JAX
+included."""
+
+import multiprocessing
+import resource
+import time
 
 import numpy as np
 import torch
@@ -12,6 +18,8 @@ from .common import median_time, row
 
 FULL = [(128, 100, 10), (16, 10_000, 100)]
 QUICK = FULL
+LARGE_D = 10_000
+LARGE_K = [10, 1000, 5000, 9000]
 TEMPERATURE = 0.5
 
 
@@ -75,6 +83,59 @@ def case(B, d, k):
     )
 
 
+def _large_d_child(backend, k, out):
+    """In a fresh process: the median of 3 rsample + backward at (1, LARGE_D) and the peak RSS (GB)."""
+    rng = np.random.default_rng(0)
+    logits, cotangent = rng.normal(size=LARGE_D), rng.normal(size=LARGE_D)
+    if backend == "pyro":
+        logits_t = torch.tensor(logits, dtype=torch.float32, requires_grad=True)
+
+        def step():
+            x = RelaxedTopK(logits_t, k, TEMPERATURE).rsample()
+            (x * torch.tensor(cotangent, dtype=torch.float32)).sum().backward()
+
+    else:
+        import jax
+        import jax.numpy as jnp
+
+        import numpyro_sst
+
+        key = jax.random.PRNGKey(0)
+        grad = jax.jit(jax.grad(lambda x: (numpyro_sst.RelaxedTopK(x, k, TEMPERATURE).rsample(key) * cotangent).sum()))
+        logits_j = jnp.asarray(logits, jnp.float32)
+
+        def step():
+            grad(logits_j).block_until_ready()
+
+    out.put((median_time(step, 3), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20))
+
+
+def large_case(k):
+    context = multiprocessing.get_context("spawn")
+    results = {}
+    for backend in ("pyro", "numpyro"):
+        queue = context.Queue()
+        child = context.Process(target=_large_d_child, args=(backend, k, queue))
+        child.start()
+        results[backend] = queue.get()
+        child.join()
+    theta = np.random.default_rng(0).normal(size=(1, LARGE_D)) / TEMPERATURE
+    start = time.perf_counter()
+    numpy_marginals(theta, min(k, LARGE_D - k))  # the DP on the complement for k > d / 2, forward only
+    numpy_s = time.perf_counter() - start
+    return row(
+        f"top-k exp_family B=1 d={LARGE_D} k={k}",
+        results["pyro"][0],
+        numpy_s,
+        pyro_peak_gb=results["pyro"][1],
+        numpyro_s=results["numpyro"][0],
+        numpyro_peak_gb=results["numpyro"][1],
+        note="baseline: the NumPy DP's forward only",
+    )
+
+
 def cases(quick):
     for B, d, k in QUICK if quick else FULL:
         yield case(B, d, k)
+    for k in LARGE_K[2:] if quick else LARGE_K:
+        yield large_case(k)

@@ -113,3 +113,14 @@ def check_per_structure(values, structures, event_ndim, name="f"):
             f"structures of shape {tuple(structures.shape)}, got shape {tuple(values.shape)}"
         )
     return values
+
+
+#: the check on ``logits`` under validation: only the entries a structure reads are parameters
+INVALID_LOGITS = "logits must be finite (no NaN or inf) on the entries that are read"
+#: categoricals: ``-inf`` is a class of probability 0 (as in torch's and NumPyro's ``Categorical``)
+INVALID_CATEGORICAL_LOGITS = "logits must not be NaN or +inf (-inf marks a class of probability 0)"
+NO_CLASS = "logits: every class is absent (-inf) in some batch element, so its samples are undefined"
+INVALID_PROBS = (
+    "probs must be finite and nonnegative with a positive sum over the last dimension (a class of probability 0 "
+    "is absent)"
+)

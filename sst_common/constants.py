@@ -24,3 +24,23 @@ def linear_elimination_max_loss(eps, tiny):
     error ``eps`` while ``L <= log(eps / tiny) - margin``: 662 nats in float64, 61 in float32.
     """
     return math.log(eps / tiny) - LINEAR_ELIMINATION_MARGIN
+
+
+def subset_tilt_bisection_steps(d):
+    r"""Bisection steps for the tilt :math:`\tau` of the k-subset passes over ``d`` items.
+
+    The passes run on :math:`p_i = \sigma(\theta_i - \tau)` and need the count :math:`N \sim
+    \text{PoissonBinomial}(p)` to have its mean near ``k``, so that :math:`P(N = k)` is far from underflow
+    (any :math:`\tau` is exact). The bracket has width :math:`2 \log d + 1`; ``m`` halvings leave
+    :math:`\Delta\tau \le 4 / d`, so the mean misses ``k`` by at most :math:`e\,\sigma^2 \Delta\tau`,
+    i.e. :math:`5.4 / \sqrt d` standard deviations: :math:`P(N = k)` stays near the mode's.
+    """
+    width = 2 * math.log(max(d, 2)) + 1
+    return max(1, math.ceil(math.log2(width * d / 4)))
+
+
+#: k-subset passes: count distributions with at most this many coefficients are multiplied directly (every
+#: coefficient to a few roundings, relative); longer ones by FFT, in ``O(L log L)`` instead of ``O(L^2)`` time and
+#: memory. FFT's error is absolute, a few roundings times ``log L`` on probability vectors, and the coefficients
+#: that the results divide by lie at the mode of the count, at least ``1 / (2 sigma + 2)``.
+SUBSET_DIRECT_CONVOLUTION_MAX_LENGTH = 64

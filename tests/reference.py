@@ -82,6 +82,32 @@ def permutations(n):
     return np.stack([np.eye(n)[list(p)] for p in itertools.permutations(range(n))])
 
 
+def subset_marginals_by_dp(theta, k):
+    """k-subset marginals of float64 logits ``(d,)`` by the sequential prefix/suffix DP in log space, ``O(d k)``.
+
+    Independent of the library's tree of FFT-multiplied count distributions; accurate to about
+    ``eps`` times the largest partial log-weight.
+    """
+    theta = np.asarray(theta, np.float64)
+    d = theta.shape[0]
+
+    def prefixes(items):
+        table = np.full((d + 1, k + 1), -np.inf)
+        table[0, 0] = 0.0
+        for i, t in enumerate(items):
+            table[i + 1] = table[i]
+            table[i + 1, 1:] = np.logaddexp(table[i, 1:], table[i, :-1] + t)
+        return table
+
+    before = prefixes(theta)  # before[i]: items 0 .. i-1
+    after = prefixes(theta[::-1])[::-1]  # after[i]: items i .. d-1
+    # log e_{k-1} of the items other than i: sum over j of before[i, j] * after[i + 1, k - 1 - j]
+    others = before[:d, :k] + after[1:, k - 1 :: -1]
+    top = others.max(-1, keepdims=True)
+    log_others = top[:, 0] + np.log(np.exp(others - top).sum(-1))
+    return np.exp(theta + log_others - before[d, k])
+
+
 class ExpFamily:
     """Exponential family ``q(x) = exp(<theta, x> - A)`` over an explicit support.
 

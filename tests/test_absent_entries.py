@@ -71,3 +71,89 @@ def test_log_prob_entropy_and_kl_with_absent_entries(name):
         np.testing.assert_allclose(float(kl_divergence(jq, jp)), expected_kl, rtol=1e-8)
         grad = jax.grad(lambda t: make(numpyro_sst, t).log_prob(jnp.asarray(mode)) + make(numpyro_sst, t).entropy())
         assert bool(jnp.isfinite(grad(jnp.asarray(logits))).all())
+
+
+def _sample_in(backend, make):
+    """A relaxed sample of ``make(module, array_fn)``: ``rsample()`` in pyro_sst, ``sample(key)`` in numpyro_sst."""
+    if backend == "pyro":
+        return make(pyro_sst, lambda a: torch.tensor(a, dtype=torch.float32)).rsample()
+    return make(numpyro_sst, lambda a: jnp.asarray(a, jnp.float32)).sample(jax.random.PRNGKey(0))
+
+
+_INF = np.inf
+# Relaxed classes whose support is empty for these logits (validation off: -inf means absent), with the error
+EMPTY_SUPPORTS = {
+    "GumbelSinkhorn, a row of -inf": lambda m, a: m.GumbelSinkhorn(
+        a([[-_INF] * 3, [0.0, 1, 2], [0, 1, 2]]), 0.5, validate_args=False
+    ),
+    "GumbelSinkhorn, two rows with one column": lambda m, a: m.GumbelSinkhorn(
+        a([[0.0, -_INF, -_INF], [0, -_INF, -_INF], [0, 1, 2]]), 0.5, validate_args=False
+    ),
+    "RelaxedOneHotCategorical, every class -inf": lambda m, a: m.RelaxedOneHotCategorical(
+        0.5, logits=a([-_INF] * 3), validate_args=False
+    ),
+    **{
+        f"RelaxedTopK k = d, one item -inf, {relaxation}": (
+            lambda m, a, relaxation=relaxation: m.RelaxedTopK(
+                a([0.0, 1, -_INF]), 3, 0.5, relaxation=relaxation, validate_args=False
+            )
+        )
+        for relaxation in ("exp_family", "euclidean", "categorical_entropy", "binary_entropy")
+    },
+}
+
+
+@pytest.mark.parametrize("backend", ["pyro", "numpyro"])
+@pytest.mark.parametrize("case", sorted(EMPTY_SUPPORTS))
+def test_relaxed_sample_of_an_empty_support_raises(backend, case):
+    """One rule for every relaxed class: no structure of finite weight, no sample (as hard samples and marginals)."""
+    with pytest.raises(ValueError, match="logits|v: k=3"):
+        _sample_in(backend, lambda m, a: EMPTY_SUPPORTS[case](m, lambda x: a(np.asarray(x))))
+
+
+@pytest.mark.parametrize("case", sorted(EMPTY_SUPPORTS))
+def test_relaxed_sample_of_an_empty_support_is_nan_under_jit(case):
+    def sample(logits_like):
+        return EMPTY_SUPPORTS[case](numpyro_sst, lambda x: jnp.asarray(x, jnp.float32) + logits_like).sample(
+            jax.random.PRNGKey(0)
+        )
+
+    assert bool(jnp.isnan(jax.jit(sample)(jnp.float32(0.0))).all())
+
+
+def test_assignment_exists_matches_scipy_in_both_backends():
+    from scipy.optimize import linear_sum_assignment
+
+    rng = np.random.default_rng(3)
+    logits = np.where(rng.random((40, 4, 4)) < 0.55, -np.inf, rng.normal(size=(40, 4, 4)))
+    expected = []
+    for element in logits:
+        try:
+            linear_sum_assignment(np.where(np.isfinite(element), 0.0, np.inf))
+            expected.append(True)
+        except ValueError:
+            expected.append(False)
+    assert 5 < sum(expected) < 35  # both outcomes occur
+    np.testing.assert_array_equal(pyro_sst.ops.assignment_exists(torch.tensor(logits)).numpy(), expected)
+    np.testing.assert_array_equal(np.asarray(numpyro_sst.ops.assignment_exists(jnp.asarray(logits))), expected)
+    jitted = jax.jit(numpyro_sst.ops.assignment_exists)(jnp.asarray(logits, jnp.float32))
+    np.testing.assert_array_equal(np.asarray(jitted), expected)
+
+
+@pytest.mark.parametrize("backend", ["pyro", "numpyro"])
+def test_categorical_probs_are_validated_by_name_and_zero_is_an_absent_class(backend):
+    module, array = (pyro_sst, torch.tensor) if backend == "pyro" else (numpyro_sst, jnp.asarray)
+    make = lambda probs: module.RelaxedOneHotCategorical(array(0.5), probs=array(probs))  # noqa: E731
+    for bad in ([0.5, -0.5, 1.0], [0.0, 0.0], [np.nan, 1.0], [np.inf, 1.0]):
+        with pytest.raises(ValueError, match="^probs must be finite and nonnegative"):
+            make(bad)
+    with pytest.raises(ValueError, match="^probs must have dtype"):
+        make([1, 2])
+    dist = make([0.25, 0.75, 0.0])  # validates: the third class is absent
+    np.testing.assert_allclose(np.asarray(dist.probs), [0.25, 0.75, 0.0], rtol=1e-6)
+    hard = dist.hard_sample() if backend == "pyro" else dist.hard_sample(jax.random.PRNGKey(0))
+    assert float(np.asarray(hard)[2]) == 0.0
+    with pytest.raises(ValueError, match="logits must not be NaN or \\+inf"):
+        module.RelaxedOneHotCategorical(array(0.5), logits=array([0.0, np.inf]))
+    with pytest.raises(ValueError, match="every class is absent"):
+        module.RelaxedOneHotCategorical(array(0.5), logits=array([-np.inf, -np.inf]))

@@ -9,7 +9,7 @@ import pyro.distributions as pdist
 import pytest
 import torch
 from pyro.infer import SVI, Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
-from reference import ExpFamily, k_subsets
+from reference import ExpFamily, k_subsets, subset_marginals_by_dp
 from torch.distributions import kl_divergence
 
 from pyro_sst import KSubset, RelaxedTopK, ops
@@ -54,14 +54,10 @@ def test_marginals_backward_is_exact():
 
 
 @pytest.mark.parametrize("k", [3, 6])  # 6 of 9 runs on the complement
-def test_linear_and_log_space_tiers_match_enumeration(k):
-    """A batch mixing an element the float64 linear pass takes and one only log space can resolve."""
-    from pyro_sst.ops.subsets import _linear_inside, _reduced_problem
-
+def test_batch_mixing_small_and_huge_spreads_matches_enumeration(k):
+    """Spreads of 2 and 2000 in one batch: values, marginals and the HVP against enumeration."""
     gen = torch.Generator().manual_seed(k)
     theta = torch.randn(2, 9, dtype=torch.float64, generator=gen) * torch.tensor([[2.0], [2000.0]], dtype=torch.float64)
-    reduced, k_reduced, _, degree = _reduced_problem(theta, k)
-    assert _linear_inside(reduced, degree, k_reduced)[-1].tolist() == [True, False]
     theta.requires_grad_()
     log_z, mu = ops.log_elementary_symmetric(theta, k), ops.subset_marginals(theta, k)
     v = torch.randn(2, 9, dtype=torch.float64, generator=gen)
@@ -74,6 +70,47 @@ def test_linear_and_log_space_tiers_match_enumeration(k):
         covariance = (ref.probs[:, None, None] * centred[:, :, None] * centred[:, None, :]).sum(0)
         np.testing.assert_allclose(hvp[b].numpy(), covariance @ v[b].numpy(), atol=1e-10)
     assert torch.autograd.gradcheck(lambda t: ops.subset_marginals(t, k), (theta,))
+
+
+def _subset_marginals_in(backend, logits, k):
+    if backend == "pyro":
+        return ops.subset_marginals(torch.tensor(logits), k).numpy()
+    import jax
+
+    import numpyro_sst
+
+    with jax.enable_x64(logits.dtype == np.float64):
+        return np.asarray(numpyro_sst.ops.subset_marginals(jax.numpy.asarray(logits), k))
+
+
+@pytest.mark.parametrize("backend", ["pyro", "numpyro"])
+@pytest.mark.parametrize(
+    "dtype,spread", [(np.float32, 1e5), (np.float32, 1e30), (np.float64, 1e12), (np.float64, 1e14), (np.float64, 1e300)]
+)
+@pytest.mark.parametrize("k", [100, 300])
+def test_marginals_are_exact_at_any_spread(backend, dtype, spread, k):
+    """Logits ``spread / 400`` apart: the marginals are the top-k indicator (to e^-250 at least), to a few roundings."""
+    logits = np.linspace(-spread / 2, spread / 2, 400).astype(dtype)
+    np.random.default_rng(0).shuffle(logits)
+    expected = (logits >= np.sort(logits)[-k]).astype(np.float64)
+    mu = _subset_marginals_in(backend, logits, k)
+    assert mu.dtype == dtype
+    np.testing.assert_allclose(mu, expected, atol=100 * np.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("backend", ["pyro", "numpyro"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("scale", [1.0, 30.0, 1e3])
+def test_marginals_at_large_d_match_the_sequential_dp(backend, dtype, scale):
+    """d = 2000, k = 700 (C(d, k) ~ e^1270 overflows any dtype; the passes multiply long count distributions by
+    FFT): each backend in each dtype against the log-space DP on the same (rounded) logits. Tolerance: a few
+    hundred roundings of the dtype, or the DP's own error (eps times its log-weights, up to ~1e6)."""
+    logits = (np.random.default_rng(1).normal(size=(2, 2000)) * scale).astype(dtype)
+    mu = _subset_marginals_in(backend, logits, 700)
+    atol = max(300 * np.finfo(dtype).eps, 1e-9)
+    for b in range(2):
+        np.testing.assert_allclose(mu[b], subset_marginals_by_dp(logits[b], 700), atol=atol)
+    np.testing.assert_allclose(mu.sum(-1), 700, rtol=atol)
 
 
 def test_exact_sampler_matches_enumeration():

@@ -25,10 +25,17 @@ from numpyro.distributions.batch_util import _default_vmap_over, vmap_over
 from numpyro.distributions.distribution import ExpandedDistribution
 from numpyro.distributions.util import validate_sample
 
-from sst_common.checks import check_event_shape, check_noise
+from sst_common.checks import INVALID_LOGITS, check_event_shape, check_noise
 
 from ..ops.noise import sample_noise, utility_kl, utility_log_prob
 from ..ops.validation import check_array, is_concrete
+
+
+def validating(validate_args):
+    """Whether argument checks run: explicit flag, else NumPyro's global default."""
+    if validate_args is None:
+        return Distribution._validate_args
+    return bool(validate_args)
 
 
 def check_same_options(q, p):
@@ -113,14 +120,14 @@ class StructuredDistribution(Distribution):
                         raise RuntimeError("Cannot validate arguments inside jitted code.")
                     continue
                 if name == "logits":
-                    valid = np.isfinite(np.asarray(value)) | ~self._free_mask
-                else:
-                    valid = np.asarray(constraint(value))
-                if np.all(valid):
-                    continue
-                if name == "logits":
-                    raise ValueError("logits must be finite (no NaN or inf) on the entries that are read")
-                raise ValueError(f"{type(self).__name__} distribution got invalid {name} parameter.")
+                    self._validate_logits(np.asarray(value))
+                elif not np.all(np.asarray(constraint(value))):
+                    raise ValueError(f"{type(self).__name__} distribution got invalid {name} parameter.")
+
+    def _validate_logits(self, logits):
+        """Only the entries that are read must be finite (the diagonal, say, may hold -inf); ``logits``: NumPy."""
+        if not np.all(np.isfinite(logits) | ~self._free_mask):
+            raise ValueError(INVALID_LOGITS)
 
     @property
     def _free_mask(self):

@@ -16,24 +16,32 @@ as ``log_prob``, numerically equal to :class:`pyro.distributions.RelaxedOneHotCa
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import gammaln
 from numpyro.distributions import constraints as numpyro_constraints
 from numpyro.distributions.kl import kl_divergence
 
+from sst_common.checks import INVALID_CATEGORICAL_LOGITS, INVALID_PROBS, NO_CLASS
+
+from ..ops.validation import check_array, is_concrete, raise_if
 from . import constraints
-from .base import validate_value
+from .base import validate_value, validating
 from .subsets import RelaxedTopK
 
 __all__ = ["RelaxedOneHotCategorical", "RelaxedOneHotCategoricalStraightThrough"]
 
 
-def _logits_from(probs, logits):
+def _logits_from(probs, logits, validate_args):
     if (probs is None) == (logits is None):
         raise ValueError("pass exactly one of probs or logits")
     if logits is not None:
         return logits
-    probs = jnp.asarray(probs)
-    return jnp.log(probs) if jnp.issubdtype(probs.dtype, jnp.floating) else probs
+    probs = check_array(probs, "probs", 1)
+    if validating(validate_args) and is_concrete(probs):
+        valid = (np.isfinite(probs) & (probs >= 0)).all(-1) & (probs.sum(-1) > 0)
+        if not np.all(valid):
+            raise ValueError(INVALID_PROBS)
+    return jnp.log(probs)
 
 
 class RelaxedOneHotCategorical(RelaxedTopK):
@@ -52,15 +60,24 @@ class RelaxedOneHotCategorical(RelaxedTopK):
     arg_constraints = {"logits": numpyro_constraints.real_vector, "temperature": numpyro_constraints.positive}
 
     def __init__(self, temperature, probs=None, logits=None, *, validate_args=None):
-        super().__init__(_logits_from(probs, logits), 1, temperature, validate_args=validate_args)
+        super().__init__(_logits_from(probs, logits, validate_args), 1, temperature, validate_args=validate_args)
 
     @property
     def probs(self):
         return jax.nn.softmax(self.logits, -1)
 
+    def _validate_logits(self, logits):
+        # -inf is a class of probability 0, as in NumPyro's Categorical; a row of them has no class to draw.
+        if np.any(np.isnan(logits) | (logits == np.inf)):
+            raise ValueError(INVALID_CATEGORICAL_LOGITS)
+        if np.any((logits == -np.inf).all(-1)):
+            raise ValueError(NO_CLASS)
+
     def _relax(self, scores):
         # softmax from its logarithm, each entry at least the dtype's smallest normal number (see pyro_sst): an
         # underflowed 0 would make log_prob of the sample -inf or NaN. XLA flushes subnormals: bound after exp.
+        # where every class is absent the sample is undefined: raise, as hard_sample does (NaN under jit)
+        raise_if((scores == -jnp.inf).all(-1), lambda _: NO_CLASS)
         return jnp.maximum(jnp.exp(jax.nn.log_softmax(scores, -1)), jnp.finfo(scores.dtype).tiny)
 
     @property

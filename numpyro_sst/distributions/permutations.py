@@ -2,13 +2,14 @@ r"""Permutations: Gumbel-Sinkhorn (the SST over the Birkhoff polytope), NumPyro.
 
 import warnings
 
+import jax.numpy as jnp
 import numpy as np
 from numpyro.distributions.kl import kl_divergence
 
 from sst_common.checks import check_sinkhorn_args
 
 from .. import ops
-from ..ops.validation import is_concrete
+from ..ops.validation import is_concrete, raise_if
 from . import constraints
 from .base import PerturbAndRelax
 
@@ -35,6 +36,12 @@ class PermutationStructure:
     def solve(self, utilities):
         """Maximum-weight assignment of ``utilities`` (batched Hungarian in ``lax`` loops)."""
         return ops.max_assignment(utilities)
+
+
+_NO_PERMUTATION = (
+    "logits: no permutation has finite weight in some batch element (-inf logits mark absent entries), "
+    "so its samples are undefined"
+)
 
 
 class GumbelSinkhorn(PermutationStructure, PerturbAndRelax):
@@ -82,6 +89,11 @@ class GumbelSinkhorn(PermutationStructure, PerturbAndRelax):
 
     def _relax(self, scores):
         p, residual = ops.sinkhorn(scores, self.n_iters, self.tol, self.backward)
+        # Without a permutation of finite weight the sample is undefined: raise, as hard_sample and marginals do
+        # (NaN under jit).
+        exists = ops.assignment_exists(scores)
+        raise_if(~exists, lambda _: _NO_PERMUTATION)
+        p = jnp.where(exists[..., None, None], p, jnp.nan)
         if is_concrete(residual) and residual.size:
             worst = float(np.max(np.asarray(residual)))
             if worst > self.tol:

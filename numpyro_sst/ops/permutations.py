@@ -24,6 +24,7 @@ from .validation import check_square, raise_if, wide_dtype
 __all__ = [
     "BACKWARDS",
     "EXACT_MAX_N",
+    "assignment_exists",
     "bethe_log_permanent",
     "enumerate_permutations",
     "log_permanent",
@@ -206,6 +207,29 @@ def max_assignment(weights):
     )
     x = (columns[..., None] == jnp.arange(n)).astype(weights.dtype)
     return fill_nan(x, nan | failed, 2).reshape(weights.shape)
+
+
+def assignment_exists(logits):
+    """Whether each ``(..., n, n)`` element has a permutation of finite weight, shape ``logits.shape[:-2]``.
+
+    A perfect matching on the entries above ``-inf``: elements without an absent entry have one; where
+    some element has one, every element is checked exactly with the batched Hungarian algorithm on its
+    pattern (a ``lax.cond``; jittable). NaN entries count as present.
+    """
+    logits = check_square(logits, "logits")
+    n = logits.shape[-1]
+    absent = (jax.lax.stop_gradient(logits) == -jnp.inf).reshape(-1, n, n)
+    return ~_assignment_fails(absent).reshape(logits.shape[:-2])
+
+
+@jax.jit
+def _assignment_fails(absent):
+    return jax.lax.cond(
+        absent.any(),
+        lambda a: _hungarian_batched(jnp.where(a, jnp.inf, 0.0))[1],
+        lambda a: jnp.zeros(a.shape[0], bool),
+        absent,
+    )
 
 
 @jax.jit

@@ -13,13 +13,22 @@ pass down the same tree. The log-partition is a ``jax.custom_jvp`` whose tangent
 :math:`\langle\mu, \dot\theta\rangle`; the marginals are differentiated through their two
 passes (forward or reverse mode), which is their exact Jacobian, the Hessian of :math:`A`.
 
-Each batch element takes the cheapest exact path: the weights are scaled by :math:`e^{-c}`,
-``c`` the mean of the top-``k`` logits, and the passes run in linear space (positive sums only,
-no loss of relative precision) unless the coefficients span more than :math:`e^{600}`
-(:math:`e^{60}` where JAX computes in float32, i.e. without ``jax_enable_x64``); those elements
-run in log space (max-shifted log-sum-exp), chosen by a ``lax.cond`` that only runs the log
-passes when some element needs them. For ``k > d / 2`` everything runs on the complement,
-:math:`e_k(w) = \prod_i w_i \, e_{d-k}(1 / w)`.
+The passes run on a tilted problem that has no range limit. With
+:math:`p_i = \sigma(\theta_i - \tau)` for any :math:`\tau`,
+:math:`\prod_i (1 + e^{\theta_i - \tau} z) = \prod_i (1 + e^{\theta_i - \tau}) \, E[z^N]`, ``N`` the
+number of successes of independent Bernoulli(:math:`p_i`) trials, so
+
+.. math::
+
+    \log e_k(e^\theta) = \log P(N = k) + \sum_i \log(1 + e^{\theta_i - \tau}) + k \tau,
+    \qquad \mu_i = p_i \, P(N_{-i} = k - 1) / P(N = k).
+
+Every node of the tree holds a probability distribution (positive sums only, no loss of
+relative precision, no overflow), and :math:`\tau` is bisected (without gradient) to put the
+mean of ``N`` at ``k``, where :math:`P(N = k)` is near its mode and far from underflow at any
+spread of the logits, in float32 as in float64 (the passes run in float64 where JAX has it,
+i.e. with ``jax_enable_x64``). For ``k > d / 2`` everything runs on the complement,
+:math:`e_k(w) = \prod_i w_i \, e_{d-k}(1 / w)`, so the work is :math:`O(d \min(k, d - k))`.
 
 Special inputs: ``-inf`` logits are absent items. Where fewer than ``k`` items are present the
 log-partition is ``-inf`` and the marginals, samplers, top-k and relaxations raise
@@ -35,8 +44,9 @@ import jax.numpy as jnp
 
 from sst_common import enumeration
 from sst_common.checks import check_k
+from sst_common.constants import SUBSET_DIRECT_CONVOLUTION_MAX_LENGTH, subset_tilt_bisection_steps
 
-from .logspace import by_tiers, fill_nan, log_sum_exp, mask_nan_elements, undefined_where_empty
+from .logspace import fill_nan, log_sum_exp, mask_nan_elements, undefined_where_empty
 from .noise import sample_noise
 from .validation import check_array, raise_if, wide_dtype
 
@@ -94,9 +104,19 @@ def _windows(second, first_length, out_length, offset, fill):
 
 
 def _linear_convolve(first, second, out_length, offset):
-    """``out[..., t] = sum_i first[..., i] second[..., t + offset - i]`` for ``t < out_length``."""
-    windows = _windows(second, first.shape[-1], out_length, offset, 0.0)
-    return (windows @ jnp.flip(first, -1)[..., None])[..., 0]
+    """``out[..., t] = sum_i first[..., i] second[..., t + offset - i]`` for ``t < out_length``.
+
+    Directly for short ``first``, by FFT for long ones (:data:`SUBSET_DIRECT_CONVOLUTION_MAX_LENGTH`).
+    """
+    first_length = first.shape[-1]
+    if first_length <= SUBSET_DIRECT_CONVOLUTION_MAX_LENGTH:
+        windows = _windows(second, first_length, out_length, offset, 0.0)
+        return (windows @ jnp.flip(first, -1)[..., None])[..., 0]
+    size = first_length + second.shape[-1] - 1
+    n_fft = 1 << (size - 1).bit_length()
+    full = jnp.fft.irfft(jnp.fft.rfft(first, n_fft) * jnp.fft.rfft(second, n_fft), n_fft).astype(first.dtype)
+    pad = [(0, 0)] * (full.ndim - 1) + [(0, max(0, offset + out_length - size))]
+    return jnp.pad(full[..., offset:size], pad)[..., :out_length]
 
 
 def _log_convolve(first, second, out_length, offset):
@@ -151,98 +171,58 @@ def _root_coefficient(levels, k_reduced, absent):
     return root, jnp.where(k_reduced < 0, absent, coefficient)
 
 
-def _linear_range(dtype):
-    """How far (in log units) the root coefficients may spread for linear space to be trusted.
+def _tilt(theta, degree, k_reduced):
+    r"""A tilt :math:`\tau` per element, ``(..., 1)``, without gradient, that puts the mean of :math:`N` near ``k'``.
 
-    Every value that can matter then stays above the smallest normal number with digits to spare
-    (float64: e^-708, float32: e^-87).
-    """
-    return 600.0 if dtype == jnp.float64 else 60.0
-
-
-def _top_mean(theta, degree):
-    """The mean of the top-``degree`` (present) logits of each element, ``(..., 1)``, without gradient."""
-    top = jax.lax.top_k(theta, degree)[0]
-    present = top > -jnp.inf
-    mean = jnp.where(present, top, 0).sum(-1, keepdims=True) / jnp.maximum(present.sum(-1, keepdims=True), 1)
-    return jax.lax.stop_gradient(mean)
-
-
-def _linear_inside(theta, degree, k_reduced, shift):
-    """Up pass in linear space on the weights ``e^(theta - shift)`` (``shift``: ``(..., 1)``, no gradient).
-
-    Returns ``(levels, weights, z, ok)``: ``e_k(e^theta) = e^(k shift) z``; ``ok`` marks the elements
-    whose range check passes (all coefficients finite, ``z > 0``, and within :func:`_linear_range`).
-    """
-    leaves = _leaves(theta - shift, degree, 1.0, jnp.exp)
-    weights = leaves[..., : theta.shape[-1], 1]
-    levels = _inside(leaves, degree, _linear_convolve)
-    root, z = _root_coefficient(levels, k_reduced, 0.0)
-    spread = jnp.log(root.max(-1)) - jnp.log(z)
-    ok = jnp.isfinite(root).all(-1) & (z > 0) & (spread <= _linear_range(theta.dtype))
-    return levels, weights, z, ok
-
-
-def _linear_shift(theta, degree, k_reduced):
-    """``(shift, ok)``: the weights' scale that puts ``z`` near 1, and the elements linear space can take.
-
-    Scaling by the mean of the top-``k'`` logits gives ``1 <= z <= C(d, k')``, which overflows float32
-    for large ``d``; a first pass measures ``z`` and the shift moves by ``log(z) / k'`` so that the
-    values (and their derivatives in either mode) stay in range. A second pass checks the range.
+    Bisection of :math:`\sum_i \sigma(\theta_i - \tau) = k'` on
+    :math:`[s - \log d - 1, s + \log d]`, ``s`` the ``k'``-th largest logit (the largest for ``k' = 0``),
+    where the sum is below ``k'`` at the top end (see
+    :func:`~sst_common.constants.subset_tilt_bisection_steps`). Where fewer than ``k'`` items are present
+    any tilt serves: :math:`P(N = k') = 0` exactly.
     """
     theta = jax.lax.stop_gradient(theta)
-    shift = _top_mean(theta, degree)
-    z = _linear_inside(theta, degree, k_reduced, shift)[2]
-    usable = jnp.isfinite(z) & (z > 0) & (k_reduced > 0)
-    shift = shift + jnp.where(usable, jnp.log(jnp.where(usable, z, 1)) / jnp.maximum(k_reduced, 1), 0)[..., None]
-    return shift, _linear_inside(theta, degree, k_reduced, shift)[-1]
+    d = theta.shape[-1]
+    top = jax.lax.top_k(theta, degree)[0]
+    anchor = jnp.take_along_axis(top, jnp.clip(k_reduced[..., None] - 1, 0, degree - 1), -1)
+    anchor = jnp.where(jnp.isfinite(anchor), anchor, 0.0)
+    target = k_reduced[..., None].astype(theta.dtype)
+
+    def halve(_, bracket):
+        lo, hi = bracket
+        mid = (lo + hi) / 2
+        above = jax.nn.sigmoid(theta - mid).sum(-1, keepdims=True) > target
+        return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
+
+    bracket = (anchor - math.log(d) - 1, anchor + math.log(d))
+    lo, hi = jax.lax.fori_loop(0, subset_tilt_bisection_steps(d), halve, bracket)
+    return (lo + hi) / 2
 
 
-def _log_inside(theta, degree, k_reduced):
-    """Up pass in log space (any range): ``(levels, log_z)``."""
-    levels = _inside(_leaves(theta, degree, 0.0, lambda t: t), degree, _log_convolve)
-    return levels, _root_coefficient(levels, k_reduced, -jnp.inf)[1]
+def _count_distribution(theta, degree, k_reduced):
+    r"""Up pass on the tilted probabilities: ``(levels, p, z, log_z)`` (see pyro_sst's twin).
 
-
-def _linear_marginals(theta, degree, k_reduced, shift):
-    levels, weights, z, _ = _linear_inside(theta, degree, k_reduced, shift)
-    outside = _leaf_outside(levels, _root_outside(k_reduced, degree, 1.0, 0.0, z.dtype), _linear_convolve)
-    mu = weights * outside[..., : theta.shape[-1], 0] / z[..., None]
-    return mu, jnp.log(z) + k_reduced * shift[..., 0]
-
-
-def _log_marginals(theta, degree, k_reduced):
-    levels, log_z = _log_inside(theta, degree, k_reduced)
-    root_outside = _root_outside(k_reduced, degree, 0.0, -jnp.inf, theta.dtype)
-    outside = _leaf_outside(levels, root_outside, _log_convolve)[..., : theta.shape[-1], :]
-    # Near 1, mu is 1 - P(i not in S): the log-space exponents are large sums (float32 keeps ~eps * spread of
-    # them), so each side is taken where its result is small and keeps its relative precision.
-    included = jnp.exp(theta + outside[..., 0] - log_z[..., None])
-    excluded = jnp.exp(outside[..., 1] - log_z[..., None])
-    return jnp.where(included <= 0.5, included, 1 - excluded), log_z
-
-
-def _linear_log_partition(theta, degree, k_reduced, shift):
-    z = _linear_inside(theta, degree, k_reduced, shift)[2]
-    return jnp.log(z) + k_reduced * shift[..., 0]
-
-
-def _log_log_partition(theta, degree, k_reduced):
-    return _log_inside(theta, degree, k_reduced)[1]
-
-
-def _by_range_tiers(theta, k, linear, log):
-    """``linear(reduced, degree, k_reduced, shift)`` where its range check passes, ``log(reduced, ...)`` elsewhere.
-
-    Both run in the wide dtype (float64 where JAX has it); each tier sees the other tier's
-    elements replaced by zeros, so neither's derivatives can leak NaN into the other's.
-    Returns ``(offset, out)`` with the complement's offset (zero for ``k <= d / 2``).
+    ``levels`` hold the distributions of the counts :math:`N` over blocks of items, ``p`` the
+    leaves' :math:`p_i`, ``z`` :math:`= P(N = k')` and
+    :math:`\log e_{k'}(e^\theta) = \log z + \sum_i \log(1 + e^{\theta_i - \tau}) + k' \tau`.
     """
-    reduced, k_reduced, offset, degree = _reduced_problem(theta.astype(wide_dtype(theta.dtype)), k)
-    shift, ok = _linear_shift(reduced, degree, k_reduced)
-    out = linear(jnp.where(ok[..., None], reduced, 0), degree, k_reduced, jnp.where(ok[..., None], shift, 0))
-    out = by_tiers(ok, out, lambda: log(jnp.where(ok[..., None], 0, reduced), degree, k_reduced))
-    return offset, jax.tree.map(lambda a: a.astype(theta.dtype), out)
+    tau = _tilt(theta, degree, k_reduced)
+    logit = theta - tau
+    d = theta.shape[-1]
+    padding = [(0, 0)] * (theta.ndim - 1) + [(0, (1 << max(d - 1, 0).bit_length()) - d)]
+    leaves = jnp.stack(
+        [jnp.pad(jax.nn.sigmoid(-logit), padding, constant_values=1.0), jnp.pad(jax.nn.sigmoid(logit), padding)], -1
+    )
+    levels = _inside(leaves, degree, _linear_convolve)
+    z = _root_coefficient(levels, k_reduced, 0.0)[1]
+    log_z = jnp.log(z) + jax.nn.softplus(logit).sum(-1) + k_reduced * tau[..., 0]
+    return levels, leaves[..., :d, 1], z, log_z
+
+
+def _tilted_marginals(theta, degree, k_reduced):
+    r""":math:`\mu_i = p_i P(N_{-i} = k' - 1) / P(N = k')` by the outside pass, and the log-partition."""
+    levels, p, z, log_z = _count_distribution(theta, degree, k_reduced)
+    outside = _leaf_outside(levels, _root_outside(k_reduced, degree, 1.0, 0.0, z.dtype), _linear_convolve)
+    return p * outside[..., : p.shape[-1], 0] / z[..., None], log_z
 
 
 def _degenerate_log_partition(theta, k):
@@ -253,22 +233,23 @@ def _degenerate_log_partition(theta, k):
 
 
 def _subset_marginals(theta, k):
-    """``(mu, log_z)`` of NaN-free ``(B, d)`` logits (each element by the cheapest exact path)."""
+    """``(mu, log_z)`` of NaN-free ``(B, d)`` logits, computed in the wide dtype."""
     present = (theta > -jnp.inf).astype(theta.dtype)
     if min(k, theta.shape[-1] - k) == 0:
         return present * (k > 0), _degenerate_log_partition(theta, k)
-    offset, (mu, log_z) = _by_range_tiers(theta, k, _linear_marginals, _log_marginals)
-    if 2 * k <= theta.shape[-1]:
-        return mu, log_z
-    return present - mu, log_z + offset
+    reduced, k_reduced, offset, degree = _reduced_problem(theta.astype(wide_dtype(theta.dtype)), k)
+    mu, log_z = _tilted_marginals(reduced, degree, k_reduced)
+    if 2 * k > theta.shape[-1]:
+        mu = present - mu
+    return mu.astype(theta.dtype), (log_z + offset).astype(theta.dtype)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def _subset_log_partition(theta, k):
     if min(k, theta.shape[-1] - k) == 0:
         return _degenerate_log_partition(theta, k)
-    offset, log_z = _by_range_tiers(theta, k, _linear_log_partition, _log_log_partition)
-    return log_z + offset
+    reduced, k_reduced, offset, degree = _reduced_problem(theta.astype(wide_dtype(theta.dtype)), k)
+    return (_count_distribution(reduced, degree, k_reduced)[-1] + offset).astype(theta.dtype)
 
 
 @_subset_log_partition.defjvp
@@ -384,9 +365,11 @@ def enumerate_k_subsets(d, k, dtype=jnp.float32):
 def _threshold_relaxation(h, h_prime, bracket, v, k):
     v, k = _check_args(v, k, "v")
     d = v.shape[-1]
-    if k in (0, d):
-        return jnp.where(jnp.isnan(v), jnp.nan, float(k == d)) + 0 * jnp.where(jnp.isfinite(v), v, 0)
     _raise_if_too_few_items(v, k, "v")
+    if k in (0, d):
+        # every item must be present for k = d (NaN under jit where one is absent), as for exp_family
+        undefined = jnp.isnan(v) | (k == d) & (v == -jnp.inf).any(-1, keepdims=True)
+        return jnp.where(undefined, jnp.nan, float(k == d)) + 0 * jnp.where(jnp.isfinite(v), v, 0)
     return _solve_threshold(h, h_prime, bracket, v, k)
 
 

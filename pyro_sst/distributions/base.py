@@ -23,7 +23,7 @@ from pyro.distributions.torch_distribution import TorchDistribution
 from torch.distributions import constraints
 from torch.distributions.utils import lazy_property
 
-from sst_common.checks import check_event_shape, check_noise
+from sst_common.checks import INVALID_LOGITS, check_event_shape, check_noise
 
 from ..ops.noise import sample_noise, utility_kl, utility_log_prob
 from ..ops.validation import check_tensor
@@ -87,9 +87,12 @@ class StructuredDistribution(TorchDistribution):
         self.logits = logits.expand(batch_shape + event_shape)
         super().__init__(batch_shape, event_shape, validate_args=validate_args)
         if validating(validate_args):
-            # Only the entries that are read must be finite (the diagonal, say, may hold -inf).
-            if not bool(torch.isfinite(logits).logical_or(~self._free_mask).all()):
-                raise ValueError("logits must be finite (no NaN or inf) on the entries that are read")
+            self._validate_logits(logits)
+
+    def _validate_logits(self, logits):
+        """Only the entries that are read must be finite (the diagonal, say, may hold -inf)."""
+        if not bool(torch.isfinite(logits).logical_or(~self._free_mask).all()):
+            raise ValueError(INVALID_LOGITS)
 
     @lazy_property
     def _free_mask(self):

@@ -22,18 +22,27 @@ import torch
 from torch.distributions import constraints as torch_constraints
 from torch.distributions.kl import register_kl
 
-from sst_common.checks import check_event_shape
+from sst_common.checks import INVALID_CATEGORICAL_LOGITS, INVALID_PROBS, NO_CLASS, check_event_shape
 
+from ..ops.validation import check_tensor
 from . import constraints
+from .base import validating
 from .subsets import RelaxedTopK
 
 __all__ = ["RelaxedOneHotCategorical", "RelaxedOneHotCategoricalStraightThrough"]
 
 
-def _logits_from(probs, logits):
+def _logits_from(probs, logits, validate_args):
     if (probs is None) == (logits is None):
         raise ValueError("pass exactly one of probs or logits")
-    return logits if logits is not None else torch.as_tensor(probs).log()
+    if logits is not None:
+        return logits
+    check_tensor(probs, "probs", 1)
+    if validating(validate_args):
+        valid = (torch.isfinite(probs) & (probs >= 0)).all(-1) & (probs.sum(-1) > 0)
+        if not bool(valid.all()):
+            raise ValueError(INVALID_PROBS)
+    return probs.log()
 
 
 class RelaxedOneHotCategorical(RelaxedTopK):
@@ -49,17 +58,27 @@ class RelaxedOneHotCategorical(RelaxedTopK):
     """
 
     def __init__(self, temperature, probs=None, logits=None, validate_args=None):
-        super().__init__(_logits_from(probs, logits), 1, temperature, validate_args=validate_args)
+        super().__init__(_logits_from(probs, logits, validate_args), 1, temperature, validate_args=validate_args)
 
     @property
     def probs(self):
         return self.logits.softmax(-1)
+
+    def _validate_logits(self, logits):
+        # -inf is a class of probability 0, as in torch's Categorical; a row of them has no class to draw.
+        if bool((torch.isnan(logits) | (logits == math.inf)).any()):
+            raise ValueError(INVALID_CATEGORICAL_LOGITS)
+        if bool((logits == -math.inf).all(-1).any()):
+            raise ValueError(NO_CLASS)
 
     def _relax(self, scores):
         # softmax (the k = 1 subset marginals) from its logarithm, each entry at least the dtype's smallest normal
         # number: an entry that underflowed to 0 (t = 0.1 over 1000 classes) would make log_prob of the sample
         # -inf or NaN; the Concrete density at the returned point is then finite, and the point moves by at most
         # K * tiny. The bound is applied after exp, which may round tiny to a subnormal that is flushed to 0.
+        # where every class is absent the sample is undefined: raise, as hard_sample does (a trace gets NaN)
+        if not torch.jit.is_tracing() and bool((scores == -math.inf).all(-1).any()):
+            raise ValueError(NO_CLASS)
         return scores.log_softmax(-1).exp().clamp(min=torch.finfo(scores.dtype).tiny)
 
     @property

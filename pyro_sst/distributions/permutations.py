@@ -1,5 +1,6 @@
 r"""Permutations: Gumbel-Sinkhorn (the SST over the Birkhoff polytope)."""
 
+import math
 import warnings
 
 import torch
@@ -34,6 +35,12 @@ class PermutationStructure:
     def solve(self, utilities):
         """Maximum-weight assignment of ``utilities`` (Hungarian, scipy, per batch element)."""
         return ops.max_assignment(utilities)
+
+
+_NO_PERMUTATION = (
+    "logits: no permutation has finite weight in some batch element (-inf logits mark absent entries), "
+    "so its samples are undefined"
+)
 
 
 class GumbelSinkhorn(PermutationStructure, PerturbAndRelax):
@@ -83,6 +90,12 @@ class GumbelSinkhorn(PermutationStructure, PerturbAndRelax):
 
     def _relax(self, scores):
         p, residual = ops.sinkhorn(scores, self.n_iters, self.tol, self.backward)
+        # Without a permutation of finite weight the sample is undefined: raise, as hard_sample and marginals do
+        # (a traced graph, which cannot raise, gets NaN).
+        exists = ops.assignment_exists(scores)
+        if not torch.jit.is_tracing() and not bool(exists.all()):
+            raise ValueError(_NO_PERMUTATION)
+        p = torch.where(exists[..., None, None], p, torch.full_like(p, math.nan))
         if not torch.jit.is_tracing():  # a traced graph has no Python left to warn from
             worst = residual.detach().max().item() if residual.numel() else 0.0
             if worst > self.tol:

@@ -27,6 +27,7 @@ from .validation import check_square
 __all__ = [
     "BACKWARDS",
     "EXACT_MAX_N",
+    "assignment_exists",
     "bethe_log_permanent",
     "enumerate_permutations",
     "log_permanent",
@@ -191,6 +192,29 @@ def max_assignment(weights):
     """
     check_square(weights, "weights")
     return opaque_call(_max_assignment, weights)
+
+
+def assignment_exists(logits):
+    """Whether each ``(..., n, n)`` element has a permutation of finite weight, shape ``logits.shape[:-2]``.
+
+    A perfect matching on the entries above ``-inf``: elements without an absent entry have one; the
+    others are checked exactly with the Hungarian algorithm on their pattern (scipy, on the CPU).
+    NaN entries count as present (NaN in, NaN out is the caller's business).
+    """
+    check_square(logits, "logits")
+    return opaque_call(_assignment_exists, logits)
+
+
+def _assignment_exists(logits):
+    n = int(logits.shape[-1])
+    absent = (logits == -math.inf).reshape(-1, n, n)
+    exists = torch.ones(absent.shape[0], dtype=torch.bool, device=logits.device)
+    for b in absent.flatten(1).any(-1).nonzero().flatten().tolist():  # only elements with an absent entry
+        try:
+            _scipy_assignment(b, np.where(absent[b].cpu().numpy(), -np.inf, 0.0))
+        except ValueError:
+            exists[b] = False
+    return exists.reshape(logits.shape[:-2])
 
 
 #: run :func:`_hungarian_batched` on the CPU too (for tests; scipy's loop is faster there)

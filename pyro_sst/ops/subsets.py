@@ -15,15 +15,22 @@ matching *outside* pass down the same tree, and their backward (the Hessian-
 vector product of :math:`A`) is the forward-mode derivative of the two passes:
 no finite differences and no second-order autograd graph.
 
-Each batch element takes the cheapest exact path. The weights are scaled by
-:math:`e^{-c}`, ``c`` the mean of the top-``k`` logits, and the passes run in
-float64 linear space, where they add and multiply positive numbers only and so
-lose no relative precision, unless the coefficients span more than
-:math:`e^{600}` (very low temperatures); those elements run in log space,
-where every step is a max-shifted log-sum-exp. The log-space inside pass
-also drives the exact sampler: walking the tree top-down, each node splits
-its count between its two halves in proportion to the product of their
-coefficients.
+The passes run on a tilted problem that has no range limit. With
+:math:`p_i = \sigma(\theta_i - \tau)` for any :math:`\tau`,
+:math:`\prod_i (1 + e^{\theta_i - \tau} z) = \prod_i (1 + e^{\theta_i - \tau}) \, E[z^N]`, ``N`` the
+number of successes of independent Bernoulli(:math:`p_i`) trials, so
+
+.. math::
+
+    \log e_k(e^\theta) = \log P(N = k) + \sum_i \log(1 + e^{\theta_i - \tau}) + k \tau,
+    \qquad \mu_i = p_i \, P(N_{-i} = k - 1) / P(N = k).
+
+Every node of the tree holds a probability distribution (positive sums only, so no loss of
+relative precision, and no overflow), in float64, and :math:`\tau` is bisected (without
+gradient) to put the mean of ``N`` at ``k``, where :math:`P(N = k)` is near its mode and far
+from underflow at any spread of the logits. The log-space inside pass (max-shifted
+log-sum-exps) drives the exact sampler: walking the tree top-down, each node splits its count
+between its two halves in proportion to the product of their coefficients.
 
 For ``k > d / 2`` everything runs on the complement,
 :math:`e_k(w) = \prod_i w_i \; e_{d-k}(1 / w)`, so the work is
@@ -44,6 +51,7 @@ from torch.autograd.function import once_differentiable
 
 from sst_common import enumeration
 from sst_common.checks import check_k
+from sst_common.constants import SUBSET_DIRECT_CONVOLUTION_MAX_LENGTH, subset_tilt_bisection_steps
 
 from .logspace import check_nonempty, fill_nan, log_sum_exp, mask_nan_elements, zeros_in_graph
 from .noise import sample_noise
@@ -124,9 +132,18 @@ def _windows(second, first_length, out_length, offset, fill):
 
 
 def _linear_convolve(first, second, out_length, offset):
-    """``out[..., t] = sum_i first[..., i] second[..., t + offset - i]`` for ``t < out_length``."""
-    windows = _windows(second, int(first.shape[-1]), out_length, offset, 0.0)
-    return (windows @ first.flip(-1)[..., None]).squeeze(-1)
+    """``out[..., t] = sum_i first[..., i] second[..., t + offset - i]`` for ``t < out_length``.
+
+    Directly for short ``first``, by FFT for long ones (:data:`SUBSET_DIRECT_CONVOLUTION_MAX_LENGTH`).
+    """
+    first_length = int(first.shape[-1])
+    if first_length <= SUBSET_DIRECT_CONVOLUTION_MAX_LENGTH:
+        windows = _windows(second, first_length, out_length, offset, 0.0)
+        return (windows @ first.flip(-1)[..., None]).squeeze(-1)
+    size = first_length + int(second.shape[-1]) - 1
+    n_fft = 1 << (size - 1).bit_length()
+    full = torch.fft.irfft(torch.fft.rfft(first, n_fft) * torch.fft.rfft(second, n_fft), n_fft)
+    return torch.nn.functional.pad(full[..., offset:size], (0, max(0, offset + out_length - size)))[..., :out_length]
 
 
 def _log_convolve(first, second, out_length, offset):
@@ -189,97 +206,77 @@ def _root_coefficient(levels, k_reduced, absent):
     return root, coefficient.masked_fill(k_reduced < 0, absent)
 
 
-#: float64 linear space is trusted where the largest root coefficient is at most e^600 times e_k: every
-#: value that can matter then stays above the smallest normal double (e^-708) with digits to spare.
-_LINEAR_RANGE = 600.0
+def _tilt(theta, degree, k_reduced):
+    r"""A tilt :math:`\tau` per element, ``(B, 1)``, without gradient, that puts the mean of :math:`N` near ``k'``.
 
-
-def _linear_inside(theta, degree, k_reduced):
-    """Up pass in float64 linear space on weights scaled by the mean of the top-``degree`` logits.
-
-    Returns ``(levels, weights, shift, z, ok)``: ``e_k(e^theta) = e^(k shift) z``; ``ok`` marks the
-    elements whose range check passes (all coefficients finite, ``z > 0``, and within ``_LINEAR_RANGE``).
+    Bisection of :math:`\sum_i \sigma(\theta_i - \tau) = k'` on
+    :math:`[s - \log d - 1, s + \log d]`, ``s`` the ``k'``-th largest logit (the largest for ``k' = 0``),
+    where the sum is below ``k'`` at the top end (see
+    :func:`~sst_common.constants.subset_tilt_bisection_steps`). Where fewer than ``k'`` items are present
+    any tilt serves: :math:`P(N = k') = 0` exactly.
     """
-    theta = theta.double()
+    theta = theta.detach()
+    d = int(theta.shape[-1])
     top = theta.topk(degree, -1).values
-    present = top > -math.inf
-    shift = torch.where(present, top, 0).sum(-1, keepdim=True) / present.sum(-1, keepdim=True).clamp(min=1)
-    shift = shift.detach()  # any shift is exact; it must not carry a tangent of its own
-    leaves = _leaves(theta - shift, degree, 1.0, torch.exp)
-    weights = leaves[..., : theta.shape[-1], 1]  # degree >= 1 here, so the leaves hold their weights
-    levels = _inside(leaves, degree, _linear_convolve)
-    root, z = _root_coefficient(levels, k_reduced, 0.0)
-    spread = torch.log(root.amax(-1)) - torch.log(z)
-    ok = torch.isfinite(root).all(-1) & (z > 0) & (spread <= _LINEAR_RANGE)
-    return levels, weights, shift.squeeze(-1), z, ok
+    anchor = top.gather(-1, (k_reduced[..., None] - 1).clamp(0, degree - 1))
+    anchor = anchor.masked_fill(~torch.isfinite(anchor), 0.0)
+    lo, hi = anchor - math.log(d) - 1, anchor + math.log(d)
+    k_reduced = k_reduced[..., None].to(theta.dtype)
+    for _ in range(subset_tilt_bisection_steps(d)):
+        mid = (lo + hi) / 2
+        above = torch.sigmoid(theta - mid).sum(-1, keepdim=True) > k_reduced
+        lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+    return (lo + hi) / 2
 
 
-def _log_inside(theta, degree, k_reduced):
-    """Up pass in log space (any range): ``(levels, log_z)``."""
-    levels = _inside(_leaves(theta, degree, 0.0, lambda t: t), degree, _log_convolve)
-    return levels, _root_coefficient(levels, k_reduced, -math.inf)[1]
+def _count_distribution(theta, degree, k_reduced):
+    r"""Up pass on the tilted probabilities in float64: ``(levels, p, z, log_z)``.
 
-
-def _by_range_tiers(theta, k, linear, log):
-    """Run ``linear(reduced, degree, k_reduced) -> (out, ok)`` and ``log(...) -> out`` where ``ok`` fails.
-
-    ``out`` is a tuple of ``(B, ...)`` tensors; the k > d / 2 problems run on the complement
-    (:func:`_reduced_problem`) and ``degree = 0`` never reaches either function.
-    Returns ``(offset, outputs)`` with the complement's offset (``None`` for ``k <= d / 2``).
+    ``levels`` hold the distributions of the counts :math:`N` over blocks of items, ``p`` the
+    leaves' :math:`p_i`, ``z`` :math:`= P(N = k')` and
+    :math:`\log e_{k'}(e^\theta) = \log z + \sum_i \log(1 + e^{\theta_i - \tau}) + k' \tau`.
     """
-    reduced, k_reduced, offset, degree = _reduced_problem(theta, k)
-    out, ok = linear(reduced, degree, k_reduced)
-    out = tuple(o.to(theta.dtype) for o in out)
-    rest = (~ok).nonzero().squeeze(-1)
-    if rest.numel():
-        rest_out = log(reduced[rest], degree, k_reduced[rest])
-        out = tuple(o.index_put((rest,), r.to(o.dtype)) for o, r in zip(out, rest_out, strict=True))
-    return offset, out
-
-
-def _linear_log_partition(theta, degree, k_reduced):
-    _, _, shift, z, ok = _linear_inside(theta, degree, k_reduced)
-    return (torch.log(z) + k_reduced * shift,), ok
-
-
-def _linear_marginals(theta, degree, k_reduced):
-    levels, weights, shift, z, ok = _linear_inside(theta, degree, k_reduced)
-    outside = _leaf_outside(levels, _root_outside(k_reduced, degree, 1.0, 0.0, z.dtype), _linear_convolve)
-    mu = weights * outside[..., : theta.shape[-1]] / z[..., None]
-    return (mu, torch.log(z) + k_reduced * shift), ok
-
-
-def _log_log_partition(theta, degree, k_reduced):
-    return (_log_inside(theta, degree, k_reduced)[1],)
-
-
-def _log_marginals(theta, degree, k_reduced):
-    # float64: the leaf formula subtracts log_z, which grows like k max|theta|, from theta + outside
     theta = theta.double()
-    levels, log_z = _log_inside(theta, degree, k_reduced)
-    root_outside = _root_outside(k_reduced, degree, 0.0, -math.inf, theta.dtype)
-    outside = _leaf_outside(levels, root_outside, _log_convolve)
-    return torch.exp(theta + outside[..., : theta.shape[-1]] - log_z[..., None]), log_z
+    tau = _tilt(theta, degree, k_reduced)
+    logit = theta - tau
+    d = int(theta.shape[-1])
+    padding = (1 << max(d - 1, 0).bit_length()) - d
+    leaves = torch.stack([torch.sigmoid(-logit), torch.sigmoid(logit)], -1)
+    leaves = torch.nn.functional.pad(leaves, (0, 0, 0, padding), value=0.0)
+    leaves[..., d:, 0] = 1.0  # padding items are absent: N gains nothing from them
+    levels = _inside(leaves, degree, _linear_convolve)
+    z = _root_coefficient(levels, k_reduced, 0.0)[1]
+    log_z = torch.log(z) + torch.nn.functional.softplus(logit).sum(-1) + k_reduced * tau[..., 0]
+    return levels, leaves[..., :d, 1], z, log_z
+
+
+def _tilted_marginals(theta, degree, k_reduced):
+    r""":math:`\mu_i = p_i P(N_{-i} = k' - 1) / P(N = k')` by the outside pass, and the log-partition."""
+    levels, p, z, log_z = _count_distribution(theta, degree, k_reduced)
+    outside = _leaf_outside(levels, _root_outside(k_reduced, degree, 1.0, 0.0, z.dtype), _linear_convolve)
+    return p * outside[..., : p.shape[-1]] / z[..., None], log_z
 
 
 def _subset_log_partition(theta, k):
-    """``log e_k(e^theta)`` of NaN-free ``(B, d)`` logits, each element by the cheapest exact path."""
+    """``log e_k(e^theta)`` of NaN-free ``(B, d)`` logits."""
     if min(k, theta.shape[-1] - k) == 0:
         log_z = torch.where((theta > -math.inf).sum(-1) >= k, 0.0, -math.inf).to(theta.dtype)
         return log_z if k == 0 else log_z + torch.where(theta > -math.inf, theta, 0).sum(-1)
-    offset, (log_z,) = _by_range_tiers(theta, k, _linear_log_partition, _log_log_partition)
-    return log_z if offset is None else log_z + offset.to(log_z.dtype)
+    reduced, k_reduced, offset, degree = _reduced_problem(theta, k)
+    log_z = _count_distribution(reduced, degree, k_reduced)[-1]
+    return (log_z if offset is None else log_z + offset.double()).to(theta.dtype)
 
 
 def _subset_marginals(theta, k):
-    """``(mu, log_z)`` of NaN-free ``(B, d)`` logits (each element by the cheapest exact path)."""
+    """``(mu, log_z)`` of NaN-free ``(B, d)`` logits."""
     present = (theta > -math.inf).to(theta.dtype)
     if min(k, theta.shape[-1] - k) == 0:
         return present * (k > 0), _subset_log_partition(theta, k)
-    offset, (mu, log_z) = _by_range_tiers(theta, k, _linear_marginals, _log_marginals)
-    if offset is None:
-        return mu, log_z
-    return present - mu, log_z + offset.to(log_z.dtype)
+    reduced, k_reduced, offset, degree = _reduced_problem(theta, k)
+    mu, log_z = _tilted_marginals(reduced, degree, k_reduced)
+    if offset is not None:
+        mu, log_z = present - mu, log_z + offset.double()
+    return mu.to(theta.dtype), log_z.to(theta.dtype)
 
 
 def _flat(logits):
@@ -417,6 +414,12 @@ def enumerate_k_subsets(d, k, dtype=None, device=None):
 # d tau / d v_i = h'_i / sum_j h'_j.
 
 
+def _check_present(v, k):
+    """Raise where fewer than ``k`` entries of a NaN-free row of ``v`` are above ``-inf``."""
+    _check_enough_items(mask_nan_elements(v, 1)[0], k, "v")
+    return v.new_zeros(())
+
+
 def _kth_largest(v, k):
     """The k-th largest entry of each row (raising where fewer than ``k`` entries are above ``-inf``)."""
     _check_enough_items(v, k, "v")
@@ -426,6 +429,8 @@ def _kth_largest(v, k):
 def _threshold_relaxation(h, h_prime, bracket, v, k):
     d = v.shape[-1]
     if k in (0, d):
+        if k == d:  # every item must be present, as for the exp_family relaxation
+            opaque_call(functools.partial(_check_present, k=k), v)
         return torch.full_like(v, float(k == d)).masked_fill(torch.isnan(v), math.nan) + zeros_in_graph(v)
     v, nan = mask_nan_elements(v, 1)
     # Shift by the k-th largest score: tau lives near 0 and bisection keeps full relative precision.
