@@ -104,19 +104,32 @@ def _windows(second, first_length, out_length, offset, fill):
 
 
 def _linear_convolve(first, second, out_length, offset):
-    """``out[..., t] = sum_i first[..., i] second[..., t + offset - i]`` for ``t < out_length``.
+    """``out[..., t] = sum_i first[..., i] second[..., t + offset - i]`` for ``t < out_length``."""
+    return _convolve_reversed(jnp.flip(first, -1), second, out_length, offset)
 
-    Directly for short ``first``, by FFT for long ones (:data:`SUBSET_DIRECT_CONVOLUTION_MAX_LENGTH`).
+
+def _convolve_reversed(first_reversed, second, out_length, offset):
+    """:func:`_linear_convolve` given ``first`` with its coefficients reversed (what the convolution matrix pairs).
+
+    ``first_reversed`` may have one more axis than ``second``, ``(..., m, L)`` by ``(..., L')``: ``m``
+    polynomials times the same one. Directly for short ``first``, by FFT for long ones
+    (:data:`SUBSET_DIRECT_CONVOLUTION_MAX_LENGTH`).
     """
-    first_length = first.shape[-1]
+    shared = first_reversed.ndim > second.ndim
+    first_length = first_reversed.shape[-1]
     if first_length <= SUBSET_DIRECT_CONVOLUTION_MAX_LENGTH:
         windows = _windows(second, first_length, out_length, offset, 0.0)
-        return (windows @ jnp.flip(first, -1)[..., None])[..., 0]
+        if shared:
+            return jnp.swapaxes(windows @ jnp.swapaxes(first_reversed, -1, -2), -1, -2)
+        return (windows @ first_reversed[..., None])[..., 0]
     size = first_length + second.shape[-1] - 1
     n_fft = 1 << (size - 1).bit_length()
-    full = jnp.fft.irfft(jnp.fft.rfft(first, n_fft) * jnp.fft.rfft(second, n_fft), n_fft).astype(first.dtype)
+    second_spectrum = jnp.fft.rfft(second, n_fft)
+    if shared:
+        second_spectrum = second_spectrum[..., None, :]
+    full = jnp.fft.irfft(jnp.fft.rfft(jnp.flip(first_reversed, -1), n_fft) * second_spectrum, n_fft)
     pad = [(0, 0)] * (full.ndim - 1) + [(0, max(0, offset + out_length - size))]
-    return jnp.pad(full[..., offset:size], pad)[..., :out_length]
+    return jnp.pad(full[..., offset:size].astype(second.dtype), pad)[..., :out_length]
 
 
 def _log_convolve(first, second, out_length, offset):
@@ -144,24 +157,26 @@ def _inside(leaves, degree, convolve):
     return levels
 
 
-def _leaf_outside(levels, root_outside, convolve):
-    r"""Outside coefficients at every leaf, ``(..., 2^m, 2)`` (see pyro_sst).
+def _leaf_outside(levels, root_outside):
+    r"""Outside coefficients of degree ``degree - 1`` at every leaf, ``(..., 2^m)`` (see pyro_sst's twin).
 
-    Column 0 pairs with the leaf's weight (:math:`e_{k-1}` of the other items), column 1 with its
-    constant term (:math:`e_k` of the other items).
+    The outside polynomial of a node is the product of all other leaves' polynomials times
+    :math:`z^{\text{degree} - k}`; each node keeps the window of degrees that pairs with its inside
+    coefficients.
     """
     outside = root_outside[..., None, :]
     for inside in reversed(levels[:-1]):
         nodes, length = inside.shape[-2:]
-        sibling = jnp.flip(inside.reshape(inside.shape[:-2] + (nodes // 2, 2, length)), -2)
-        outside = convolve(sibling, outside[..., None, :], length, outside.shape[-1] - length)
+        # each child's outside is its sibling's inside times the parent's outside: siblings swapped, reversed
+        siblings_reversed = jnp.flip(inside.reshape(inside.shape[:-2] + (nodes // 2, 2, length)), (-2, -1))
+        outside = _convolve_reversed(siblings_reversed, outside, length, outside.shape[-1] - length)
         outside = outside.reshape(outside.shape[:-3] + (nodes, length))
-    return outside
+    return outside[..., 0]
 
 
-def _root_outside(k_reduced, degree, one, zero, dtype):
+def _root_outside(k_reduced, degree, dtype):
     r""":math:`z^{\text{degree} - k}` per batch element, as coefficients of degrees ``0 .. degree``."""
-    return jnp.where(jnp.arange(degree + 1) == degree - k_reduced[..., None], one, zero).astype(dtype)
+    return (jnp.arange(degree + 1) == degree - k_reduced[..., None]).astype(dtype)
 
 
 def _root_coefficient(levels, k_reduced, absent):
@@ -221,8 +236,8 @@ def _count_distribution(theta, degree, k_reduced):
 def _tilted_marginals(theta, degree, k_reduced):
     r""":math:`\mu_i = p_i P(N_{-i} = k' - 1) / P(N = k')` by the outside pass, and the log-partition."""
     levels, p, z, log_z = _count_distribution(theta, degree, k_reduced)
-    outside = _leaf_outside(levels, _root_outside(k_reduced, degree, 1.0, 0.0, z.dtype), _linear_convolve)
-    return p * outside[..., : p.shape[-1], 0] / z[..., None], log_z
+    outside = _leaf_outside(levels, _root_outside(k_reduced, degree, z.dtype))
+    return p * outside[..., : p.shape[-1]] / z[..., None], log_z
 
 
 def _degenerate_log_partition(theta, k):

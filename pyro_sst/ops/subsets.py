@@ -132,17 +132,30 @@ def _windows(second, first_length, out_length, offset, fill):
 
 
 def _linear_convolve(first, second, out_length, offset):
-    """``out[..., t] = sum_i first[..., i] second[..., t + offset - i]`` for ``t < out_length``.
+    """``out[..., t] = sum_i first[..., i] second[..., t + offset - i]`` for ``t < out_length``."""
+    return _convolve_reversed(first.flip(-1), second, out_length, offset)
 
-    Directly for short ``first``, by FFT for long ones (:data:`SUBSET_DIRECT_CONVOLUTION_MAX_LENGTH`).
+
+def _convolve_reversed(first_reversed, second, out_length, offset):
+    """:func:`_linear_convolve` given ``first`` with its coefficients reversed (what the convolution matrix pairs).
+
+    ``first_reversed`` may have one more axis than ``second``, ``(..., m, L)`` by ``(..., L')``: ``m``
+    polynomials times the same one (one product with the shared convolution matrix, no broadcast
+    copy). Directly for short ``first``, by FFT for long ones (:data:`SUBSET_DIRECT_CONVOLUTION_MAX_LENGTH`).
     """
-    first_length = int(first.shape[-1])
+    shared = first_reversed.dim() > second.dim()
+    first_length = int(first_reversed.shape[-1])
     if first_length <= SUBSET_DIRECT_CONVOLUTION_MAX_LENGTH:
         windows = _windows(second, first_length, out_length, offset, 0.0)
-        return (windows @ first.flip(-1)[..., None]).squeeze(-1)
+        if shared:
+            return (windows @ first_reversed.mT).mT
+        return (windows @ first_reversed[..., None]).squeeze(-1)
     size = first_length + int(second.shape[-1]) - 1
     n_fft = 1 << (size - 1).bit_length()
-    full = torch.fft.irfft(torch.fft.rfft(first, n_fft) * torch.fft.rfft(second, n_fft), n_fft)
+    second_spectrum = torch.fft.rfft(second, n_fft)
+    if shared:
+        second_spectrum = second_spectrum[..., None, :]
+    full = torch.fft.irfft(torch.fft.rfft(first_reversed.flip(-1), n_fft) * second_spectrum, n_fft)
     return torch.nn.functional.pad(full[..., offset:size], (0, max(0, offset + out_length - size)))[..., :out_length]
 
 
@@ -176,7 +189,7 @@ def _inside(leaves, degree, convolve):
     return levels
 
 
-def _leaf_outside(levels, root_outside, convolve):
+def _leaf_outside(levels, root_outside):
     r"""Outside coefficients of degree ``degree - 1`` at every leaf, ``(..., 2^m)``.
 
     The outside polynomial of a node is the product of all other leaves' polynomials times
@@ -188,15 +201,16 @@ def _leaf_outside(levels, root_outside, convolve):
     outside = root_outside[..., None, :]
     for inside in reversed(levels[:-1]):
         nodes, length = (int(size) for size in inside.shape[-2:])
-        sibling = inside.unflatten(-2, (nodes // 2, 2)).flip(-2)
-        outside = convolve(sibling, outside[..., None, :], length, int(outside.shape[-1]) - length).flatten(-3, -2)
+        # each child's outside is its sibling's inside times the parent's outside: siblings swapped, reversed
+        siblings_reversed = inside.unflatten(-2, (nodes // 2, 2)).flip((-2, -1))
+        outside = _convolve_reversed(siblings_reversed, outside, length, int(outside.shape[-1]) - length)
+        outside = outside.flatten(-3, -2)
     return outside[..., 0]
 
 
-def _root_outside(k_reduced, degree, one, zero, dtype):
+def _root_outside(k_reduced, degree, dtype):
     r""":math:`z^{\text{degree} - k}` per batch element, as coefficients of degrees ``0 .. degree``."""
-    target = torch.arange(degree + 1, device=k_reduced.device) == degree - k_reduced[..., None]
-    return torch.where(target, torch.tensor(one, dtype=dtype), torch.tensor(zero, dtype=dtype))
+    return (torch.arange(degree + 1, device=k_reduced.device) == degree - k_reduced[..., None]).to(dtype)
 
 
 def _root_coefficient(levels, k_reduced, absent):
@@ -253,7 +267,7 @@ def _count_distribution(theta, degree, k_reduced):
 def _tilted_marginals(theta, degree, k_reduced):
     r""":math:`\mu_i = p_i P(N_{-i} = k' - 1) / P(N = k')` by the outside pass, and the log-partition."""
     levels, p, z, log_z = _count_distribution(theta, degree, k_reduced)
-    outside = _leaf_outside(levels, _root_outside(k_reduced, degree, 1.0, 0.0, z.dtype), _linear_convolve)
+    outside = _leaf_outside(levels, _root_outside(k_reduced, degree, z.dtype))
     return p * outside[..., : p.shape[-1]] / z[..., None], log_z
 
 
