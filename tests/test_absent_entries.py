@@ -157,3 +157,97 @@ def test_categorical_probs_are_validated_by_name_and_zero_is_an_absent_class(bac
         module.RelaxedOneHotCategorical(array(0.5), logits=array([0.0, np.inf]))
     with pytest.raises(ValueError, match="every class is absent"):
         module.RelaxedOneHotCategorical(array(0.5), logits=array([-np.inf, -np.inf]))
+
+
+def _gradient_rows(backend, function, x):
+    """Gradient of ``sum(where(finite(out), out, 0))`` with respect to ``x``, one row per batch element."""
+    if backend == "pyro":
+        x = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+        out = function(pyro_sst, x)
+        torch.where(torch.isfinite(out), out, 0).sum().backward()
+        return x.grad.numpy().reshape(len(x), -1)
+
+    def loss(x):
+        out = function(numpyro_sst, x)
+        return jnp.where(jnp.isfinite(out), out, 0).sum()
+
+    return np.asarray(jax.grad(loss)(jnp.asarray(x, jnp.float32))).reshape(len(x), -1)
+
+
+def _nan_in(shape, index):
+    x = np.random.default_rng(4).normal(size=shape)
+    x[index] = np.nan
+    return x
+
+
+_T = lambda m: torch.tensor(0.5) if m is pyro_sst else 0.5  # noqa: E731
+
+
+def _relaxed(make):
+    """A relaxed sample (reparameterised) of the distribution ``make(module, logits)``."""
+    return lambda m, x: make(m, x).rsample() if m is pyro_sst else make(m, x).rsample(jax.random.PRNGKey(0))
+
+
+# (function of (module, logits), logits with batch element 1 NaN on a read entry)
+NAN_ELEMENTS = {
+    "RelaxedSpanningTree": (_relaxed(lambda m, x: m.RelaxedSpanningTree(x, _T(m), validate_args=False)), (1, 0, 2)),
+    "RelaxedArborescence": (_relaxed(lambda m, x: m.RelaxedArborescence(x, _T(m), validate_args=False)), (1, 2, 1)),
+    "RelaxedTopK": (_relaxed(lambda m, x: m.RelaxedTopK(x, 2, _T(m), validate_args=False)), (1, 0)),
+    "RelaxedOneHotCategorical": (
+        _relaxed(lambda m, x: m.RelaxedOneHotCategorical(_T(m), logits=x, validate_args=False)),
+        (1, 0),
+    ),
+    "GumbelSinkhorn": (_relaxed(lambda m, x: m.GumbelSinkhorn(x, _T(m), validate_args=False)), (1, 0, 1)),
+    "GumbelSinkhorn.log_partition": (lambda m, x: m.GumbelSinkhorn(x, _T(m), validate_args=False).log_partition, (1, 0, 1)),
+    "SpanningTree.log_prob": (
+        lambda m, x: m.SpanningTree(x, validate_args=False).log_prob(m.SpanningTree(x[0] * 0).mode),
+        (1, 0, 2),
+    ),
+    "KSubset.log_prob": (lambda m, x: m.KSubset(x, 2, validate_args=False).log_prob(m.KSubset(x[0] * 0, 2).mode), (1, 0)),
+}
+
+
+@pytest.mark.parametrize("backend", ["pyro", "numpyro"])
+@pytest.mark.parametrize("case", sorted(NAN_ELEMENTS))
+def test_a_nan_element_has_a_zero_gradient_row_and_leaves_the_others_finite(backend, case):
+    function, index = NAN_ELEMENTS[case]
+    shape = (2, 4, 4) if len(index) == 3 else (2, 4)
+    grad = _gradient_rows(backend, function, _nan_in(shape, index))
+    assert np.isfinite(grad[0]).all() and np.abs(grad[0]).sum() > 0
+    np.testing.assert_array_equal(grad[1], 0.0)
+
+
+def _non_finite_log_partitions(kind):
+    """Three elements: ordinary, an empty support (-inf), a +inf logit (+inf)."""
+    rng = np.random.default_rng(5)
+    if kind == "subset":
+        x = rng.normal(size=(3, 5))
+        x[1, :4], x[2, 0] = -np.inf, np.inf
+        return x
+    x = rng.normal(size=(3, 4, 4))
+    if kind == "permanent":
+        x[1, 0, :], x[2, 0, 0] = -np.inf, np.inf
+    else:
+        x[1, :, 3] = x[1, 3, :] = -np.inf  # node 3 cut off
+        x[2, 0, 1] = np.inf
+    return x
+
+
+LOG_PARTITIONS = {
+    "spanning tree": ("tree", lambda m, x: m.ops.spanning_tree_log_partition(x)),
+    "arborescence": ("tree", lambda m, x: m.ops.arborescence_log_partition(x)),
+    "single-root arborescence": ("tree", lambda m, x: m.ops.arborescence_log_partition(x, single_root=True)),
+    "k-subset": ("subset", lambda m, x: m.ops.log_elementary_symmetric(x, 2)),
+    "permanent": ("permanent", lambda m, x: m.ops.log_permanent(x)),
+}
+
+
+@pytest.mark.parametrize("backend", ["pyro", "numpyro"])
+@pytest.mark.parametrize("case", sorted(LOG_PARTITIONS))
+def test_log_partition_gradient_is_zero_where_it_is_not_finite(backend, case):
+    """Masked out by the caller (a zero cotangent), an element with A = -inf or +inf leaves the gradient finite."""
+    kind, function = LOG_PARTITIONS[case]
+    x = _non_finite_log_partitions(kind)
+    grad = _gradient_rows(backend, function, x)
+    assert np.isfinite(grad[0]).all() and np.abs(grad[0]).sum() > 0
+    np.testing.assert_array_equal(grad[1:], 0.0)

@@ -310,12 +310,15 @@ class PerturbAndRelax(StructuredDistribution):
         r"""The relaxed sample for given utilities, e.g. :math:`\mu(U / t)` (differentiable).
 
         A non-positive temperature raises at construction on concrete values; under ``jit`` (values unknown
-        there) those batch elements come out NaN, with zero gradients.
+        there) those batch elements come out NaN, with zero gradients; so do elements with a NaN on a free entry.
         """
         t = self._per_event(self.temperature)
         positive = t > 0
-        relaxed = self._relax(utilities / jnp.where(positive, t, 1))
-        return jnp.where(positive, relaxed, jnp.nan)
+        scores = utilities / jnp.where(positive, t, 1)
+        # a NaN on a free entry: that element is NaN, with a zero gradient
+        nan = self._per_event(self._sum_event(jnp.isnan(scores) & self._free_mask) > 0)
+        relaxed = self._relax(jnp.where(nan, 0, scores))
+        return jnp.where(positive & ~nan, relaxed, jnp.nan)
 
     def _relax(self, scores):
         """The regularised argmax of ``scores = U / t`` (default: the exponential-family marginals)."""

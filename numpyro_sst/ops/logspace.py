@@ -55,6 +55,19 @@ def check_nonempty(log_partition, structure):
     raise_if_empty(log_partition == -jnp.inf, structure)
 
 
+def nan_in_nan_out(function, x, event_dim, out_event_dims):
+    """``function(x)`` computed with the NaN batch elements of ``x`` zeroed and set to NaN in every output.
+
+    NaN in, NaN out, with a zero gradient for those elements (the zeroed inputs never reach the
+    computation); ``out_event_dims`` is an int, or a tuple of ints when ``function`` returns a tuple.
+    """
+    x, nan = mask_nan_elements(x, event_dim)
+    out = function(x)
+    if isinstance(out, tuple):
+        return tuple(fill_nan(o, nan, dim) for o, dim in zip(out, out_event_dims, strict=True))
+    return fill_nan(out, nan, out_event_dims)
+
+
 def undefined_where_empty(mu, log_partition, event_dim):
     """Marginals set to NaN where the support is empty (traced inputs, where nothing can raise)."""
     return fill_nan(mu, log_partition == -jnp.inf, event_dim)
@@ -85,10 +98,14 @@ def program_log_partition(program, logits, structure="structure"):
 
     JAX differentiates the program itself, to any order, so no custom rule is needed (pyro_sst
     wraps the same program in custom autograd Functions); its gradient is
-    :func:`gradient_marginals`. ``structure`` names the support in error messages, as in pyro_sst.
+    :func:`gradient_marginals`, and zero where :math:`A` is not finite (the program then runs on zero
+    logits, so that a caller who masks those elements out keeps shared parameters finite).
+    ``structure`` names the support in error messages, as in pyro_sst.
     """
     del structure
-    return program(logits)
+    value = program(jax.lax.stop_gradient(logits))
+    finite = jnp.isfinite(value).reshape(value.shape + (1,) * (logits.ndim - value.ndim))
+    return jnp.where(jnp.isfinite(value), program(jnp.where(finite, logits, 0)), value)
 
 
 def gradient_marginals(program, logits, structure="structure"):

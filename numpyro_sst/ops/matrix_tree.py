@@ -383,8 +383,13 @@ def _log_partition(theta, root, single_root):
 @_log_partition.defjvp
 def _log_partition_jvp(root, single_root, primals, tangents):
     (theta,), (v,) = primals, tangents
-    mu = _marginals(theta, root, single_root)
-    return _log_partition(theta, root, single_root), (mu * jnp.where(jnp.isfinite(theta), v, 0)).sum((-2, -1))
+    log_z = _log_partition(theta, root, single_root)
+    # Where A is not finite (an empty support, +inf logits) its derivative is zero, so that a caller who masks
+    # those elements out keeps shared parameters finite; the marginals run on the complete graph there.
+    finite = jnp.isfinite(log_z)[..., None, None]
+    safe = jnp.where(finite, theta, directed_log_weights(jnp.zeros_like(theta), root))
+    mu = jnp.where(finite, _marginals(safe, root, single_root), 0)
+    return log_z, (mu * jnp.where(jnp.isfinite(theta), v, 0)).sum((-2, -1))
 
 
 # Compiled once per shape and option: eager calls then cost one dispatch, not a retrace of every loop and branch.

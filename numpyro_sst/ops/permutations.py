@@ -18,7 +18,14 @@ import jax.numpy as jnp
 from sst_common import enumeration
 from sst_common.checks import BACKWARDS, EXACT_MAX_N, check_sinkhorn_args
 
-from .logspace import fill_nan, gradient_marginals, log_sum_exp, mask_nan_elements, program_log_partition
+from .logspace import (
+    fill_nan,
+    gradient_marginals,
+    log_sum_exp,
+    mask_nan_elements,
+    nan_in_nan_out,
+    program_log_partition,
+)
 from .validation import check_square, raise_if, wide_dtype
 
 __all__ = [
@@ -183,6 +190,11 @@ def sinkhorn(log_alpha, n_iters=100, tol=1e-6, backward="implicit"):
     """
     log_alpha = check_square(log_alpha, "log_alpha")
     n_iters, tol = check_sinkhorn_args(n_iters, tol, backward)
+    sinkhorn_of = functools.partial(_sinkhorn, n_iters=n_iters, tol=tol, backward=backward)
+    return nan_in_nan_out(sinkhorn_of, log_alpha, 2, (2, 0))
+
+
+def _sinkhorn(log_alpha, n_iters, tol, backward):
     if backward == "implicit":
         return _compiled_implicit_sinkhorn(log_alpha, n_iters, tol)
     log_p, residual = _sinkhorn_sweeps(log_alpha, n_iters, tol)
@@ -396,7 +408,7 @@ def log_permanent(logits, method="auto"):
     logits = check_square(logits)
     if _uses_bethe(logits, method):
         return bethe_log_permanent(logits)[0]
-    return program_log_partition(_exact_log_permanent, logits, "permutation")
+    return nan_in_nan_out(lambda x: program_log_partition(_exact_log_permanent, x, "permutation"), logits, 2, 0)
 
 
 def permutation_marginals(logits, method="auto"):
@@ -408,7 +420,7 @@ def permutation_marginals(logits, method="auto"):
     logits = check_square(logits)
     if _uses_bethe(logits, method):
         return bethe_log_permanent(logits)[1]
-    return gradient_marginals(_exact_log_permanent, logits, "permutation")
+    return nan_in_nan_out(lambda x: gradient_marginals(_exact_log_permanent, x, "permutation"), logits, 2, 2)
 
 
 def enumerate_permutations(n, dtype=jnp.float32):

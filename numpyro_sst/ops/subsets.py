@@ -270,8 +270,11 @@ def _subset_log_partition(theta, k):
 @_subset_log_partition.defjvp
 def _subset_log_partition_jvp(k, primals, tangents):
     (theta,), (v,) = primals, tangents
-    mu = undefined_where_empty(*_subset_marginals(theta, k), 1)
-    return _subset_log_partition(theta, k), (mu * jnp.where(theta > -jnp.inf, v, 0)).sum(-1)
+    log_z = _subset_log_partition(theta, k)
+    # Where A is not finite (too few items, +inf logits) its derivative is zero (see the matrix-tree core)
+    finite = jnp.isfinite(log_z)[..., None]
+    mu = jnp.where(finite, _subset_marginals(jnp.where(finite, theta, 0), k)[0], 0)
+    return log_z, (mu * jnp.where(theta > -jnp.inf, v, 0)).sum(-1)
 
 
 def _flat(logits):

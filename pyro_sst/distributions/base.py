@@ -18,6 +18,8 @@ A structure is a 0/1 array :math:`x \in \mathcal{X}` with the shape of the
 :class:`ExponentialFamily` the exact exponential-family sampler.
 """
 
+import math
+
 import torch
 from pyro.distributions.torch_distribution import TorchDistribution
 from torch.distributions import constraints
@@ -268,8 +270,14 @@ class PerturbAndRelax(StructuredDistribution):
         return self._sum_event(torch.where(self._free_mask, log_p, torch.zeros_like(log_p)))
 
     def relax(self, utilities):
-        r"""The relaxed sample for given utilities, e.g. :math:`\mu(U / t)` (differentiable)."""
-        return self._relax(utilities / self._per_event(self.temperature))
+        r"""The relaxed sample for given utilities, e.g. :math:`\mu(U / t)` (differentiable).
+
+        A batch element with a NaN on a free entry comes out NaN, with a zero gradient.
+        """
+        scores = utilities / self._per_event(self.temperature)
+        nan = self._sum_event(torch.isnan(scores) & self._free_mask) > 0
+        relaxed = self._relax(torch.where(self._per_event(nan), torch.zeros_like(scores), scores))
+        return torch.where(self._per_event(nan), torch.full_like(relaxed, math.nan), relaxed)
 
     def _relax(self, scores):
         """The regularised argmax of ``scores = U / t`` (default: the exponential-family marginals)."""

@@ -53,6 +53,19 @@ def fill_nan(out, mask, event_dim):
     return torch.where(mask, torch.full_like(out, math.nan), out)
 
 
+def nan_in_nan_out(function, x, event_dim, out_event_dims):
+    """``function(x)`` computed with the NaN batch elements of ``x`` zeroed and set to NaN in every output.
+
+    NaN in, NaN out, with a zero gradient for those elements (the zeroed inputs never reach the
+    computation); ``out_event_dims`` is an int, or a tuple of ints when ``function`` returns a tuple.
+    """
+    x, nan = mask_nan_elements(x, event_dim)
+    out = function(x)
+    if isinstance(out, tuple):
+        return tuple(fill_nan(o, nan, dim) for o, dim in zip(out, out_event_dims, strict=True))
+    return fill_nan(out, nan, out_event_dims)
+
+
 def check_nonempty(log_partition, structure):
     """Raise where an exponential family has an empty support (``A = -inf``): its marginals are undefined."""
     if bool((log_partition == -math.inf).any()):
@@ -92,14 +105,18 @@ class _ProgramLogPartition(torch.autograd.Function):
         with torch.no_grad():
             value = program(theta)
         ctx.program, ctx.structure = program, structure
-        ctx.save_for_backward(theta)
+        ctx.save_for_backward(theta, value)
         return value
 
     @staticmethod
     def backward(ctx, grad):
-        (theta,) = ctx.saved_tensors
-        mu = _GradientMarginals.apply(ctx.program, ctx.structure, theta)
-        return None, None, grad.reshape(grad.shape + (1,) * (theta.dim() - grad.dim())) * mu
+        theta, value = ctx.saved_tensors
+        # Where A is not finite its gradient is zero (a caller who masks those elements out keeps shared
+        # parameters finite); the marginals run on zero logits there.
+        finite = torch.isfinite(value).reshape(value.shape + (1,) * (theta.dim() - value.dim()))
+        mu = _GradientMarginals.apply(ctx.program, ctx.structure, torch.where(finite, theta, torch.zeros_like(theta)))
+        grad = grad.reshape(grad.shape + (1,) * (theta.dim() - grad.dim()))
+        return None, None, torch.where(finite, grad * mu, torch.zeros_like(mu))
 
 
 class _GradientMarginals(torch.autograd.Function):

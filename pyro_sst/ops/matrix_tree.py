@@ -363,14 +363,20 @@ class _LogPartition(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, theta, root, single_root):
-        ctx.save_for_backward(theta)
+        log_z = eliminate(theta, root, single_root).log_z.to(theta.dtype)
+        ctx.save_for_backward(theta, log_z)
         ctx.root, ctx.single_root = root, single_root
-        return eliminate(theta, root, single_root).log_z.to(theta.dtype)
+        return log_z
 
     @staticmethod
     def backward(ctx, grad):
-        (theta,) = ctx.saved_tensors
-        return grad[..., None, None] * _MatrixTreeMarginals.apply(theta, ctx.root, ctx.single_root), None, None
+        theta, log_z = ctx.saved_tensors
+        # Where A is not finite (an empty support, +inf logits) its gradient is zero, so that a caller who masks
+        # those elements out leaves shared parameters finite; the marginals run on the complete graph there.
+        finite = torch.isfinite(log_z)[..., None, None]
+        theta = torch.where(finite, theta, directed_log_weights(torch.zeros_like(theta), ctx.root))
+        mu = _MatrixTreeMarginals.apply(theta, ctx.root, ctx.single_root)
+        return torch.where(finite, grad[..., None, None] * mu, torch.zeros_like(mu)), None, None
 
 
 def _check_args(logits, root, single_root, name="logits"):

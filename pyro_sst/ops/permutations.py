@@ -20,7 +20,14 @@ import torch
 from sst_common import enumeration
 from sst_common.checks import BACKWARDS, EXACT_MAX_N, check_sinkhorn_args
 
-from .logspace import fill_nan, gradient_marginals, log_sum_exp, mask_nan_elements, program_log_partition
+from .logspace import (
+    fill_nan,
+    gradient_marginals,
+    log_sum_exp,
+    mask_nan_elements,
+    nan_in_nan_out,
+    program_log_partition,
+)
 from .tracing import opaque_call
 from .validation import check_square
 
@@ -175,6 +182,11 @@ def sinkhorn(log_alpha, n_iters=100, tol=1e-6, backward="implicit"):
     """
     check_square(log_alpha, "log_alpha")
     n_iters, tol = check_sinkhorn_args(n_iters, tol, backward)
+    sinkhorn_of = functools.partial(_sinkhorn, n_iters=n_iters, tol=tol, backward=backward)
+    return nan_in_nan_out(sinkhorn_of, log_alpha, 2, (2, 0))
+
+
+def _sinkhorn(log_alpha, n_iters, tol, backward):
     if backward == "implicit":
         return _ImplicitSinkhorn.apply(log_alpha, n_iters, tol)
     log_p, residual = _sinkhorn_iterations(log_alpha, n_iters, tol)
@@ -393,10 +405,9 @@ def log_permanent(logits, method="auto"):
         formula but a sum of positive terms only (Ryser's alternating signs cancel
         catastrophically at large logit spreads), so it is exact in float32 at any spread.
     """
-    bethe = _uses_bethe(logits, method)
-    if logits.shape[-1] == 0:
-        return logits.new_zeros(logits.shape[:-2])
-    return bethe_log_permanent(logits)[0] if bethe else program_log_partition(_exact_log_permanent, logits, _STRUCTURE)
+    if _uses_bethe(logits, method):
+        return bethe_log_permanent(logits)[0]
+    return nan_in_nan_out(lambda x: program_log_partition(_exact_log_permanent, x, _STRUCTURE), logits, 2, 0)
 
 
 def permutation_marginals(logits, method="auto"):
@@ -407,7 +418,7 @@ def permutation_marginals(logits, method="auto"):
     """
     if _uses_bethe(logits, method):
         return bethe_log_permanent(logits)[1]
-    return gradient_marginals(_exact_log_permanent, logits, _STRUCTURE)
+    return nan_in_nan_out(lambda x: gradient_marginals(_exact_log_permanent, x, _STRUCTURE), logits, 2, 2)
 
 
 def enumerate_permutations(n, dtype=None, device=None):

@@ -304,13 +304,17 @@ class _SubsetLogPartition(torch.autograd.Function):
             flat, nan = mask_nan_elements(_flat(theta), 1)
             log_z = fill_nan(_subset_log_partition(flat, k), nan, 0).reshape(theta.shape[:-1])
         ctx.k = k
-        ctx.save_for_backward(theta)
+        ctx.save_for_backward(theta, log_z)
         return log_z.clone()  # jit.trace maps a Function's outputs through its recorded body
 
     @staticmethod
     def backward(ctx, grad):
-        (theta,) = ctx.saved_tensors
-        return grad[..., None] * _SubsetMarginals.apply(theta, ctx.k), None
+        theta, log_z = ctx.saved_tensors
+        # Where A is not finite (NaN, too few items, +inf logits) its gradient is zero: see _LogPartition in
+        # matrix_tree; the marginals run on zero logits there.
+        finite = torch.isfinite(log_z)[..., None]
+        mu = _SubsetMarginals.apply(torch.where(finite, theta, torch.zeros_like(theta)), ctx.k)
+        return torch.where(finite, grad[..., None] * mu, torch.zeros_like(mu)), None
 
 
 class _SubsetMarginals(torch.autograd.Function):
