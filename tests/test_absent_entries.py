@@ -198,12 +198,18 @@ NAN_ELEMENTS = {
         (1, 0),
     ),
     "GumbelSinkhorn": (_relaxed(lambda m, x: m.GumbelSinkhorn(x, _T(m), validate_args=False)), (1, 0, 1)),
-    "GumbelSinkhorn.log_partition": (lambda m, x: m.GumbelSinkhorn(x, _T(m), validate_args=False).log_partition, (1, 0, 1)),
+    "GumbelSinkhorn.log_partition": (
+        lambda m, x: m.GumbelSinkhorn(x, _T(m), validate_args=False).log_partition,
+        (1, 0, 1),
+    ),
     "SpanningTree.log_prob": (
         lambda m, x: m.SpanningTree(x, validate_args=False).log_prob(m.SpanningTree(x[0] * 0).mode),
         (1, 0, 2),
     ),
-    "KSubset.log_prob": (lambda m, x: m.KSubset(x, 2, validate_args=False).log_prob(m.KSubset(x[0] * 0, 2).mode), (1, 0)),
+    "KSubset.log_prob": (
+        lambda m, x: m.KSubset(x, 2, validate_args=False).log_prob(m.KSubset(x[0] * 0, 2).mode),
+        (1, 0),
+    ),
 }
 
 

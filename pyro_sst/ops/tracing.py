@@ -8,10 +8,28 @@ cannot capture it) then give the same results as eager mode.
 """
 
 import contextlib
+import warnings
 
 import torch
 
 __all__ = []
+
+#: the modules whose trace-time TracerWarnings :func:`quiet_trace_time_checks` silences
+_LIBRARY_MODULES = r"(pyro_sst|sst_common)(\.|$)"
+
+
+def quiet_trace_time_checks():
+    """While ``torch.jit.trace`` records, keep this library's own code from raising ``TracerWarning``s.
+
+    Its argument checks and shape arithmetic run once, at trace time, by design: they read only
+    shapes and the values being traced, and every data-dependent step runs inside a custom
+    autograd Function that the trace re-runs. torch silences its own library code the same way
+    (``TracerWarning.ignore_lib_warnings``); warnings from the user's code are untouched. Called at
+    every entry point (argument checks come first), so the filter is in place whenever a trace is
+    recorded, also where an earlier ``warnings.catch_warnings`` block has dropped it.
+    """
+    if torch._C._get_tracing_state() is not None:
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=_LIBRARY_MODULES)
 
 
 @contextlib.contextmanager

@@ -5,6 +5,8 @@ Every check raises :class:`ValueError` naming the argument and the allowed range
 
 import torch
 
+from .tracing import quiet_trace_time_checks
+
 __all__ = []
 
 #: floating dtypes the ops compute in (float16/bfloat16 lack the batched linear algebra and the range)
@@ -13,6 +15,7 @@ FLOAT_DTYPES = (torch.float32, torch.float64)
 
 def check_tensor(x, name="logits", event_dim=1):
     """``x`` must be a float32/float64 tensor with at least ``event_dim`` dims, each event dim of size >= 1."""
+    quiet_trace_time_checks()  # every entry point checks its tensor first
     if not torch.is_tensor(x):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:
