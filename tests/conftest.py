@@ -3,6 +3,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One compute thread per pytest-xdist worker (`make test` runs one worker per core): torch's and XLA's
+    # thread pools would otherwise each take every core and the workers would fight over them.
+    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+    import torch
+
+    torch.set_num_threads(1)
+
 import pytest  # noqa: E402
 
 

@@ -159,17 +159,22 @@ def test_categorical_probs_are_validated_by_name_and_zero_is_an_absent_class(bac
         module.RelaxedOneHotCategorical(array(0.5), logits=array([-np.inf, -np.inf]))
 
 
+def _weights(shape):
+    # not all equal: a sum of relaxed samples (each on a simplex or polytope face) has a zero gradient
+    return np.random.default_rng(6).normal(size=shape)
+
+
 def _gradient_rows(backend, function, x):
-    """Gradient of ``sum(where(finite(out), out, 0))`` with respect to ``x``, one row per batch element."""
+    """Gradient of ``sum(w * where(finite(out), out, 0))`` with respect to ``x``, one row per batch element."""
     if backend == "pyro":
         x = torch.tensor(x, dtype=torch.float64, requires_grad=True)
         out = function(pyro_sst, x)
-        torch.where(torch.isfinite(out), out, 0).sum().backward()
+        (torch.where(torch.isfinite(out), out, 0) * torch.tensor(_weights(out.shape))).sum().backward()
         return x.grad.numpy().reshape(len(x), -1)
 
     def loss(x):
         out = function(numpyro_sst, x)
-        return jnp.where(jnp.isfinite(out), out, 0).sum()
+        return (jnp.where(jnp.isfinite(out), out, 0) * _weights(out.shape)).sum()
 
     return np.asarray(jax.grad(loss)(jnp.asarray(x, jnp.float32))).reshape(len(x), -1)
 

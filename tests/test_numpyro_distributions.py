@@ -1,5 +1,6 @@
-"""numpyro_sst distributions: NumPyro's generic distribution checks (as its test/test_distributions.py runs them),
-the registered KLs, Gumbel-softmax against Pyro, and SVI that recovers a known structure."""
+"""numpyro_sst distributions: NumPyro conformance (construction under jit with validation, SVI, Predictive), the
+registered KLs, Gumbel-softmax against Pyro, and SVI that recovers a known structure. The generic distribution
+checks of both backends are in test_generic_checks.py."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,6 @@ import numpyro.distributions as ndist
 import pyro.distributions as pdist
 import pytest
 import torch
-from numpyro.distributions.batch_util import vmap_over
 from numpyro.distributions.kl import kl_divergence
 from numpyro.infer import SVI, Predictive, Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 from reference import ExpFamily, k_subsets
@@ -57,80 +57,6 @@ CASES = {
 def _make(name, logits=None):
     build, event_shape, _ = CASES[name]
     return build(_logits(event_shape) if logits is None else logits)
-
-
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_shapes_support_and_log_prob(name):
-    dist = _make(name)
-    _, event_shape, relaxed = CASES[name]
-    assert dist.batch_shape == BATCH and dist.event_shape == event_shape
-    x = dist.sample(KEY, (3,))
-    assert x.shape == (3,) + BATCH + event_shape == dist.shape((3,))
-    assert bool(dist.support(x).all())
-    assert dist.log_prob(x).shape == (3,) + BATCH
-    assert dist.has_rsample == relaxed
-    assert ndist.Distribution.infer_shapes is not type(dist).infer_shapes
-    if relaxed:
-        hard = dist.hard_sample(KEY, (3,))
-        assert hard.shape == x.shape and bool(jnp.isin(hard, jnp.array([0.0, 1.0])).all())
-        np.testing.assert_allclose(dist.relaxed_and_hard(KEY, (3,))[1], hard)
-    else:
-        with pytest.raises(NotImplementedError):
-            dist.rsample(KEY)
-
-
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_infer_shapes(name):
-    dist = _make(name)
-    logits_shape = dist.logits.shape
-    kwargs = {"temperature": ()} if CASES[name][2] else {}
-    assert type(dist).infer_shapes(logits_shape, **kwargs) == (dist.batch_shape, dist.event_shape)
-
-
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_pytree_jit_vmap_and_lax_map(name):
-    dist = _make(name)
-    same = jax.jit(lambda d: d)(dist)
-    assert type(same) is type(dist) and same.batch_shape == dist.batch_shape
-    for option in dist._all_options():
-        assert getattr(same, option) == getattr(dist, option)
-    leaves, tree = jax.tree_util.tree_flatten(dist)
-    rebuilt = jax.tree_util.tree_unflatten(tree, leaves)
-    np.testing.assert_allclose(rebuilt.log_partition, dist.log_partition, rtol=1e-6)
-    value = dist.mode
-    np.testing.assert_allclose(jax.jit(lambda d, v: d.log_prob(v))(dist, value), dist.log_prob(value), rtol=1e-5)
-    # vmap over the instance (NumPyro's vmap_over gives the in_axes of each field)
-    axes = vmap_over(dist, logits=0, temperature=0 if CASES[name][2] else None)
-    mapped = jax.vmap(lambda d, v: d.log_prob(v), in_axes=(axes, 0))(dist, value)
-    np.testing.assert_allclose(mapped, dist.log_prob(value), rtol=1e-5)
-    per_element = jax.lax.map(lambda logits: _make(name, logits[None]).log_partition[0], dist.logits)
-    np.testing.assert_allclose(per_element, dist.log_partition, rtol=1e-5)
-
-
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_expand_keeps_class_and_kl(name):
-    dist = _make(name)
-    wide = dist.expand((3,) + BATCH)
-    assert type(wide) is type(dist) and wide.batch_shape == (3,) + BATCH
-    assert wide.sample(KEY).shape == (3,) + BATCH + dist.event_shape
-    kl = kl_divergence(wide, _make(name, dist.logits + 0.5).expand((3,) + BATCH))
-    assert kl.shape == (3,) + BATCH and bool((kl >= -1e-6).all())
-
-
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_sample_and_log_prob_gradients(name):
-    _, event_shape, relaxed = CASES[name]
-    logits = _logits(event_shape)
-    # The Concrete density scores points of the open simplex; the others score hard structures exactly.
-    value = _make(name).sample(KEY) if name == "RelaxedOneHotCategorical" else _make(name).mode
-
-    def loss(logits):
-        dist = _make(name, logits)
-        sample = dist.sample(KEY) if relaxed else value
-        return (sample * jnp.arange(sample.size).reshape(sample.shape)).sum() + dist.log_prob(value).sum()
-
-    grad = jax.grad(loss)(logits)
-    assert bool(jnp.isfinite(grad).all()) and float(jnp.abs(grad).sum()) > 0
 
 
 def test_exp_family_against_enumeration_and_kl():

@@ -63,6 +63,13 @@ def _as_temperature(temperature, logits):
     return t
 
 
+def _broadcasts_to(shape, target):
+    try:
+        return torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False
+
+
 class StructuredDistribution(TorchDistribution):
     """Base of every structured distribution: exponential-family algebra and shapes."""
 
@@ -149,7 +156,8 @@ class StructuredDistribution(TorchDistribution):
     # ------------------------------------------------------------------ shapes
     @classmethod
     def infer_shapes(cls, logits, **arg_shapes):
-        """Batch and event shapes from argument shapes (the default assumes a scalar event)."""
+        """Batch and event shapes from argument shapes: the event is the last ``event_dim`` dims of ``logits``,
+        the other arguments broadcast with the rest."""
         event_shape = torch.Size(logits[len(logits) - cls.event_dim :])
         batch_shape = torch.Size(logits[: len(logits) - cls.event_dim])
         for name, shape in arg_shapes.items():
@@ -163,6 +171,10 @@ class StructuredDistribution(TorchDistribution):
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(type(self), _instance)
         batch_shape = torch.Size(batch_shape)
+        if not _broadcasts_to(self.batch_shape, batch_shape):
+            raise ValueError(
+                f"Cannot broadcast distribution of shape {tuple(self.batch_shape)} to shape {tuple(batch_shape)}"
+            )
         self._expand_tensors(new, batch_shape)
         for name in self._options:
             setattr(new, name, getattr(self, name))
