@@ -27,8 +27,12 @@ docs: setup
 	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
 	@echo "docs: docs/_build/html/index.html"
 
+# Two pytest-xdist workers, one compute thread each (tests/conftest.py): the suite is mostly JAX compilation and
+# small tensor ops, which one thread runs as fast as two.
+PYTEST_WORKERS ?= 2
+
 test: lint docs
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache docs/_build

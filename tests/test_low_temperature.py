@@ -1,4 +1,4 @@
-"""The former fallback regime (t = 0.05, logit spread 10, n = 30, float32) of every structure: exact values, finite
+"""A hard low-temperature regime (t = 0.05, logit spread 10, n = 30, float32) for every structure: exact values, finite
 gradients. Trees are checked against the matrix-tree theorem in 160-digit arithmetic (mpmath), which no float
 inverse reaches here (the scaled Laplacians have condition numbers near e^200)."""
 

@@ -1,4 +1,4 @@
-"""Adversarial inputs (issue 12): single-root partition functions, NaN and -inf, tracing, degenerate sizes, errors."""
+"""Adversarial inputs: single-root partition functions, NaN and -inf, tracing, degenerate sizes, errors."""
 
 import math
 import os

@@ -362,8 +362,8 @@ def test_k_accepts_any_integral_type():
 
 
 def test_euclidean_gradient_where_an_item_saturates_matches_finite_differences():
-    """k = 1 with one utility far ahead: x is one-hot and locally constant, so its Jacobian is 0 (clamp's
-    gradient at the ends of [0, 1] used to leak through; the numpyro_sst cross-check found it)."""
+    """k = 1 with one utility far ahead: x is one-hot and locally constant, so its Jacobian is 0 (clamp's gradient
+    at the ends of [0, 1] must not leak through)."""
     theta = torch.tensor(np.random.RandomState(1).normal(size=(2, 7)), dtype=torch.float64, requires_grad=True)
     v = torch.tensor(np.random.RandomState(2).normal(size=(2, 7)))
     direction = torch.tensor(np.random.RandomState(3).normal(size=(2, 7)))

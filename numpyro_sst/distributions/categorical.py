@@ -74,7 +74,7 @@ class RelaxedOneHotCategorical(RelaxedTopK):
             raise ValueError(NO_CLASS)
 
     def _relax(self, scores):
-        # softmax from its logarithm, each entry at least the dtype's smallest normal number (see pyro_sst): an
+        # softmax from its logarithm, each entry at least the dtype's smallest normal number: an
         # underflowed 0 would make log_prob of the sample -inf or NaN. XLA flushes subnormals: bound after exp.
         # where every class is absent the sample is undefined: raise, as hard_sample does (NaN under jit)
         raise_if((scores == -jnp.inf).all(-1), lambda _: NO_CLASS)

@@ -128,7 +128,8 @@ def _single_root_shift(X):
     r"""Per batch element: the shift ``c`` of the root's out-edges and the smallest finite logit.
 
     The bound on :math:`Z_{k+1} / Z_k` is :math:`n^2 e^{\mathrm{spread}}` on a complete graph and
-    :math:`n^n e^{(n-1)\,\mathrm{spread}}` with absent edges (see pyro_sst).
+    :math:`n^n e^{(n-1)\,\mathrm{spread}}` with absent edges: swapping a root edge for an edge between two
+    root subtrees changes the weight by at most the spread, and there are at most that many trees.
     """
     n = X.shape[-1]
     finite = jnp.isfinite(X)

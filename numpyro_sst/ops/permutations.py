@@ -74,7 +74,7 @@ def _sinkhorn_sweeps(log_alpha, n_iters, tol, differentiable=True):
 
 
 def _sinkhorn_newton(log_alpha, max_steps, tol):
-    r"""The Sinkhorn fixed point by Newton's method on the dual, each element until ``tol`` (see pyro_sst).
+    r"""The Sinkhorn fixed point by Newton's method on the dual, each element until ``tol``.
 
     With columns normalised for row potentials :math:`f`, the dual
     :math:`\psi(f) = \sum_j \operatorname{logsumexp}_i (X_{ij} + f_i) - \sum_i f_i` is convex with
@@ -146,7 +146,7 @@ def _implicit_sinkhorn_forward(log_alpha, n_iters, tol):
 
 
 def _implicit_sinkhorn_backward(n_iters, tol, p, grads):
-    r"""The gradient of the fixed point (see pyro_sst's ``_ImplicitSinkhorn``).
+    r"""The gradient of the Sinkhorn fixed point by the implicit function theorem.
 
     With :math:`a = (P \odot G) 1`, :math:`b = (P \odot G)^\top 1`:
     :math:`(I - P P^\top + \tfrac1n 1 1^\top)\lambda = a - P b`, :math:`\kappa = b - P^\top\lambda`,

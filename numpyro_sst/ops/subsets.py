@@ -158,7 +158,7 @@ def _inside(leaves, degree, convolve):
 
 
 def _leaf_outside(levels, root_outside):
-    r"""Outside coefficients of degree ``degree - 1`` at every leaf, ``(..., 2^m)`` (see pyro_sst's twin).
+    r"""Outside coefficients of degree ``degree - 1`` at every leaf, ``(..., 2^m)``.
 
     The outside polynomial of a node is the product of all other leaves' polynomials times
     :math:`z^{\text{degree} - k}`; each node keeps the window of degrees that pairs with its inside
@@ -214,7 +214,7 @@ def _tilt(theta, degree, k_reduced):
 
 
 def _count_distribution(theta, degree, k_reduced):
-    r"""Up pass on the tilted probabilities: ``(levels, p, z, log_z)`` (see pyro_sst's twin).
+    r"""Up pass on the tilted probabilities in the wide dtype: ``(levels, p, z, log_z)``.
 
     ``levels`` hold the distributions of the counts :math:`N` over blocks of items, ``p`` the
     leaves' :math:`p_i`, ``z`` :math:`= P(N = k')` and

@@ -262,13 +262,12 @@ def _scatter_edges(result, keep, edge, n):
 def _chu_liu_edmonds_batched(penalty, score, root):
     """``(B, n)`` parent arrays of the maximum arborescences of ``(B, n, n)`` weights ``(penalty, score)``.
 
-    Chu-Liu-Edmonds with every cycle of a round contracted at once (pyro_sst's batched version
-    as ``lax`` loops): each round takes the best in-edge of every node, finds the cycles by
-    pointer doubling, rescores the edges into a cycle by their gain over the cycle edge they
-    would replace and keeps, per pair of contracted nodes, the best edge (remembering the
-    original edge it stands for). An element whose best in-edges form no cycle writes its
-    final edges and stops changing; the rounds (at most ``n``, each removing a node) are
-    recorded in fixed-size buffers and the expansion walks them backwards.
+    Chu-Liu-Edmonds with every cycle of a round contracted at once, as ``lax`` loops: each round takes the best
+    in-edge of every node, finds the cycles by pointer doubling, rescores the edges into a cycle by their gain
+    over the cycle edge they would replace and keeps, per pair of contracted nodes, the best edge (remembering
+    the original edge it stands for). An element whose best in-edges form no cycle writes its final edges and
+    stops changing; the rounds (at most ``n``, each removing a node) are recorded in fixed-size buffers and the
+    expansion walks them backwards.
     """
     B, n = score.shape[0], score.shape[-1]
     nodes = jnp.arange(n)
