@@ -1,3 +1,5 @@
+import ctypes
+import gc
 import os
 import sys
 
@@ -26,7 +28,9 @@ def x64():
 @pytest.fixture(autouse=True, scope="session")
 def _compilation_cache(tmp_path_factory):
     """A JAX compilation cache on disk for this run only: a program dropped with the caches of one test module
-    (below) and compiled again by another is read back instead of recompiled."""
+    (below) and compiled again by another is read back instead of recompiled. (Reading one back, XLA logs that
+    the features "+prefer-no-gather/-scatter" are missing on the host: those are code-generation preferences,
+    not instructions, and the cache never leaves the machine and run that wrote it.)"""
     import jax
 
     jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
@@ -37,8 +41,15 @@ def _compilation_cache(tmp_path_factory):
 
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
-    """Drop JAX's compiled programs after each test module: one process compiles thousands of them, and keeping
-    them all held the suite's memory near 6 GB."""
+    """Drop JAX's compiled programs after each test module (one process compiles thousands of them, and keeping
+    them all held the suite's memory near 6 GB), and hand freed heap memory back to the system (glibc keeps it
+    otherwise, so a worker's resident memory only grows)."""
     yield
     if "jax" in sys.modules:
         sys.modules["jax"].clear_caches()
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except OSError:  # not glibc
+            pass

@@ -3,6 +3,8 @@
 import jax
 import jax.numpy as jnp
 
+from sst_common import elements
+
 from .validation import raise_if
 
 __all__ = ["gradient_marginals", "log_sum_exp", "program_log_partition"]
@@ -56,16 +58,10 @@ def check_nonempty(log_partition, structure):
 
 
 def nan_in_nan_out(function, x, event_dim, out_event_dims):
-    """``function(x)`` computed with the NaN batch elements of ``x`` zeroed and set to NaN in every output.
-
-    NaN in, NaN out, with a zero gradient for those elements (the zeroed inputs never reach the
-    computation); ``out_event_dims`` is an int, or a tuple of ints when ``function`` returns a tuple.
-    """
-    x, nan = mask_nan_elements(x, event_dim)
-    out = function(x)
-    if isinstance(out, tuple):
-        return tuple(fill_nan(o, nan, dim) for o, dim in zip(out, out_event_dims, strict=True))
-    return fill_nan(out, nan, out_event_dims)
+    """``function(x)`` with NaN batch elements of ``x`` zeroed before and NaN after (zero gradient there)."""
+    return elements.nan_in_nan_out(
+        function, x, event_dim, out_event_dims, mask_nan_elements=mask_nan_elements, fill_nan=fill_nan
+    )
 
 
 def undefined_where_empty(mu, log_partition, event_dim):

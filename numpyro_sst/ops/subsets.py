@@ -13,22 +13,14 @@ pass down the same tree. The log-partition is a ``jax.custom_jvp`` whose tangent
 :math:`\langle\mu, \dot\theta\rangle`; the marginals are differentiated through their two
 passes (forward or reverse mode), which is their exact Jacobian, the Hessian of :math:`A`.
 
-The passes run on a tilted problem that has no range limit. With
-:math:`p_i = \sigma(\theta_i - \tau)` for any :math:`\tau`,
-:math:`\prod_i (1 + e^{\theta_i - \tau} z) = \prod_i (1 + e^{\theta_i - \tau}) \, E[z^N]`, ``N`` the
-number of successes of independent Bernoulli(:math:`p_i`) trials, so
-
-.. math::
-
-    \log e_k(e^\theta) = \log P(N = k) + \sum_i \log(1 + e^{\theta_i - \tau}) + k \tau,
-    \qquad \mu_i = p_i \, P(N_{-i} = k - 1) / P(N = k).
-
-Every node of the tree holds a probability distribution (positive sums only, no loss of
-relative precision, no overflow), and :math:`\tau` is bisected (without gradient) to put the
-mean of ``N`` at ``k``, where :math:`P(N = k)` is near its mode and far from underflow at any
-spread of the logits, in float32 as in float64 (the passes run in float64 where JAX has it,
-i.e. with ``jax_enable_x64``). For ``k > d / 2`` everything runs on the complement,
-:math:`e_k(w) = \prod_i w_i \, e_{d-k}(1 / w)`, so the work is :math:`O(d \min(k, d - k))`.
+Both passes run on the tilted count distribution (derived on the concepts page of the docs, section
+k-subsets): every node of the tree
+holds the distribution of the number :math:`N` of Bernoulli(:math:`\sigma(\theta_i - \tau)`)
+successes over its items, :math:`\log e_k(e^\theta) = \log P(N = k) + \sum_i \log(1 +
+e^{\theta_i - \tau}) + k\tau` with :math:`\tau` bisected (without gradient) to put
+:math:`E[N]` at ``k``, so nothing overflows or cancels at any spread, in float32 (JAX's
+default) as in float64 (with ``jax_enable_x64``). For ``k > d / 2`` everything runs on the
+complement, :math:`e_k(w) = \prod_i w_i \, e_{d-k}(1 / w)`: :math:`O(d \min(k, d - k))` work.
 
 Special inputs: ``-inf`` logits are absent items. Where fewer than ``k`` items are present the
 log-partition is ``-inf`` and the marginals, samplers, top-k and relaxations raise

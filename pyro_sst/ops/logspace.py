@@ -12,6 +12,8 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
+from sst_common import elements
+
 from .tracing import untraced
 
 __all__ = ["gradient_marginals", "log_sum_exp", "program_log_partition"]
@@ -54,16 +56,10 @@ def fill_nan(out, mask, event_dim):
 
 
 def nan_in_nan_out(function, x, event_dim, out_event_dims):
-    """``function(x)`` computed with the NaN batch elements of ``x`` zeroed and set to NaN in every output.
-
-    NaN in, NaN out, with a zero gradient for those elements (the zeroed inputs never reach the
-    computation); ``out_event_dims`` is an int, or a tuple of ints when ``function`` returns a tuple.
-    """
-    x, nan = mask_nan_elements(x, event_dim)
-    out = function(x)
-    if isinstance(out, tuple):
-        return tuple(fill_nan(o, nan, dim) for o, dim in zip(out, out_event_dims, strict=True))
-    return fill_nan(out, nan, out_event_dims)
+    """``function(x)`` with NaN batch elements of ``x`` zeroed before and NaN after (zero gradient there)."""
+    return elements.nan_in_nan_out(
+        function, x, event_dim, out_event_dims, mask_nan_elements=mask_nan_elements, fill_nan=fill_nan
+    )
 
 
 def check_nonempty(log_partition, structure):
