@@ -9,7 +9,15 @@ functions they are built from live in :mod:`numpyro_sst.ops`. The package mirror
 import re
 import warnings
 
-import jaxlib
+try:
+    import jax  # noqa: F401
+    import jaxlib
+    import numpyro  # noqa: F401
+except ImportError as error:
+    raise ImportError(
+        f"numpyro_sst needs JAX and NumPyro ({error.name} is not installed): "
+        "pip install 'sst-distributions[numpyro]'"
+    ) from error
 
 from . import distributions, estimators, ops
 from .distributions import *  # noqa: F403
