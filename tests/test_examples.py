@@ -147,3 +147,16 @@ def test_random_trees_are_uniform_spanning_trees():
     counts = Counter(tuple(a[np.triu_indices(4, 1)]) for a in trees)
     # Cayley: 16 labelled trees on 4 nodes, 500 draws each expected (sd ~22).
     assert len(counts) == 16 and all(abs(c - 500) < 100 for c in counts.values())
+
+
+@pytest.mark.parametrize(
+    "backend,name",
+    [(b, p.stem) for b in ("pyro", "numpyro") for p in sorted((EXAMPLES / b).glob("*.py"))],
+)
+def test_smoke_runs_never_write_over_the_documented_figure(backend, name):
+    example = _load(name, backend)
+    documented = EXAMPLES / backend / f"{name}.png"
+    assert pathlib.Path(example.parse_args([]).out) == documented
+    smoke_out = pathlib.Path(example.parse_args(["--smoke"]).out)
+    assert smoke_out != documented and EXAMPLES not in smoke_out.parents
+    assert pathlib.Path(example.parse_args(["--smoke", "--out", "x.png"]).out) == pathlib.Path("x.png")

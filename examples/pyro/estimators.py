@@ -24,6 +24,7 @@ import functools
 import json
 import math
 import pathlib
+import tempfile
 
 import pyro.distributions as pdist
 import torch
@@ -40,9 +41,12 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=1500, help="toy-problem training steps")
     parser.add_argument("--batch", type=int, default=20000, help="independent estimates per variance measurement")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(pathlib.Path(__file__).with_name("estimators.png")))
+    parser.add_argument("--out", default=None, help="figure path (default: estimators.png here; --smoke: a temp file)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
     args = parser.parse_args(argv)
+    if args.out is None:  # a smoke run never writes over the documented figure
+        smoke_out = pathlib.Path(tempfile.gettempdir()) / "smoke_estimators.png"
+        args.out = str(smoke_out if args.smoke else pathlib.Path(__file__).with_name("estimators.png"))
     args.temperatures, args.structures = TEMPERATURES, tuple(STRUCTURES)
     if args.smoke:
         args.steps, args.batch, args.temperatures, args.structures = 40, 400, (0.3,), ("k_subset", "spanning_tree")

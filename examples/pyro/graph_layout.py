@@ -30,6 +30,7 @@ import argparse
 import json
 import pathlib
 import sys
+import tempfile
 
 import numpy as np
 import pyro
@@ -60,9 +61,14 @@ def parse_args(argv=None):
     parser.add_argument("--hidden", type=int, default=64, help="encoder's width")
     parser.add_argument("--decoder-hidden", type=int, default=32, help="decoder's width")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(pathlib.Path(__file__).with_name("graph_layout.png")))
+    parser.add_argument(
+        "--out", default=None, help="figure path (default: graph_layout.png here; --smoke: a temp file)"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
     args = parser.parse_args(argv)
+    if args.out is None:  # a smoke run never writes over the documented figure
+        smoke_out = pathlib.Path(tempfile.gettempdir()) / "smoke_graph_layout.png"
+        args.out = str(smoke_out if args.smoke else pathlib.Path(__file__).with_name("graph_layout.png"))
     if args.smoke:
         args.nodes, args.train, args.test, args.steps = 6, 256, 64, 60
     return args

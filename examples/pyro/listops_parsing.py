@@ -36,6 +36,7 @@ import argparse
 import json
 import pathlib
 import sys
+import tempfile
 
 import numpy as np
 import torch
@@ -68,9 +69,14 @@ def parse_args(argv=None):
     parser.add_argument("--rounds", type=int, default=3, help="executor rounds (>= the nesting depth)")
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(pathlib.Path(__file__).with_name("listops_parsing.png")))
+    parser.add_argument(
+        "--out", default=None, help="figure path (default: listops_parsing.png here; --smoke: a temp file)"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
     args = parser.parse_args(argv)
+    if args.out is None:  # a smoke run never writes over the documented figure
+        smoke_out = pathlib.Path(tempfile.gettempdir()) / "smoke_listops_parsing.png"
+        args.out = str(smoke_out if args.smoke else pathlib.Path(__file__).with_name("listops_parsing.png"))
     if args.smoke:
         args.length, args.train, args.test, args.steps, args.flat_steps = 12, 512, 128, 120, 40
     return args

@@ -17,6 +17,7 @@ The last stdout line is one JSON object: ``{"N=5": {"prop_sorted": ..., "prop_co
 import argparse
 import json
 import pathlib
+import tempfile
 import warnings
 
 import torch
@@ -32,9 +33,12 @@ def parse_args(argv=None):
     parser.add_argument("--temperature", type=float, default=0.5)
     parser.add_argument("--test", type=int, default=1000, help="test lists per N")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(pathlib.Path(__file__).with_name("sorting.png")))
+    parser.add_argument("--out", default=None, help="figure path (default: sorting.png here; --smoke: a temp file)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
     args = parser.parse_args(argv)
+    if args.out is None:  # a smoke run never writes over the documented figure
+        smoke_out = pathlib.Path(tempfile.gettempdir()) / "smoke_sorting.png"
+        args.out = str(smoke_out if args.smoke else pathlib.Path(__file__).with_name("sorting.png"))
     if args.smoke:
         args.sizes, args.steps, args.test = [5], 150, 200
     return args

@@ -25,6 +25,7 @@ The last stdout line is one JSON object: ``{"exp_family": {"subset_precision": .
 import argparse
 import json
 import pathlib
+import tempfile
 
 import torch
 
@@ -44,9 +45,14 @@ def parse_args(argv=None):
     parser.add_argument("--temperature", type=float, default=0.5)
     parser.add_argument("--test", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(pathlib.Path(__file__).with_name("subset_selection.png")))
+    parser.add_argument(
+        "--out", default=None, help="figure path (default: subset_selection.png here; --smoke: a temp file)"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
     args = parser.parse_args(argv)
+    if args.out is None:  # a smoke run never writes over the documented figure
+        smoke_out = pathlib.Path(tempfile.gettempdir()) / "smoke_subset_selection.png"
+        args.out = str(smoke_out if args.smoke else pathlib.Path(__file__).with_name("subset_selection.png"))
     if args.smoke:
         args.steps, args.test = 300, 500
     if args.k != 4:
