@@ -129,12 +129,18 @@ class ExpFamily:
         self.entropy = -xlogy(self.probs, self.probs).sum()
 
     def index_of(self, values):
-        """Position of each value in the support (values: (S, ...) 0/1 arrays)."""
-        flat = self.support.reshape(len(self.support), -1)
-        values = np.asarray(values).reshape(len(values), -1)
-        match = np.abs(values[:, None, :] - flat[None]).sum(-1) < 0.5
-        assert match.sum(-1).max() == 1, "value outside the support"
-        return match.argmax(-1)
+        """Position of each value in the support (values: (S, ...) 0/1 arrays), by a table of their bytes."""
+        positions = {row.tobytes(): i for i, row in enumerate(self._as_bytes(self.support))}
+        index = np.array([positions.get(row.tobytes(), -1) for row in self._as_bytes(values)])
+        assert (index >= 0).all(), "value outside the support"
+        return index
+
+    @staticmethod
+    def _as_bytes(values):
+        values = np.asarray(values)
+        rounded = np.rint(values)
+        assert np.abs(values - rounded).max(initial=0.0) < 0.25, "values must be 0/1 structures"
+        return rounded.astype(np.int8).reshape(len(values), -1)
 
     def total_variation(self, values):
         """TV distance between the empirical distribution of ``values`` and q."""
