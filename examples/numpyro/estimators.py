@@ -160,9 +160,12 @@ def structured_surrogates(make, f, structure):
 
 
 def gradient_batch(surrogate, key, theta, batch):
-    """``batch`` independent gradient estimates at ``theta`` (one gradient over a batch of copies)."""
+    """``batch`` independent gradient estimates at ``theta`` (one gradient over a batch of copies).
+
+    Compiled as one program: run eagerly, the gradient would dispatch (and compile) each operation on its own.
+    """
     logits = jnp.broadcast_to(theta, (batch,) + theta.shape)
-    return jax.grad(lambda t: surrogate(key, t).sum())(logits)  # the structured ops inside are jitted and cached
+    return jax.jit(jax.grad(lambda k, t: surrogate(k, t).sum(), argnums=1))(key, logits)
 
 
 def run_structures(args):
