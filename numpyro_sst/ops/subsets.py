@@ -130,12 +130,16 @@ def _log_convolve(first, second, out_length, offset):
     return log_sum_exp(windows + jnp.flip(first, -1)[..., None, :], -1)
 
 
-def _leaves(theta, degree, one, weight):
-    """Leaf polynomials ``one + weight(theta_i) z`` (truncated at ``degree``), ``d`` padded to a power of two."""
+def _leaves(theta, degree, factor):
+    """Leaf polynomials ``(a_i, b_i) = factor(theta_i)``, i.e. ``a_i + b_i z`` (truncated at ``degree``).
+
+    ``d`` is padded to a power of two with absent items (``theta = -inf``, for which ``factor`` gives the
+    polynomial one).
+    """
     d = theta.shape[-1]
     pad = (1 << max(d - 1, 0).bit_length()) - d
     theta = jnp.pad(theta, [(0, 0)] * (theta.ndim - 1) + [(0, pad)], constant_values=-jnp.inf)
-    return jnp.stack([jnp.full_like(theta, one), weight(theta)], -1)[..., : min(degree, 1) + 1]
+    return jnp.stack(factor(theta), -1)[..., : min(degree, 1) + 1]
 
 
 def _inside(leaves, degree, convolve):
@@ -214,15 +218,11 @@ def _count_distribution(theta, degree, k_reduced):
     """
     tau = _tilt(theta, degree, k_reduced)
     logit = theta - tau
-    d = theta.shape[-1]
-    padding = [(0, 0)] * (theta.ndim - 1) + [(0, (1 << max(d - 1, 0).bit_length()) - d)]
-    leaves = jnp.stack(
-        [jnp.pad(jax.nn.sigmoid(-logit), padding, constant_values=1.0), jnp.pad(jax.nn.sigmoid(logit), padding)], -1
-    )
+    leaves = _leaves(logit, degree, lambda x: (jax.nn.sigmoid(-x), jax.nn.sigmoid(x)))
     levels = _inside(leaves, degree, _linear_convolve)
     z = _root_coefficient(levels, k_reduced, 0.0)[1]
     log_z = jnp.log(z) + jax.nn.softplus(logit).sum(-1) + k_reduced * tau[..., 0]
-    return levels, leaves[..., :d, 1], z, log_z
+    return levels, leaves[..., : logit.shape[-1], 1], z, log_z
 
 
 def _tilted_marginals(theta, degree, k_reduced):
@@ -331,7 +331,7 @@ def _sample_k_subset(key, logits, k, sample_shape):
     reduced, k_reduced, _, degree = _reduced_problem(theta, k)
     counts = jnp.broadcast_to(k_reduced, sample_shape + k_reduced.shape)[..., None]
     if degree > 0:
-        levels = _inside(_leaves(reduced, degree, 0.0, lambda t: t), degree, _log_convolve)
+        levels = _inside(_leaves(reduced, degree, lambda t: (jnp.zeros_like(t), t)), degree, _log_convolve)
         for depth, level in enumerate(reversed(levels[:-1])):
             table = jnp.broadcast_to(level, sample_shape + level.shape)
             left, right = table[..., 0::2, :], table[..., 1::2, :]

@@ -165,14 +165,15 @@ def _log_convolve(first, second, out_length, offset):
     return log_sum_exp(windows + first.flip(-1)[..., None, :], -1)
 
 
-def _leaves(theta, degree, one, weight):
-    """Leaf polynomials ``one + weight(theta_i) z`` (truncated at ``degree``), ``d`` padded to a power of two.
+def _leaves(theta, degree, factor):
+    """Leaf polynomials ``(a_i, b_i) = factor(theta_i)``, i.e. ``a_i + b_i z`` (truncated at ``degree``).
 
-    Padding items are absent (``theta = -inf``, factor ``one``). Shape ``(..., 2^m, min(degree, 1) + 1)``.
+    ``d`` is padded to a power of two with absent items (``theta = -inf``, for which ``factor`` gives the
+    polynomial one). Shape ``(..., 2^m, min(degree, 1) + 1)``.
     """
     d = int(theta.shape[-1])  # a traced value under jit.trace
     theta = torch.nn.functional.pad(theta, (0, (1 << max(d - 1, 0).bit_length()) - d), value=-math.inf)
-    return torch.stack([torch.full_like(theta, one), weight(theta)], -1)[..., : min(degree, 1) + 1]
+    return torch.stack(factor(theta), -1)[..., : min(degree, 1) + 1]
 
 
 def _inside(leaves, degree, convolve):
@@ -253,15 +254,11 @@ def _count_distribution(theta, degree, k_reduced):
     theta = theta.double()
     tau = _tilt(theta, degree, k_reduced)
     logit = theta - tau
-    d = int(theta.shape[-1])
-    padding = (1 << max(d - 1, 0).bit_length()) - d
-    leaves = torch.stack([torch.sigmoid(-logit), torch.sigmoid(logit)], -1)
-    leaves = torch.nn.functional.pad(leaves, (0, 0, 0, padding), value=0.0)
-    leaves[..., d:, 0] = 1.0  # padding items are absent: N gains nothing from them
+    leaves = _leaves(logit, degree, lambda x: (torch.sigmoid(-x), torch.sigmoid(x)))
     levels = _inside(leaves, degree, _linear_convolve)
     z = _root_coefficient(levels, k_reduced, 0.0)[1]
     log_z = torch.log(z) + torch.nn.functional.softplus(logit).sum(-1) + k_reduced * tau[..., 0]
-    return levels, leaves[..., :d, 1], z, log_z
+    return levels, leaves[..., : logit.shape[-1], 1], z, log_z
 
 
 def _tilted_marginals(theta, degree, k_reduced):
@@ -391,7 +388,7 @@ def _sample_k_subset(logits, k, sample_shape, generator):
     theta, nan = mask_nan_elements(logits, 1)
     _check_enough_items(theta, k)
     reduced, k_reduced, offset, degree = _reduced_problem(theta, k)
-    levels = _inside(_leaves(reduced, degree, 0.0, lambda t: t), degree, _log_convolve)
+    levels = _inside(_leaves(reduced, degree, lambda t: (torch.zeros_like(t), t)), degree, _log_convolve)
     counts = k_reduced.expand(sample_shape + k_reduced.shape)[..., None]
     for level in reversed(levels[:-1]):
         table = level.expand(sample_shape + level.shape)
