@@ -1,5 +1,7 @@
 """Log-space building blocks shared by the dynamic programs (subset DP, permanent DP, tree elimination)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -64,6 +66,19 @@ def nan_in_nan_out(function, x, event_dim, out_event_dims):
     )
 
 
+def log_partition_tangent(theta, v, log_z, safe_theta, marginals):
+    """``<mu, v>``, the tangent of the log-partition ``log_z`` of ``theta``, zero where ``log_z`` is not finite.
+
+    There (an empty support, ``+inf`` logits) the derivative is undefined; zero lets a caller who masks
+    those elements out keep shared parameters finite. ``marginals`` runs on ``safe_theta`` (logits with
+    a finite log-partition) at those elements.
+    """
+    event_axes = tuple(range(log_z.ndim - theta.ndim, 0))
+    finite = jnp.isfinite(log_z).reshape(log_z.shape + (1,) * len(event_axes))
+    mu = jnp.where(finite, marginals(jnp.where(finite, theta, safe_theta)), 0)
+    return (mu * jnp.where(jnp.isfinite(theta), v, 0)).sum(event_axes)
+
+
 def undefined_where_empty(mu, log_partition, event_dim):
     """Marginals set to NaN where the support is empty (traced inputs, where nothing can raise)."""
     return fill_nan(mu, log_partition == -jnp.inf, event_dim)
@@ -90,18 +105,27 @@ def by_tiers(ok, direct, fallback, batch_axes=0):
 
 
 def program_log_partition(program, logits, structure="structure"):
-    r""":math:`A(\theta)` = ``program(logits)`` of a log-space program (the subset or permanent DP).
+    r""":math:`A(\theta)` = ``program(logits)`` of a log-space program (the permanent DP).
 
-    JAX differentiates the program itself, to any order, so no custom rule is needed (pyro_sst
-    wraps the same program in custom autograd Functions); its gradient is
-    :func:`gradient_marginals`, and zero where :math:`A` is not finite (the program then runs on zero
-    logits, so that a caller who masks those elements out keeps shared parameters finite).
-    ``structure`` names the support in error messages, as in pyro_sst.
+    A ``jax.custom_jvp`` whose tangent is :math:`\langle\mu, \dot\theta\rangle` with :math:`\mu` the
+    gradient of the program (:func:`gradient_marginals`, itself differentiable: any order works), zero
+    where :math:`A` is not finite (see :func:`log_partition_tangent`). ``structure`` names the support
+    in error messages, as in pyro_sst.
     """
     del structure
-    value = program(jax.lax.stop_gradient(logits))
-    finite = jnp.isfinite(value).reshape(value.shape + (1,) * (logits.ndim - value.ndim))
-    return jnp.where(jnp.isfinite(value), program(jnp.where(finite, logits, 0)), value)
+    return _program_log_partition(program, logits)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _program_log_partition(program, logits):
+    return program(logits)
+
+
+@_program_log_partition.defjvp
+def _program_log_partition_jvp(program, primals, tangents):
+    (logits,), (v,) = primals, tangents
+    value = _program_log_partition(program, logits)
+    return value, log_partition_tangent(logits, v, value, 0.0, jax.grad(lambda t: program(t).sum()))
 
 
 def gradient_marginals(program, logits, structure="structure"):

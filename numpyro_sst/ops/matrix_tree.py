@@ -59,7 +59,15 @@ import jax.numpy as jnp
 from sst_common.checks import check_root
 from sst_common.constants import SINGLE_ROOT_EMPTY_MARGIN, SINGLE_ROOT_MARGIN, linear_elimination_max_loss
 
-from .logspace import by_tiers, fill_nan, log_sum_exp, mask_nan_elements, nan_elements, raise_if_empty
+from .logspace import (
+    by_tiers,
+    fill_nan,
+    log_partition_tangent,
+    log_sum_exp,
+    mask_nan_elements,
+    nan_elements,
+    raise_if_empty,
+)
 from .validation import check_square, wide_dtype
 
 __all__ = [
@@ -385,12 +393,9 @@ def _log_partition(theta, root, single_root):
 def _log_partition_jvp(root, single_root, primals, tangents):
     (theta,), (v,) = primals, tangents
     log_z = _log_partition(theta, root, single_root)
-    # Where A is not finite (an empty support, +inf logits) its derivative is zero, so that a caller who masks
-    # those elements out keeps shared parameters finite; the marginals run on the complete graph there.
-    finite = jnp.isfinite(log_z)[..., None, None]
-    safe = jnp.where(finite, theta, directed_log_weights(jnp.zeros_like(theta), root))
-    mu = jnp.where(finite, _marginals(safe, root, single_root), 0)
-    return log_z, (mu * jnp.where(jnp.isfinite(theta), v, 0)).sum((-2, -1))
+    complete_graph = directed_log_weights(jnp.zeros_like(theta), root)
+    marginals = lambda t: _marginals(t, root, single_root)  # noqa: E731
+    return log_z, log_partition_tangent(theta, v, log_z, complete_graph, marginals)
 
 
 # Compiled once per shape and option: eager calls then cost one dispatch, not a retrace of every loop and branch.

@@ -38,7 +38,7 @@ from sst_common import enumeration
 from sst_common.checks import check_k
 from sst_common.constants import SUBSET_DIRECT_CONVOLUTION_MAX_LENGTH, subset_tilt_bisection_steps
 
-from .logspace import fill_nan, log_sum_exp, mask_nan_elements, undefined_where_empty
+from .logspace import fill_nan, log_partition_tangent, log_sum_exp, mask_nan_elements, undefined_where_empty
 from .noise import sample_noise
 from .validation import check_array, raise_if, wide_dtype
 
@@ -263,10 +263,7 @@ def _subset_log_partition(theta, k):
 def _subset_log_partition_jvp(k, primals, tangents):
     (theta,), (v,) = primals, tangents
     log_z = _subset_log_partition(theta, k)
-    # Where A is not finite (too few items, +inf logits) its derivative is zero (see the matrix-tree core)
-    finite = jnp.isfinite(log_z)[..., None]
-    mu = jnp.where(finite, _subset_marginals(jnp.where(finite, theta, 0), k)[0], 0)
-    return log_z, (mu * jnp.where(theta > -jnp.inf, v, 0)).sum(-1)
+    return log_z, log_partition_tangent(theta, v, log_z, 0.0, lambda t: _subset_marginals(t, k)[0])
 
 
 def _flat(logits):

@@ -7,6 +7,7 @@ autograd Functions, so the data-dependent parts of the program run in Python at 
 even inside ``torch.jit.trace`` (which records one opaque call instead of freezing branches).
 """
 
+import functools
 import math
 
 import torch
@@ -62,6 +63,19 @@ def nan_in_nan_out(function, x, event_dim, out_event_dims):
     )
 
 
+def log_partition_backward(grad, theta, log_z, safe_theta, marginals):
+    """``grad * mu``, the backward of the log-partition ``log_z`` of ``theta``, zero where ``log_z`` is not finite.
+
+    There (an empty support, ``+inf`` or NaN logits) the gradient is undefined; zero lets a caller who
+    masks those elements out keep shared parameters finite. ``marginals`` runs on ``safe_theta`` (logits
+    with a finite log-partition) at those elements.
+    """
+    event_dims = (1,) * (theta.dim() - log_z.dim())
+    finite = torch.isfinite(log_z).reshape(log_z.shape + event_dims)
+    mu = marginals(torch.where(finite, theta, safe_theta))
+    return torch.where(finite, grad.reshape(grad.shape + event_dims) * mu, torch.zeros_like(mu))
+
+
 def check_nonempty(log_partition, structure):
     """Raise where an exponential family has an empty support (``A = -inf``): its marginals are undefined."""
     if bool((log_partition == -math.inf).any()):
@@ -107,12 +121,8 @@ class _ProgramLogPartition(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         theta, value = ctx.saved_tensors
-        # Where A is not finite its gradient is zero (a caller who masks those elements out keeps shared
-        # parameters finite); the marginals run on zero logits there.
-        finite = torch.isfinite(value).reshape(value.shape + (1,) * (theta.dim() - value.dim()))
-        mu = _GradientMarginals.apply(ctx.program, ctx.structure, torch.where(finite, theta, torch.zeros_like(theta)))
-        grad = grad.reshape(grad.shape + (1,) * (theta.dim() - grad.dim()))
-        return None, None, torch.where(finite, grad * mu, torch.zeros_like(mu))
+        marginals = functools.partial(_GradientMarginals.apply, ctx.program, ctx.structure)
+        return None, None, log_partition_backward(grad, theta, value, torch.zeros_like(theta), marginals)
 
 
 class _GradientMarginals(torch.autograd.Function):

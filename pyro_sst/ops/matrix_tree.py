@@ -61,7 +61,14 @@ from torch.autograd.function import once_differentiable
 from sst_common.checks import check_root
 from sst_common.constants import SINGLE_ROOT_EMPTY_MARGIN, SINGLE_ROOT_MARGIN, linear_elimination_max_loss
 
-from .logspace import check_nonempty, fill_nan, log_sum_exp, mask_nan_elements, zeros_in_graph
+from .logspace import (
+    check_nonempty,
+    fill_nan,
+    log_partition_backward,
+    log_sum_exp,
+    mask_nan_elements,
+    zeros_in_graph,
+)
 from .validation import check_square
 
 __all__ = [
@@ -371,12 +378,9 @@ class _LogPartition(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         theta, log_z = ctx.saved_tensors
-        # Where A is not finite (an empty support, +inf logits) its gradient is zero, so that a caller who masks
-        # those elements out leaves shared parameters finite; the marginals run on the complete graph there.
-        finite = torch.isfinite(log_z)[..., None, None]
-        theta = torch.where(finite, theta, directed_log_weights(torch.zeros_like(theta), ctx.root))
-        mu = _MatrixTreeMarginals.apply(theta, ctx.root, ctx.single_root)
-        return torch.where(finite, grad[..., None, None] * mu, torch.zeros_like(mu)), None, None
+        complete_graph = directed_log_weights(torch.zeros_like(theta), ctx.root)
+        marginals = lambda t: _MatrixTreeMarginals.apply(t, ctx.root, ctx.single_root)  # noqa: E731
+        return log_partition_backward(grad, theta, log_z, complete_graph, marginals), None, None
 
 
 def _check_args(logits, root, single_root, name="logits"):

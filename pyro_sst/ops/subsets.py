@@ -53,7 +53,14 @@ from sst_common import enumeration
 from sst_common.checks import check_k
 from sst_common.constants import SUBSET_DIRECT_CONVOLUTION_MAX_LENGTH, subset_tilt_bisection_steps
 
-from .logspace import check_nonempty, fill_nan, log_sum_exp, mask_nan_elements, zeros_in_graph
+from .logspace import (
+    check_nonempty,
+    fill_nan,
+    log_partition_backward,
+    log_sum_exp,
+    mask_nan_elements,
+    zeros_in_graph,
+)
 from .noise import sample_noise
 from .tracing import opaque_call, untraced
 from .validation import check_tensor
@@ -307,11 +314,8 @@ class _SubsetLogPartition(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         theta, log_z = ctx.saved_tensors
-        # Where A is not finite (NaN, too few items, +inf logits) its gradient is zero: see _LogPartition in
-        # matrix_tree; the marginals run on zero logits there.
-        finite = torch.isfinite(log_z)[..., None]
-        mu = _SubsetMarginals.apply(torch.where(finite, theta, torch.zeros_like(theta)), ctx.k)
-        return torch.where(finite, grad[..., None] * mu, torch.zeros_like(mu)), None
+        marginals = lambda t: _SubsetMarginals.apply(t, ctx.k)  # noqa: E731
+        return log_partition_backward(grad, theta, log_z, torch.zeros_like(theta), marginals), None
 
 
 class _SubsetMarginals(torch.autograd.Function):
