@@ -91,7 +91,7 @@ class GumbelSinkhorn(PermutationStructure, PerturbAndRelax):
         p, residual = ops.sinkhorn(scores, self.n_iters, self.tol, self.backward)
         # Without a permutation of finite weight the sample is undefined: raise, as hard_sample and marginals do
         # (NaN under jit).
-        exists = ops.assignment_exists(scores)
+        exists = ops.assignment_exists(self.logits)  # a property of the support: once per batch element
         raise_if(~exists, lambda _: _NO_PERMUTATION)
         p = jnp.where(exists[..., None, None], p, jnp.nan)
         if is_concrete(residual) and residual.size:

@@ -18,8 +18,6 @@ A structure is a 0/1 array :math:`x \in \mathcal{X}` with the shape of the
 :class:`ExponentialFamily` the exact exponential-family sampler.
 """
 
-import math
-
 import torch
 from pyro.distributions.torch_distribution import TorchDistribution
 from torch.distributions import constraints
@@ -27,6 +25,7 @@ from torch.distributions.utils import lazy_property
 
 from sst_common.checks import INVALID_LOGITS, check_event_shape, check_noise
 
+from ..ops.logspace import fill_nan
 from ..ops.noise import sample_noise, utility_kl, utility_log_prob
 from ..ops.validation import check_tensor
 
@@ -288,8 +287,7 @@ class PerturbAndRelax(StructuredDistribution):
         """
         scores = utilities / self._per_event(self.temperature)
         nan = self._sum_event(torch.isnan(scores) & self._free_mask) > 0
-        relaxed = self._relax(torch.where(self._per_event(nan), torch.zeros_like(scores), scores))
-        return torch.where(self._per_event(nan), torch.full_like(relaxed, math.nan), relaxed)
+        return fill_nan(self._relax(scores.masked_fill(self._per_event(nan), 0)), nan, self.event_dim)
 
     def _relax(self, scores):
         """The regularised argmax of ``scores = U / t`` (default: the exponential-family marginals)."""

@@ -1,6 +1,5 @@
 r"""Permutations: Gumbel-Sinkhorn (the SST over the Birkhoff polytope)."""
 
-import math
 import warnings
 
 import torch
@@ -9,6 +8,7 @@ from torch.distributions.kl import register_kl
 from sst_common.checks import check_sinkhorn_args
 
 from .. import ops
+from ..ops.logspace import fill_nan
 from . import constraints
 from .base import PerturbAndRelax
 
@@ -92,10 +92,10 @@ class GumbelSinkhorn(PermutationStructure, PerturbAndRelax):
         p, residual = ops.sinkhorn(scores, self.n_iters, self.tol, self.backward)
         # Without a permutation of finite weight the sample is undefined: raise, as hard_sample and marginals do
         # (a traced graph, which cannot raise, gets NaN).
-        exists = ops.assignment_exists(scores)
+        exists = ops.assignment_exists(self.logits)  # a property of the support: once per batch element
         if not torch.jit.is_tracing() and not bool(exists.all()):
             raise ValueError(_NO_PERMUTATION)
-        p = torch.where(exists[..., None, None], p, torch.full_like(p, math.nan))
+        p = fill_nan(p, ~exists, 2)
         if not torch.jit.is_tracing():  # a traced graph has no Python left to warn from
             worst = residual.detach().max().item() if residual.numel() else 0.0
             if worst > self.tol:
