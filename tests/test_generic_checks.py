@@ -247,7 +247,7 @@ def test_gradients_of_samples_and_log_prob_match_finite_differences(backend, nam
     """float64: d/de f(logits + e v) at e = 0 by autodiff and by a central difference, where
     f = <sample with fixed noise, c> + sum(log_prob(value)). A straight-through sample is piecewise constant in
     the logits (its gradient is the relaxed one's by design): there the sample term is only checked finite."""
-    _, event_shape, relaxed, straight_through = CASES[name]
+    build, event_shape, relaxed, straight_through = CASES[name]
     rng = np.random.default_rng(3)
     logits, direction = _logits(event_shape), rng.normal(size=BATCH + event_shape)
     weights = rng.normal(size=BATCH + event_shape)
@@ -261,7 +261,6 @@ def test_gradients_of_samples_and_log_prob_match_finite_differences(backend, nam
                 total = total + (backend.sample(dist) * backend.array(weights)).sum()
             return total
 
-        build = CASES[name][0]
         gradient = backend.gradient(f, logits)
         assert np.isfinite(gradient).all() and np.abs(gradient).sum() > 0
         smooth = (lambda x: f(x, with_sample=False)) if straight_through else f
