@@ -5,13 +5,18 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+# The suite compiles thousands of small JAX programs and runs each a few times, so compiling is most of its
+# time: LLVM's optimisation level 0 takes about two thirds of the default's compile time, and no assertion
+# depends on how the code generator optimised (the tolerances come from the dtype and the input).
+_xla_flags = [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # One compute thread per pytest-xdist worker (`make test` runs one worker per core): torch's and XLA's
     # thread pools would otherwise each take every core and the workers would fight over them.
-    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+    _xla_flags.append("--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
     import torch
 
     torch.set_num_threads(1)
+os.environ["XLA_FLAGS"] = " ".join(flag for flag in _xla_flags if flag)
 
 import pytest  # noqa: E402
 
