@@ -44,12 +44,22 @@ def _compilation_cache(tmp_path_factory):
     yield
 
 
-@pytest.fixture(autouse=True, scope="module")
+#: a worker that holds more than this after a test drops JAX's compiled programs before the next one
+RESIDENT_LIMIT_BYTES = 2 * 1024**3
+
+
+def _resident_bytes():
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # not Linux
+        return 0
+
+
 def _release_compiled_programs():
-    """Drop JAX's compiled programs after each test module (one process compiles thousands of them, and keeping
-    them all held the suite's memory near 6 GB), and hand freed heap memory back to the system (glibc keeps it
-    otherwise, so a worker's resident memory only grows)."""
-    yield
+    """Drop JAX's compiled programs (each holds tens of megabytes; one module compiles hundreds of them) and
+    hand freed heap memory back to the system (glibc keeps it otherwise, so a worker's resident memory only
+    grows). A program needed again is read back from the run's compilation cache above."""
     if "jax" in sys.modules:
         sys.modules["jax"].clear_caches()
     gc.collect()
@@ -58,3 +68,19 @@ def _release_compiled_programs():
             ctypes.CDLL("libc.so.6").malloc_trim(0)
         except OSError:  # not glibc
             pass
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_after_each_module():
+    """A module's programs are rarely used by the next one."""
+    yield
+    _release_compiled_programs()
+
+
+@pytest.fixture(autouse=True)
+def _release_when_large():
+    """Within a module, only when the worker has grown past :data:`RESIDENT_LIMIT_BYTES` (clearing after every
+    test would recompile too often)."""
+    yield
+    if _resident_bytes() > RESIDENT_LIMIT_BYTES:
+        _release_compiled_programs()
