@@ -2,19 +2,23 @@
 
 project = "sst-distributions"
 author = "the sst-distributions developers"
+copyright = "the sst-distributions developers; Apache-2.0"
 extensions = [
     "myst_parser",
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
+    "sphinx-mathjax-offline",  # MathJax copied into the site: formulas render without a network
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 exclude_patterns = ["_build"]
-myst_enable_extensions = ["dollarmath"]
+myst_enable_extensions = ["amsmath", "dollarmath"]
 myst_heading_anchors = 3
 autodoc_member_order = "bysource"
 autodoc_default_options = {"members": True, "show-inheritance": True}
 autodoc_typehints = "none"
 html_theme = "alabaster"
-html_static_path = []
+html_theme_options = {"page_width": "1240px", "sidebar_width": "290px"}  # whole class names in the sidebar
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]

@@ -1,0 +1,100 @@
+"""The documentation's code runs as written: every Python block of a getting-started page, top to bottom, in a
+fresh interpreter (as a reader pasting them would), and its results are the ones the page promises."""
+
+import html.parser
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
+
+
+def python_blocks(page):
+    """The ```` ```python ```` blocks of a Markdown page, in order."""
+    return re.findall(r"^```python\n(.*?)^```", (DOCS / page).read_text(), re.S | re.M)
+
+
+@pytest.mark.parametrize(
+    "page,gradient", [("getting_started_pyro.md", "logits.grad"), ("getting_started_numpyro.md", "grad")]
+)
+def test_getting_started_page_runs_top_to_bottom(page, gradient, tmp_path):
+    blocks = python_blocks(page)
+    assert len(blocks) >= 2, page
+    script = tmp_path / "page.py"
+    # After the page: the size of the gradient demo's gradient (a loss whose gradient is zero would teach
+    # nothing), on the last line.
+    script.write_text("\n".join(blocks) + f"\nprint(abs({gradient}).max().item())\n")
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    *_, recovered, gradient_size = done.stdout.strip().splitlines()
+    assert recovered == "True", done.stdout[-1000:]  # the guide's tree is the one behind the data
+    assert float(gradient_size) > 1e-3
+
+
+class _VisibleText(html.parser.HTMLParser):
+    """The text a reader sees on a built page, less math (typeset by MathJax in the browser) and code."""
+
+    HIDDEN = {"script", "style", "pre", "code", "head"}
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.chunks = [], []
+
+    def handle_starttag(self, tag, attrs):
+        classes = (dict(attrs).get("class") or "").split()
+        hidden = tag in self.HIDDEN or "math" in classes or bool(self.stack and self.stack[-1])
+        if tag not in {"br", "img", "hr", "meta", "link", "input", "wbr"}:
+            self.stack.append(hidden)
+
+    def handle_endtag(self, tag):
+        if self.stack and tag not in {"br", "img", "hr", "meta", "link", "input", "wbr"}:
+            self.stack.pop()
+
+    def handle_data(self, data):
+        if not (self.stack and self.stack[-1]):
+            self.chunks.append(data)
+
+
+def raw_math(page_html):
+    """Unrendered TeX in a page's visible text: math delimiters, or TeX commands that lost theirs."""
+    parser = _VisibleText()
+    parser.feed(page_html)
+    return re.findall(
+        r"\\\(|\\\[|\$\$|\\(?:frac|sum|mathbb|hat|tilde|log|nabla|theta|mu|sigma)(?![A-Za-z])", "".join(parser.chunks)
+    )
+
+
+@pytest.fixture(scope="module")
+def built_docs(tmp_path_factory):
+    """The documentation site built as ``make docs`` builds it (warnings are errors)."""
+    out = tmp_path_factory.mktemp("html")
+    done = subprocess.run(
+        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", str(DOCS), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def test_math_is_typeset_offline_on_every_page(built_docs):
+    pages = sorted(built_docs.glob("**/*.html"))
+    assert len(pages) > 10
+    for page in pages:
+        text = page.read_text()
+        assert raw_math(text) == [], page.name
+        for src in re.findall(r'<script[^>]*src="([^"]*mathjax[^"]*)"', text, re.I):
+            # MathJax is served from the site itself, not fetched from a CDN when the page is viewed.
+            assert "//" not in src, (page.name, src)
+            assert (page.parent / src.split("?")[0]).is_file(), (page.name, src)
+    assert '<span class="math' in (built_docs / "estimators.html").read_text()
+
+
+def test_the_raw_math_check_sees_tex_that_lost_its_delimiters():
+    assert raw_math("<p>a sum (\\hat g = \\frac1N) here</p>") == ["\\hat", "\\frac"]
+    assert raw_math("<p>inline \\(x\\)</p>") == ["\\("]
+    assert raw_math('<p><span class="math notranslate">\\(x\\)</span> and <code>\\(y\\)</code></p>') == []
