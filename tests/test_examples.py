@@ -2,6 +2,9 @@
 
 import importlib.util
 import pathlib
+import subprocess
+import sys
+import tempfile
 
 import pytest
 
@@ -160,3 +163,23 @@ def test_smoke_runs_never_write_over_the_documented_figure(backend, name):
     smoke_out = pathlib.Path(example.parse_args(["--smoke"]).out)
     assert smoke_out != documented and EXAMPLES not in smoke_out.parents
     assert pathlib.Path(example.parse_args(["--smoke", "--out", "x.png"]).out) == pathlib.Path("x.png")
+
+
+@pytest.mark.parametrize("script", sorted(EXAMPLES.glob("*/*.py")), ids=lambda path: f"{path.parent.name}/{path.stem}")
+def test_help_answers_before_torch_or_jax_loads_and_shows_the_defaults(script):
+    # With torch, JAX, Pyro and NumPyro unimportable, --help still answers: it never waits for them to load.
+    code = (
+        "import runpy, sys; sys.modules.update(torch=None, jax=None, pyro=None, numpyro=None); "
+        "sys.argv = [sys.argv[1], '--help']; runpy.run_path(sys.argv[0], run_name='__main__')"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "--smoke" in done.stdout and "(default: 0)" in done.stdout  # --seed's default, shown
+
+
+def test_smoke_figure_is_a_temporary_file_unless_out_is_given():
+    example = _load("sorting")
+    assert example.parse_args(["--smoke"]).out == str(pathlib.Path(tempfile.gettempdir()) / "smoke_sorting.png")
+    assert example.parse_args([]).out == str(EXAMPLES / "pyro" / "sorting.png")
+    assert example.parse_args(["--smoke", "--out", "x.png"]).out == "x.png"
+    assert example.parse_args(["--smoke"]).sizes == [5]

@@ -12,12 +12,40 @@ reward. Random numbers come from explicit ``jax.random`` keys; the estimates are
 The last stdout line is one JSON object with the measured table.
 """
 
-import argparse
 import functools
 import json
 import math
 import pathlib
-import tempfile
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+import cli  # noqa: E402
+
+TOY_TARGET = 0.499
+TEMPERATURES = (0.1, 0.3, 1.0)
+TOY_ESTIMATORS = ("reinforce", "reinforce_rloo", "concrete", "straight_through", "rebar", "relax")
+
+
+def parse_args(argv=None):
+    parser = cli.example_parser(__doc__, "estimators.png")
+    parser.add_argument("--steps", type=int, default=1500, help="toy-problem training steps")
+    parser.add_argument("--batch", type=int, default=20000, help="independent estimates per variance measurement")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random number")
+    parser.set_defaults(temperatures=TEMPERATURES, structures=None)  # None: every structure
+    return cli.parse(
+        parser,
+        argv,
+        __file__,
+        "estimators.png",
+        steps=40,
+        batch=400,
+        temperatures=(0.3,),
+        structures=("k_subset", "spanning_tree"),
+    )
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and argument errors answer here, before the heavy imports below
 
 import jax
 import jax.numpy as jnp
@@ -27,27 +55,6 @@ import numpyro.optim
 
 from numpyro_sst import RelaxedArborescence, RelaxedSpanningTree, RelaxedTopK
 from numpyro_sst import estimators as E
-
-TOY_TARGET = 0.499
-TEMPERATURES = (0.1, 0.3, 1.0)
-TOY_ESTIMATORS = ("reinforce", "reinforce_rloo", "concrete", "straight_through", "rebar", "relax")
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1500, help="toy-problem training steps")
-    parser.add_argument("--batch", type=int, default=20000, help="independent estimates per variance measurement")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None, help="figure path (default: estimators.png here; --smoke: a temp file)")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
-    args = parser.parse_args(argv)
-    if args.out is None:  # a smoke run never writes over the documented figure
-        smoke_out = pathlib.Path(tempfile.gettempdir()) / "smoke_estimators.png"
-        args.out = str(smoke_out if args.smoke else pathlib.Path(__file__).with_name("estimators.png"))
-    args.temperatures, args.structures = TEMPERATURES, tuple(STRUCTURES)
-    if args.smoke:
-        args.steps, args.batch, args.temperatures, args.structures = 40, 400, (0.3,), ("k_subset", "spanning_tree")
-    return args
 
 
 # ------------------------------------------------------------------------------ part 1: the toy problem
@@ -170,7 +177,7 @@ def gradient_batch(surrogate, key, theta, batch):
 
 def run_structures(args):
     table = {}
-    for index, structure in enumerate(args.structures):
+    for index, structure in enumerate(args.structures or STRUCTURES):
         shape, make = STRUCTURES[structure]
         rng = np.random.RandomState(args.seed + index)
         theta = jnp.asarray(rng.normal(size=shape), jnp.float32)

@@ -13,54 +13,49 @@ The last stdout line is one JSON object:
 ``{"tree": {"edge_precision": ..., "edge_recall": ..., "elbo": ..., "mode_edge_precision": ...}, ...}``.
 """
 
-import argparse
 import json
 import pathlib
 import sys
-import tempfile
-
-import jax
-import jax.numpy as jnp
-import numpy as np
-import numpyro
-import numpyro.distributions as ndist
-from numpyro.infer import SVI, TraceMeanField_ELBO
-
-from numpyro_sst import RelaxedSpanningTree, RelaxedTopK
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-import datasets  # noqa: E402
-from jax_nets import mlp, mlp_init  # noqa: E402
+import cli  # noqa: E402
 
 LATENTS = ("tree", "topk", "independent")
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--latent", choices=LATENTS, nargs="+", default=list(LATENTS))
-    parser.add_argument("--nodes", type=int, default=10)
+    parser = cli.example_parser(__doc__, "graph_layout.png")
+    parser.add_argument(
+        "--latent", choices=LATENTS, nargs="+", default=list(LATENTS), help="latent structures to train, one model each"
+    )
+    parser.add_argument("--nodes", type=int, default=10, help="objects in the hidden structure")
     parser.add_argument("--frames", type=int, default=20, help="layout iterations T")
     parser.add_argument("--train", type=int, default=4000, help="training trajectories")
     parser.add_argument("--test", type=int, default=500, help="held-out trajectories")
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=1500, help="training steps")
+    parser.add_argument("--batch", type=int, default=32, help="examples per step")
     parser.add_argument("--lr", type=float, default=1e-3, help="decays to a tenth over the steps")
-    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--temperature", type=float, default=1.0, help="temperature of the relaxation")
     parser.add_argument("--sigma", type=float, default=0.01, help="decoder's observation noise")
     parser.add_argument("--hidden", type=int, default=64, help="encoder's width")
     parser.add_argument("--decoder-hidden", type=int, default=32, help="decoder's width")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--out", default=None, help="figure path (default: graph_layout.png here; --smoke: a temp file)"
-    )
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
-    args = parser.parse_args(argv)
-    if args.out is None:  # a smoke run never writes over the documented figure
-        smoke_out = pathlib.Path(tempfile.gettempdir()) / "smoke_graph_layout.png"
-        args.out = str(smoke_out if args.smoke else pathlib.Path(__file__).with_name("graph_layout.png"))
-    if args.smoke:
-        args.nodes, args.train, args.test, args.steps = 6, 256, 64, 60
-    return args
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random number")
+    return cli.parse(parser, argv, __file__, "graph_layout.png", nodes=6, train=256, test=64, steps=60)
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and argument errors answer here, before the heavy imports below
+
+import datasets  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as ndist
+from jax_nets import mlp, mlp_init  # noqa: E402
+from numpyro.infer import SVI, TraceMeanField_ELBO
+
+from numpyro_sst import RelaxedSpanningTree, RelaxedTopK
 
 
 # ------------------------------------------------------------------ networks (pure JAX)

@@ -12,40 +12,35 @@ number comes from an explicit ``jax.random`` key.
 The last stdout line is one JSON object: ``{"N=5": {"prop_sorted": ..., "prop_correct_positions": ...}, ...}``.
 """
 
-import argparse
 import json
 import pathlib
 import sys
-import tempfile
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+import cli  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = cli.example_parser(__doc__, "sorting.png")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[5, 10, 20], help="list lengths N")
+    parser.add_argument("--steps", type=int, default=1500, help="training steps")
+    parser.add_argument("--batch", type=int, default=64, help="examples per step")
+    parser.add_argument("--temperature", type=float, default=0.5, help="temperature of the relaxation")
+    parser.add_argument("--test", type=int, default=1000, help="test lists per N")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random number")
+    return cli.parse(parser, argv, __file__, "sorting.png", sizes=[5], steps=150, test=200)
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and argument errors answer here, before the heavy imports below
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.optim
-
-from numpyro_sst import GumbelSinkhorn
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from jax_nets import mlp, mlp_init  # noqa: E402
 
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[5, 10, 20], help="list lengths N")
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--temperature", type=float, default=0.5)
-    parser.add_argument("--test", type=int, default=1000, help="test lists per N")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None, help="figure path (default: sorting.png here; --smoke: a temp file)")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
-    args = parser.parse_args(argv)
-    if args.out is None:  # a smoke run never writes over the documented figure
-        smoke_out = pathlib.Path(tempfile.gettempdir()) / "smoke_sorting.png"
-        args.out = str(smoke_out if args.smoke else pathlib.Path(__file__).with_name("sorting.png"))
-    if args.smoke:
-        args.sizes, args.steps, args.test = [5], 150, 200
-    return args
+from numpyro_sst import GumbelSinkhorn
 
 
 def position_scores(params, x):

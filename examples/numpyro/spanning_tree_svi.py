@@ -12,10 +12,27 @@ logits, trained with NumPyro's ``TraceMeanField_ELBO`` (the registered utility K
 The last stdout line is one JSON object: ``{"edge_precision": ..., "edge_recall": ..., "elbo": ...}``.
 """
 
-import argparse
 import json
 import pathlib
-import tempfile
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+import cli  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = cli.example_parser(__doc__, "spanning_tree_svi.png")
+    parser.add_argument("--nodes", type=int, default=20, help="objects in the hidden structure")
+    parser.add_argument("--measurements", type=int, default=30, help="noisy observations of the tree")
+    parser.add_argument("--steps", type=int, default=500, help="training steps")
+    parser.add_argument("--lr", type=float, default=0.1, help="Adam's learning rate")
+    parser.add_argument("--temperature", type=float, default=0.5, help="temperature of the relaxation")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random number")
+    return cli.parse(parser, argv, __file__, "spanning_tree_svi.png", nodes=8, steps=150)
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and argument errors answer here, before the heavy imports below
 
 import jax
 import jax.numpy as jnp
@@ -84,27 +101,6 @@ def plot(truth, estimate, data, losses, path):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--nodes", type=int, default=20)
-    parser.add_argument("--measurements", type=int, default=30)
-    parser.add_argument("--steps", type=int, default=500)
-    parser.add_argument("--lr", type=float, default=0.1)
-    parser.add_argument("--temperature", type=float, default=0.5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--out", default=None, help="figure path (default: spanning_tree_svi.png here; --smoke: a temp file)"
-    )
-    parser.add_argument("--smoke", action="store_true", help="a few seconds; what the test-suite runs")
-    args = parser.parse_args(argv)
-    if args.out is None:  # a smoke run never writes over the documented figure
-        smoke_out = pathlib.Path(tempfile.gettempdir()) / "smoke_spanning_tree_svi.png"
-        args.out = str(smoke_out if args.smoke else pathlib.Path(__file__).with_name("spanning_tree_svi.png"))
-    if args.smoke:
-        args.nodes, args.steps = 8, 150
-    return args
 
 
 if __name__ == "__main__":

@@ -32,12 +32,42 @@ The last stdout line is one JSON object:
 ``{"arborescence": {"accuracy": ..., "edge_precision": ..., "edge_recall": ...}, "independent": {...}, ...}``.
 """
 
-import argparse
 import json
 import pathlib
 import sys
-import tempfile
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+import cli  # noqa: E402
+
+LATENTS = ("arborescence", "independent", "true_parse")
+
+
+def parse_args(argv=None):
+    parser = cli.example_parser(__doc__, "listops_parsing.png")
+    parser.add_argument(
+        "--latent", choices=LATENTS, nargs="+", default=list(LATENTS), help="latent structures to train, one model each"
+    )
+    parser.add_argument("--length", type=int, default=20, help="maximum tokens per expression")
+    parser.add_argument("--train", type=int, default=20000, help="training examples")
+    parser.add_argument("--test", type=int, default=2000, help="held-out examples")
+    parser.add_argument("--steps", type=int, default=5000, help="training steps")
+    parser.add_argument("--flat-steps", type=int, default=1000, help="first steps on flat expressions")
+    parser.add_argument("--batch", type=int, default=64, help="examples per step")
+    parser.add_argument("--lr", type=float, default=2e-3, help="Adam's learning rate")
+    parser.add_argument("--temperature", type=float, default=0.5, help="temperature of the relaxation")
+    parser.add_argument("--beta", type=float, default=0.01, help="weight of the KL to the uniform prior")
+    parser.add_argument("--rounds", type=int, default=3, help="executor rounds (>= the nesting depth)")
+    parser.add_argument("--hidden", type=int, default=64, help="hidden width")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random number")
+    return cli.parse(
+        parser, argv, __file__, "listops_parsing.png", length=12, train=512, test=128, steps=120, flat_steps=40
+    )
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and argument errors answer here, before the heavy imports below
+
+import datasets  # noqa: E402
 import numpy as np
 import torch
 from pyro.distributions import Logistic
@@ -45,41 +75,9 @@ from torch.distributions import kl_divergence
 
 from pyro_sst import RelaxedArborescence
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-import datasets  # noqa: E402
-
-LATENTS = ("arborescence", "independent", "true_parse")
 OPERATOR_0 = datasets.LISTOPS_VOCABULARY.index("[MIN")  # the operators' ids, then the digits'
 DIGIT_0 = datasets.LISTOPS_VOCABULARY.index("0")
 PAD, BRACKET = datasets.LISTOPS_VOCABULARY.index("<pad>"), datasets.LISTOPS_VOCABULARY.index("]")
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--latent", choices=LATENTS, nargs="+", default=list(LATENTS))
-    parser.add_argument("--length", type=int, default=20, help="maximum tokens per expression")
-    parser.add_argument("--train", type=int, default=20000)
-    parser.add_argument("--test", type=int, default=2000)
-    parser.add_argument("--steps", type=int, default=5000)
-    parser.add_argument("--flat-steps", type=int, default=1000, help="first steps on flat expressions")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--temperature", type=float, default=0.5)
-    parser.add_argument("--beta", type=float, default=0.01, help="weight of the KL to the uniform prior")
-    parser.add_argument("--rounds", type=int, default=3, help="executor rounds (>= the nesting depth)")
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--out", default=None, help="figure path (default: listops_parsing.png here; --smoke: a temp file)"
-    )
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
-    args = parser.parse_args(argv)
-    if args.out is None:  # a smoke run never writes over the documented figure
-        smoke_out = pathlib.Path(tempfile.gettempdir()) / "smoke_listops_parsing.png"
-        args.out = str(smoke_out if args.smoke else pathlib.Path(__file__).with_name("listops_parsing.png"))
-    if args.smoke:
-        args.length, args.train, args.test, args.steps, args.flat_steps = 12, 512, 128, 120, 40
-    return args
 
 
 class Parser(torch.nn.Module):

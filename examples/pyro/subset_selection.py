@@ -22,42 +22,41 @@ Reports, per method, subset precision (``|top-k ∩ S(x)| / k``) and test MSE wi
 The last stdout line is one JSON object: ``{"exp_family": {"subset_precision": ..., "mse": ...}, ...}``.
 """
 
-import argparse
 import json
 import pathlib
-import tempfile
+import sys
 
-import torch
-
-from pyro_sst import RelaxedOneHotCategorical, RelaxedTopK
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+import cli  # noqa: E402
 
 METHODS = ("exp_family", "euclidean", "categorical_entropy", "binary_entropy", "l2x")
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--method", choices=METHODS, nargs="+", default=list(METHODS))
+    parser = cli.example_parser(__doc__, "subset_selection.png")
+    parser.add_argument(
+        "--method", choices=METHODS, nargs="+", default=list(METHODS), help="relaxations to train, one model each"
+    )
     parser.add_argument("--features", type=int, default=10, help="d (L2X's synthetic data uses 10)")
     parser.add_argument("--k", type=int, default=4, help="subset size (the switch and a group of k - 1)")
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--temperature", type=float, default=0.5)
-    parser.add_argument("--test", type=int, default=5000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--out", default=None, help="figure path (default: subset_selection.png here; --smoke: a temp file)"
-    )
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
-    args = parser.parse_args(argv)
-    if args.out is None:  # a smoke run never writes over the documented figure
-        smoke_out = pathlib.Path(tempfile.gettempdir()) / "smoke_subset_selection.png"
-        args.out = str(smoke_out if args.smoke else pathlib.Path(__file__).with_name("subset_selection.png"))
-    if args.smoke:
-        args.steps, args.test = 300, 500
+    parser.add_argument("--steps", type=int, default=2000, help="training steps")
+    parser.add_argument("--batch", type=int, default=128, help="examples per step")
+    parser.add_argument("--lr", type=float, default=2e-3, help="Adam's learning rate")
+    parser.add_argument("--temperature", type=float, default=0.5, help="temperature of the relaxation")
+    parser.add_argument("--test", type=int, default=5000, help="held-out examples")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random number")
+    args = cli.parse(parser, argv, __file__, "subset_selection.png", steps=300, test=500)
     if args.k != 4:
         parser.error("--k must be 4: the switch feature and a group of 3")
     return args
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and argument errors answer here, before the heavy imports below
+
+import torch
+
+from pyro_sst import RelaxedOneHotCategorical, RelaxedTopK
 
 
 def switch_data(n, d, generator=None):
