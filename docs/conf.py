@@ -4,14 +4,18 @@ project = "sst-distributions"
 author = "the sst-distributions developers"
 copyright = "the sst-distributions developers; Apache-2.0"
 extensions = [
-    "myst_parser",
+    "myst_nb",  # MyST Markdown pages and notebooks (docs/tutorials), executed at every build
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
     "sphinx-mathjax-offline",  # MathJax copied into the site: formulas render without a network
 ]
-source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb"}
+nb_execution_mode = "force"
+nb_execution_raise_on_error = True
+nb_execution_timeout = 600
+nb_output_stderr = "remove"  # import-time notices of third-party packages (tqdm's) are not the tutorial's output
 exclude_patterns = ["_build"]
 myst_enable_extensions = ["amsmath", "dollarmath"]
 myst_heading_anchors = 3
