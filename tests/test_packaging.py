@@ -1,8 +1,14 @@
-"""Packaging: a missing backend is named with the extra that installs it; the license and type markers ship."""
+"""Packaging: a missing backend is named with the extra that installs it; the license and type markers ship; the
+wheel and sdist build, and the wheel alone runs the README's quick starts."""
 
 import pathlib
+import re
+import shutil
 import subprocess
 import sys
+import sysconfig
+import tarfile
+import zipfile
 
 import pytest
 
@@ -28,3 +34,60 @@ def test_license_and_type_markers():
     assert "Apache License" in (ROOT / "LICENSE").read_text()
     for package in ("pyro_sst", "numpyro_sst", "sst_common"):
         assert (ROOT / package / "py.typed").exists()
+
+
+def test_wheel_and_sdist_build_and_the_wheel_runs_the_readme_quick_starts(tmp_path):
+    """``python -m build`` makes a wheel and an sdist; the wheel, installed into a fresh venv, runs every Python
+    block of the README with the repository off the path (the venv sees this environment's torch and JAX, not
+    its editable install of this project, whose import hook only the site directory's own .pth files start)."""
+    source, dist = tmp_path / "source", tmp_path / "dist"  # a copy: building writes metadata beside the sources
+    skipped = shutil.ignore_patterns(".*", "_build", "__pycache__", "*.egg-info", "build", "dist")
+    shutil.copytree(ROOT, source, ignore=skipped)
+    subprocess.run(
+        [sys.executable, "-m", "build", "--no-isolation", "--sdist", "--wheel", "--outdir", str(dist), str(source)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    (wheel,) = dist.glob("*.whl")
+    (sdist,) = dist.glob("*.tar.gz")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    for package in ("pyro_sst", "numpyro_sst", "sst_common"):
+        assert f"{package}/__init__.py" in names and f"{package}/py.typed" in names
+    assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)
+    assert not any(name.startswith(("tests/", "examples/", "benchmarks/")) for name in names)
+    with tarfile.open(sdist) as archive:
+        assert any(name.endswith("/LICENSE") for name in archive.getnames())
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    (pathlib.Path(site) / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "--no-index", str(wheel)],
+        check=True,
+        timeout=300,
+    )
+    blocks = re.findall(r"^```python\n(.*?)^```", (ROOT / "README.md").read_text(), re.S | re.M)
+    script = tmp_path / "quick_start.py"
+    script.write_text(
+        "\n".join(blocks) + "\nimport pyro_sst, numpyro_sst\nprint(pyro_sst.__file__)\nprint(numpyro_sst.__file__)\n"
+    )
+    done = subprocess.run(
+        [str(python), str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    *_, pyro_file, numpyro_file = done.stdout.strip().splitlines()
+    assert pyro_file.startswith(site) and numpyro_file.startswith(site)  # the wheel's copy, not the repository
