@@ -177,6 +177,16 @@ def test_help_answers_before_torch_or_jax_loads_and_shows_the_defaults(script):
     assert "--smoke" in done.stdout and "(default: 0)" in done.stdout  # --seed's default, shown
 
 
+def test_a_missing_matplotlib_is_named_with_its_extra_before_any_training():
+    code = (
+        "import runpy, sys; sys.modules.update(matplotlib=None, torch=None); "
+        "sys.argv = [sys.argv[1], '--smoke']; runpy.run_path(sys.argv[0], run_name='__main__')"
+    )
+    script = EXAMPLES / "pyro" / "spanning_tree_svi.py"
+    done = subprocess.run([sys.executable, "-c", code, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "'.[examples]'" in done.stderr, done.stderr[-2000:]
+
+
 def test_smoke_figure_is_a_temporary_file_unless_out_is_given():
     example = _load("sorting")
     assert example.parse_args(["--smoke"]).out == str(pathlib.Path(tempfile.gettempdir()) / "smoke_sorting.png")

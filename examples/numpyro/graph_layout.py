@@ -203,10 +203,7 @@ def train(latent, data, args):
 
 
 def plot(fits, curves, data, args):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = cli.pyplot()
 
     (_, x_test), true_test = data
     fig, axes = plt.subplots(1, len(fits) + 2, figsize=(3.3 * (len(fits) + 2), 3.3))

@@ -90,10 +90,7 @@ def evaluate(params, n, args):
 
 
 def plot(curves, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = cli.pyplot()
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for n, losses in curves.items():

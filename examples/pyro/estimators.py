@@ -223,10 +223,7 @@ def reference_gradient(structure, make, f, theta, args):
 
 # ------------------------------------------------------------------------------ report
 def plot(curves, table, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = cli.pyplot()
 
     fig, axes = plt.subplots(1, 1 + len(table), figsize=(5 * (1 + len(table)), 4))
     for name, curve in curves.items():

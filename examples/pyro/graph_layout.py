@@ -225,10 +225,7 @@ def train(latent, data, args):
 
 
 def plot(vaes, curves, data, args):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = cli.pyplot()
 
     (_, x_test), true_test = data
     fig, axes = plt.subplots(1, len(vaes) + 2, figsize=(3.3 * (len(vaes) + 2), 3.3))

@@ -241,10 +241,7 @@ def evaluate(latent, parser, executor, tokens, values, parents, args):
 
 
 def plot(curves, args):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = cli.pyplot()
 
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(9, 3.5))
     for latent, curve in curves.items():

@@ -92,10 +92,7 @@ def evaluate(scorer, n, args):
 
 
 def plot(curves, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = cli.pyplot()
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for n, losses in curves.items():

@@ -90,10 +90,7 @@ def main(args):
 
 
 def plot(truth, estimate, data, losses, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = cli.pyplot()
 
     fig, axes = plt.subplots(1, 4, figsize=(13, 3.3))
     panels = [(truth, "hidden tree"), (data.mean(0), "mean measurement"), (estimate, "recovered (guide's mode)")]

@@ -121,10 +121,7 @@ def evaluate(explainer, predictor, args):
 
 
 def plot(curves, results, args):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = cli.pyplot()
 
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 3.5))
     for method, curve in curves.items():
