@@ -12,7 +12,10 @@ _xla_flags = [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # One compute thread per pytest-xdist worker (`make test` runs one worker per core): torch's and XLA's
     # thread pools would otherwise each take every core and the workers would fight over them.
-    _xla_flags.append("--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+    _xla_flags.append("--xla_cpu_multi_thread_eigen=false")
+    # The same for the processes tests start (the docs build's notebook kernels, the scale-out and packaging
+    # scripts): without this each took both cores again (the docs build ran twice as long).
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
     import torch
 
     torch.set_num_threads(1)

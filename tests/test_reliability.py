@@ -315,6 +315,15 @@ def _run_jit_svi(make, shape, elbo):
     assert torch.isfinite(pyro.param("w")).all() and (pyro.param("w") != 0).any()
 
 
+@pytest.fixture
+def keep_validation_default():
+    """Dynamo's first ``torch.compile`` in a process turns distribution validation off process-wide
+    (``Distribution.set_default_validate_args(False)``); the tests after this one expect the default."""
+    default = torch.distributions.Distribution._validate_args
+    yield
+    torch.distributions.Distribution.set_default_validate_args(default)
+
+
 @pytest.mark.parametrize(
     "make,shape",
     [
@@ -325,7 +334,7 @@ def _run_jit_svi(make, shape, elbo):
         (lambda w: GumbelSinkhorn(w, 0.3), (4, 4)),
     ],
 )
-def test_torch_compile_matches_eager(make, shape):
+def test_torch_compile_matches_eager(make, shape, keep_validation_default):
     logits = randn(*shape, seed=17, scale=20.0, dtype=torch.float32)
     utilities = logits + randn(*shape, seed=18, dtype=torch.float32)
 

@@ -37,7 +37,7 @@ def test_ddp_over_two_processes_gives_the_one_process_gradient():
 def jax_sharding():
     """Every class of numpyro_sst on a batch of 8 sharded over 4 devices, under ``jit``: samples (exact and
     relaxed), hard samples, ``log_prob`` and gradients equal the unsharded ones, and keep the batch sharding."""
-    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4 " + os.environ.get("XLA_FLAGS", "")
     import jax
     import numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
