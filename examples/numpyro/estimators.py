@@ -20,28 +20,14 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 import cli  # noqa: E402
+import options  # noqa: E402
+from options import TOY_TARGET  # noqa: E402
 
-TOY_TARGET = 0.499
-TEMPERATURES = (0.1, 0.3, 1.0)
 TOY_ESTIMATORS = ("reinforce", "reinforce_rloo", "concrete", "straight_through", "rebar", "relax")
 
 
 def parse_args(argv=None):
-    parser = cli.example_parser(__doc__, "estimators.png")
-    parser.add_argument("--steps", type=int, default=1500, help="toy-problem training steps")
-    parser.add_argument("--batch", type=int, default=20000, help="independent estimates per variance measurement")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random number")
-    parser.set_defaults(temperatures=TEMPERATURES, structures=None)  # None: every structure
-    return cli.parse(
-        parser,
-        argv,
-        __file__,
-        "estimators.png",
-        steps=40,
-        batch=400,
-        temperatures=(0.3,),
-        structures=("k_subset", "spanning_tree"),
-    )
+    return options.estimators(__doc__, __file__, argv)
 
 
 if __name__ == "__main__":

@@ -18,17 +18,11 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 import cli  # noqa: E402
+import options  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = cli.example_parser(__doc__, "sorting.png")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[5, 10, 20], help="list lengths N")
-    parser.add_argument("--steps", type=int, default=1500, help="training steps")
-    parser.add_argument("--batch", type=int, default=64, help="examples per step")
-    parser.add_argument("--temperature", type=float, default=0.5, help="temperature of the relaxation")
-    parser.add_argument("--test", type=int, default=1000, help="test lists per N")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random number")
-    return cli.parse(parser, argv, __file__, "sorting.png", sizes=[5], steps=150, test=200)
+    return options.sorting(__doc__, __file__, argv)
 
 
 if __name__ == "__main__":

@@ -18,17 +18,11 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 import cli  # noqa: E402
+import options  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = cli.example_parser(__doc__, "spanning_tree_svi.png")
-    parser.add_argument("--nodes", type=int, default=20, help="objects in the hidden structure")
-    parser.add_argument("--measurements", type=int, default=30, help="noisy observations of the tree")
-    parser.add_argument("--steps", type=int, default=500, help="training steps")
-    parser.add_argument("--lr", type=float, default=0.1, help="Adam's learning rate")
-    parser.add_argument("--temperature", type=float, default=0.5, help="temperature of the relaxation")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random number")
-    return cli.parse(parser, argv, __file__, "spanning_tree_svi.png", nodes=8, steps=150)
+    return options.spanning_tree_svi(__doc__, __file__, argv)
 
 
 if __name__ == "__main__":

@@ -32,28 +32,11 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 import cli  # noqa: E402
-
-LATENTS = ("tree", "topk", "independent")
+import options  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = cli.example_parser(__doc__, "graph_layout.png")
-    parser.add_argument(
-        "--latent", choices=LATENTS, nargs="+", default=list(LATENTS), help="latent structures to train, one model each"
-    )
-    parser.add_argument("--nodes", type=int, default=10, help="objects in the hidden structure")
-    parser.add_argument("--frames", type=int, default=20, help="layout iterations T")
-    parser.add_argument("--train", type=int, default=4000, help="training trajectories")
-    parser.add_argument("--test", type=int, default=500, help="held-out trajectories")
-    parser.add_argument("--steps", type=int, default=1500, help="training steps")
-    parser.add_argument("--batch", type=int, default=32, help="examples per step")
-    parser.add_argument("--lr", type=float, default=1e-3, help="decays to a tenth over the steps")
-    parser.add_argument("--temperature", type=float, default=1.0, help="temperature of the relaxation")
-    parser.add_argument("--sigma", type=float, default=0.01, help="decoder's observation noise")
-    parser.add_argument("--hidden", type=int, default=64, help="encoder's width")
-    parser.add_argument("--decoder-hidden", type=int, default=32, help="decoder's width")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random number")
-    return cli.parse(parser, argv, __file__, "graph_layout.png", nodes=6, train=256, test=64, steps=60)
+    return options.graph_layout(__doc__, __file__, argv)
 
 
 if __name__ == "__main__":
