@@ -80,7 +80,7 @@ class RelaxedOneHotCategorical(RelaxedTopK):
         raise_if((scores == -jnp.inf).all(-1), lambda _: NO_CLASS)
         return jnp.maximum(jnp.exp(jax.nn.log_softmax(scores, -1)), jnp.finfo(scores.dtype).tiny)
 
-    @property
+    @constraints.dependent_property(is_discrete=False, event_dim=1)
     def support(self):
         return numpyro_constraints.simplex
 
@@ -108,7 +108,7 @@ class RelaxedOneHotCategoricalStraightThrough(RelaxedOneHotCategorical):
         super().__init__(temperature, probs, logits, validate_args=validate_args)
         self.straight_through = True
 
-    @property
+    @constraints.dependent_property(is_discrete=True, event_dim=1)
     def support(self):
         return constraints.k_subset(1, relaxed=False)
 

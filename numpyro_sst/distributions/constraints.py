@@ -7,7 +7,7 @@ tolerance. Same checks as :mod:`pyro_sst.distributions.constraints`.
 """
 
 import jax.numpy as jnp
-from numpyro.distributions.constraints import Constraint
+from numpyro.distributions.constraints import Constraint, dependent_property  # noqa: F401 (the classes' decorator)
 
 from ..ops.matrix_tree import laplacian
 

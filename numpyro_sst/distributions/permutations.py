@@ -105,7 +105,7 @@ class GumbelSinkhorn(PermutationStructure, PerturbAndRelax):
                 )
         return p
 
-    @property
+    @constraints.dependent_property(is_discrete=False, event_dim=2)
     def support(self):
         return constraints.permutation(relaxed=True)
 

@@ -100,7 +100,7 @@ class RelaxedTopK(KSubsetStructure, PerturbAndRelax):
     def _relax(self, scores):
         return RELAXATIONS[self.relaxation](scores, self.k)
 
-    @property
+    @constraints.dependent_property(is_discrete=False, event_dim=1)
     def support(self):
         return constraints.k_subset(self.k, relaxed=True)
 
@@ -117,7 +117,7 @@ class KSubset(KSubsetStructure, ExponentialFamily):
         self._set_k(logits, k)
         super().__init__(logits, validate_args)
 
-    @property
+    @constraints.dependent_property(is_discrete=True, event_dim=1)
     def support(self):
         return constraints.k_subset(self.k, relaxed=False)
 

@@ -110,7 +110,7 @@ class RelaxedSpanningTree(SpanningTreeStructure, PerturbAndRelax):
     def __init__(self, logits, temperature, *, noise="gumbel", straight_through=False, validate_args=None):
         super().__init__(logits, temperature, noise, straight_through, validate_args)
 
-    @property
+    @constraints.dependent_property(is_discrete=False, event_dim=2)
     def support(self):
         return constraints.spanning_tree(relaxed=True)
 
@@ -125,7 +125,7 @@ class SpanningTree(SpanningTreeStructure, ExponentialFamily):
     def __init__(self, logits, *, validate_args=None):
         super().__init__(logits, validate_args)
 
-    @property
+    @constraints.dependent_property(is_discrete=True, event_dim=2)
     def support(self):
         return constraints.spanning_tree(relaxed=False)
 
@@ -154,7 +154,7 @@ class RelaxedArborescence(ArborescenceStructure, PerturbAndRelax):
         self._set_root(logits, root, single_root)
         super().__init__(logits, temperature, noise, straight_through, validate_args)
 
-    @property
+    @constraints.dependent_property(is_discrete=False, event_dim=2)
     def support(self):
         return constraints.arborescence(self.root, self.single_root, relaxed=True)
 
@@ -166,7 +166,7 @@ class Arborescence(ArborescenceStructure, ExponentialFamily):
         self._set_root(logits, root, single_root)
         super().__init__(logits, validate_args)
 
-    @property
+    @constraints.dependent_property(is_discrete=True, event_dim=2)
     def support(self):
         return constraints.arborescence(self.root, self.single_root, relaxed=False)
 

@@ -72,7 +72,7 @@ def _broadcasts_to(shape, target):
 class StructuredDistribution(TorchDistribution):
     """Base of every structured distribution: exponential-family algebra and shapes."""
 
-    arg_constraints = {"logits": constraints.real}
+    arg_constraints = {"logits": constraints.independent(constraints.real, 2)}
     event_dim = 2
     #: names of the non-tensor options that ``expand`` copies (set by subclasses)
     _options = ()
@@ -242,7 +242,7 @@ class PerturbAndRelax(StructuredDistribution):
     relaxed samples (data processing inequality).
     """
 
-    arg_constraints = {"logits": constraints.real, "temperature": constraints.positive}
+    arg_constraints = {"logits": constraints.independent(constraints.real, 2), "temperature": constraints.positive}
     has_rsample = True
 
     def __init__(self, logits, temperature, noise="gumbel", straight_through=False, validate_args=None):

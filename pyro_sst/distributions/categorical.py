@@ -81,7 +81,7 @@ class RelaxedOneHotCategorical(RelaxedTopK):
             raise ValueError(NO_CLASS)
         return scores.log_softmax(-1).exp().clamp(min=torch.finfo(scores.dtype).tiny)
 
-    @property
+    @constraints.dependent_property(is_discrete=False, event_dim=1)
     def support(self):
         return torch_constraints.simplex
 
@@ -110,7 +110,7 @@ class RelaxedOneHotCategoricalStraightThrough(RelaxedOneHotCategorical):
         super().__init__(temperature, probs, logits, validate_args)
         self.straight_through = True
 
-    @property
+    @constraints.dependent_property(is_discrete=True, event_dim=1)
     def support(self):
         return constraints.k_subset(1, relaxed=False)
 

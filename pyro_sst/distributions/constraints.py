@@ -7,7 +7,7 @@ affine conditions of the convex hull, within a tolerance.
 """
 
 import torch
-from torch.distributions.constraints import Constraint
+from torch.distributions.constraints import Constraint, dependent_property  # noqa: F401 (the classes' decorator)
 
 from ..ops.matrix_tree import laplacian
 

@@ -1,5 +1,6 @@
 r"""k-subsets: the relaxed top-k (SST) and the exact exponential family over k-subsets."""
 
+from torch.distributions import constraints as torch_constraints
 from torch.distributions.kl import register_kl
 
 from sst_common.checks import check_k
@@ -22,6 +23,7 @@ class KSubsetStructure:
     """
 
     event_dim = 1
+    arg_constraints = {"logits": torch_constraints.real_vector}
     _options = ("k",)
 
     @property
@@ -77,6 +79,7 @@ class RelaxedTopK(KSubsetStructure, PerturbAndRelax):
     :param bool straight_through: hard forward value, relaxed gradient.
     """
 
+    arg_constraints = {"logits": torch_constraints.real_vector, "temperature": torch_constraints.positive}
     _options = PerturbAndRelax._options + ("k", "relaxation")
 
     def __init__(
@@ -98,7 +101,7 @@ class RelaxedTopK(KSubsetStructure, PerturbAndRelax):
     def _relax(self, scores):
         return RELAXATIONS[self.relaxation](scores, self.k)
 
-    @property
+    @constraints.dependent_property(is_discrete=False, event_dim=1)
     def support(self):
         return constraints.k_subset(self.k, relaxed=True)
 
@@ -116,7 +119,7 @@ class KSubset(KSubsetStructure, ExponentialFamily):
         self._set_k(logits, k)
         super().__init__(logits, validate_args)
 
-    @property
+    @constraints.dependent_property(is_discrete=True, event_dim=1)
     def support(self):
         return constraints.k_subset(self.k, relaxed=False)
 
