@@ -7,11 +7,13 @@ TORCH_PIN ?= torch==2.13.0
 
 .PHONY: setup demo test lint docs clean
 
+# --no-compile: Python compiles a module's bytecode when it is first imported, so compiling all of torch's and
+# JAX's at install time (most of the install's minute) buys nothing.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_PIN)"
-	$(PY) -m pip install -q -e ".[pyro,numpyro,examples,test,docs]"
+	$(PY) -m pip install -q --no-compile "$(TORCH_PIN)"
+	$(PY) -m pip install -q --no-compile -e ".[pyro,numpyro,examples,test,docs]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -28,12 +30,13 @@ docs: setup
 	@echo "docs: docs/_build/html/index.html"
 
 # Two pytest-xdist workers, one compute thread each (tests/conftest.py): the suite is mostly JAX compilation and
-# small tensor ops, which one thread runs as fast as two.
+# small tensor ops, which one thread runs as fast as two. worksteal: a worker that runs out of tests takes queued
+# ones from the other, so the long tests do not leave a core idle at the end.
 PYTEST_WORKERS ?= 2
 
 # The test-suite builds the docs itself (tests/test_docs.py, sphinx -W) and checks the built pages.
 test: lint
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache docs/_build
