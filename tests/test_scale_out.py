@@ -21,7 +21,7 @@ def _run_script(*args):
 
 def test_jax_batch_sharded_over_devices_matches_unsharded_and_stays_sharded():
     lines = _run_script("jax")
-    assert len(lines) == 10 and all(line.endswith(" ok") for line in lines), lines
+    assert len(lines) == 9 and all(line.endswith(" ok") for line in lines), lines  # every class
 
 
 def test_ddp_over_two_processes_gives_the_one_process_gradient():
@@ -35,7 +35,7 @@ def test_ddp_over_two_processes_gives_the_one_process_gradient():
 
 # ---------------------------------------------------------------------------------------- the scripts
 def jax_sharding():
-    """Every class of numpyro_sst on a batch of 8 sharded over 4 devices, under ``jit``: samples (exact and
+    """Every class of numpyro_sst (once each) on a batch of 8 sharded over 4 devices, under ``jit``: samples (exact and
     relaxed), hard samples, ``log_prob`` and gradients equal the unsharded ones, and keep the batch sharding."""
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4 " + os.environ.get("XLA_FLAGS", "")
     import jax
@@ -49,13 +49,16 @@ def jax_sharding():
     by_batch = NamedSharding(Mesh(np.array(jax.devices()), ("batch",)), PartitionSpec("batch"))
     key = jax.random.PRNGKey(0)
     for name, (make, event_shape, relaxed, _) in CASES.items():
+        if "-" in name:  # a second configuration of a class already checked
+            continue
         logits = jax.random.normal(jax.random.PRNGKey(1), (8,) + event_shape)
         weights = jax.random.normal(jax.random.PRNGKey(2), (8,) + event_shape)
 
         def loss(logits, make=make, relaxed=relaxed, weights=weights):
+            # relaxed classes: the reparameterised gradient; exact ones: the score's
             d = make(numpyro_sst, logits)
             x = d.sample(key)
-            return d.log_prob(jax.lax.stop_gradient(x)).sum() + (relaxed * x * weights).sum()
+            return (x * weights).sum() if relaxed else d.log_prob(x).sum()
 
         def run(logits, make=make, relaxed=relaxed, loss=loss):
             d = make(numpyro_sst, logits)
