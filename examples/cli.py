@@ -21,14 +21,15 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 def example_parser(doc, figure):
     """A parser for an example whose module docstring is ``doc`` and whose figure is ``figure`` beside it.
 
-    It has ``--out`` (the figure's path) and ``--smoke`` (tiny sizes); the example adds its own options, each
-    with a help text (the default is shown after it), and calls :func:`parse`.
+    It has ``--out`` (the figure's path), ``--smoke`` (tiny sizes) and ``--seed``; the example adds its own
+    options, each with a help text (the default is shown after it), and calls :func:`parse`.
     """
     parser = argparse.ArgumentParser(description=doc, formatter_class=_HelpFormatter)
     parser.add_argument(
         "--out", default=None, help=f"figure path; None: {figure} beside the script, or a temporary file with --smoke"
     )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: what the test-suite runs")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random number")
     return parser
 
 

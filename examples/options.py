@@ -19,7 +19,6 @@ def spanning_tree_svi(doc, script, argv, add_options=None):
     parser.add_argument("--steps", type=int, default=500, help="training steps")
     parser.add_argument("--lr", type=float, default=0.1, help="Adam's learning rate")
     parser.add_argument("--temperature", type=float, default=0.5, help="temperature of the relaxation")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random number")
     if add_options is not None:
         add_options(parser)
     return cli.parse(parser, argv, script, "spanning_tree_svi.png", nodes=8, steps=150)
@@ -29,7 +28,6 @@ def estimators(doc, script, argv):
     parser = cli.example_parser(doc, "estimators.png")
     parser.add_argument("--steps", type=int, default=1500, help="toy-problem training steps")
     parser.add_argument("--batch", type=int, default=20000, help="independent estimates per variance measurement")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random number")
     parser.set_defaults(temperatures=TEMPERATURES, structures=None)  # None: every structure
     smoke = {"steps": 40, "batch": 400, "temperatures": (0.3,), "structures": ("k_subset", "spanning_tree")}
     return cli.parse(parser, argv, script, "estimators.png", **smoke)
@@ -49,7 +47,6 @@ def graph_layout(doc, script, argv):
     parser.add_argument("--sigma", type=float, default=0.01, help="decoder's observation noise")
     parser.add_argument("--hidden", type=int, default=64, help="encoder's width")
     parser.add_argument("--decoder-hidden", type=int, default=32, help="decoder's width")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random number")
     return cli.parse(parser, argv, script, "graph_layout.png", nodes=6, train=256, test=64, steps=60)
 
 
@@ -60,5 +57,4 @@ def sorting(doc, script, argv):
     parser.add_argument("--batch", type=int, default=64, help="examples per step")
     parser.add_argument("--temperature", type=float, default=0.5, help="temperature of the relaxation")
     parser.add_argument("--test", type=int, default=1000, help="test lists per N")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random number")
     return cli.parse(parser, argv, script, "sorting.png", sizes=[5], steps=150, test=200)

@@ -31,7 +31,7 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
-    parse_args()  # --help and argument errors answer here, before the heavy imports below
+    ARGS = parse_args()  # --help and argument errors answer here, before the heavy imports below
 
 import jax
 import jax.numpy as jnp
@@ -240,4 +240,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    main(ARGS)

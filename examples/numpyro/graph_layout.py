@@ -27,7 +27,7 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
-    parse_args()  # --help and argument errors answer here, before the heavy imports below
+    ARGS = parse_args()  # --help and argument errors answer here, before the heavy imports below
 
 import datasets  # noqa: E402
 import jax
@@ -223,4 +223,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    main(ARGS)

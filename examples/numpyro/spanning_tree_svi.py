@@ -26,7 +26,7 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
-    parse_args()  # --help and argument errors answer here, before the heavy imports below
+    ARGS = parse_args()  # --help and argument errors answer here, before the heavy imports below
 
 import jax
 import jax.numpy as jnp
@@ -95,4 +95,4 @@ def plot(truth, estimate, data, losses, path):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    main(ARGS)

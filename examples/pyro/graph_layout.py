@@ -40,7 +40,7 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
-    parse_args()  # --help and argument errors answer here, before the heavy imports below
+    ARGS = parse_args()  # --help and argument errors answer here, before the heavy imports below
 
 import datasets  # noqa: E402
 import numpy as np
@@ -246,4 +246,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    main(ARGS)

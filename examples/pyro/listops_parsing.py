@@ -58,14 +58,13 @@ def parse_args(argv=None):
     parser.add_argument("--beta", type=float, default=0.01, help="weight of the KL to the uniform prior")
     parser.add_argument("--rounds", type=int, default=3, help="executor rounds (>= the nesting depth)")
     parser.add_argument("--hidden", type=int, default=64, help="hidden width")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random number")
     return cli.parse(
         parser, argv, __file__, "listops_parsing.png", length=12, train=512, test=128, steps=120, flat_steps=40
     )
 
 
 if __name__ == "__main__":
-    parse_args()  # --help and argument errors answer here, before the heavy imports below
+    ARGS = parse_args()  # --help and argument errors answer here, before the heavy imports below
 
 import datasets  # noqa: E402
 import numpy as np
@@ -271,4 +270,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    main(ARGS)

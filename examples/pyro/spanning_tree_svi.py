@@ -35,7 +35,7 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
-    parse_args()  # --help and argument errors answer here, before the heavy imports below
+    ARGS = parse_args()  # --help and argument errors answer here, before the heavy imports below
 
 import pyro
 import pyro.distributions as dist
@@ -102,4 +102,4 @@ def plot(truth, estimate, data, losses, path):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    main(ARGS)

@@ -44,7 +44,6 @@ def parse_args(argv=None):
     parser.add_argument("--lr", type=float, default=2e-3, help="Adam's learning rate")
     parser.add_argument("--temperature", type=float, default=0.5, help="temperature of the relaxation")
     parser.add_argument("--test", type=int, default=5000, help="held-out examples")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random number")
     args = cli.parse(parser, argv, __file__, "subset_selection.png", steps=300, test=500)
     if args.k != 4:
         parser.error("--k must be 4: the switch feature and a group of 3")
@@ -52,7 +51,7 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
-    parse_args()  # --help and argument errors answer here, before the heavy imports below
+    ARGS = parse_args()  # --help and argument errors answer here, before the heavy imports below
 
 import torch
 
@@ -151,4 +150,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    main(ARGS)
