@@ -14,16 +14,16 @@ DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
 TUTORIALS = ("latent_tree_pyro", "latent_tree_numpyro", "choosing_an_estimator")
 
 
-def python_blocks(page):
-    """The ```` ```python ```` blocks of a Markdown page, in order."""
-    return re.findall(r"^```python\n(.*?)^```", (DOCS / page).read_text(), re.S | re.M)
+def python_blocks(path):
+    """The ```` ```python ```` blocks of a Markdown file, in order."""
+    return re.findall(r"^```python\n(.*?)^```", pathlib.Path(path).read_text(), re.S | re.M)
 
 
 @pytest.mark.parametrize(
     "page,gradient", [("getting_started_pyro.md", "logits.grad"), ("getting_started_numpyro.md", "grad")]
 )
 def test_getting_started_page_runs_top_to_bottom(page, gradient, tmp_path):
-    blocks = python_blocks(page)
+    blocks = python_blocks(DOCS / page)
     assert len(blocks) >= 2, page
     script = tmp_path / "page.py"
     # After the page: the size of the gradient demo's gradient (a loss whose gradient is zero would teach

@@ -44,6 +44,7 @@ def test_estimators_example_smoke(backend, tmp_path):
 def test_sorting_example_smoke(backend, tmp_path):
     example = _load("sorting", backend)
     results = example.main(example.parse_args(["--smoke", "--out", str(tmp_path / "sorting.png")]))
+    assert set(results) == {"N=5"}  # the smoke size: lists of 5 only
     assert results["N=5"]["prop_correct_positions"] >= 0.9
     assert (tmp_path / "sorting.png").stat().st_size > 0
 
@@ -160,8 +161,12 @@ def test_smoke_runs_never_write_over_the_documented_figure(backend, name):
     example = _load(name, backend)
     documented = EXAMPLES / backend / f"{name}.png"
     assert pathlib.Path(example.parse_args([]).out) == documented
-    smoke_out = pathlib.Path(example.parse_args(["--smoke"]).out)
+    smoke = example.parse_args(["--smoke"])
+    smoke_out = pathlib.Path(smoke.out)
+    assert smoke_out == pathlib.Path(tempfile.gettempdir()) / f"smoke_{name}.png"
     assert smoke_out != documented and EXAMPLES not in smoke_out.parents
+    sizes = {key: value for key, value in vars(smoke).items() if key not in ("out", "smoke")}
+    assert sizes != {key: value for key, value in vars(example.parse_args([])).items() if key not in ("out", "smoke")}
     assert pathlib.Path(example.parse_args(["--smoke", "--out", "x.png"]).out) == pathlib.Path("x.png")
 
 
@@ -185,11 +190,3 @@ def test_a_missing_matplotlib_is_named_with_its_extra_before_any_training():
     script = EXAMPLES / "pyro" / "spanning_tree_svi.py"
     done = subprocess.run([sys.executable, "-c", code, str(script)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "'.[examples]'" in done.stderr, done.stderr[-2000:]
-
-
-def test_smoke_figure_is_a_temporary_file_unless_out_is_given():
-    example = _load("sorting")
-    assert example.parse_args(["--smoke"]).out == str(pathlib.Path(tempfile.gettempdir()) / "smoke_sorting.png")
-    assert example.parse_args([]).out == str(EXAMPLES / "pyro" / "sorting.png")
-    assert example.parse_args(["--smoke", "--out", "x.png"]).out == "x.png"
-    assert example.parse_args(["--smoke"]).sizes == [5]

@@ -2,7 +2,6 @@
 wheel and sdist build, and the wheel alone runs the README's quick starts."""
 
 import pathlib
-import re
 import shutil
 import subprocess
 import sys
@@ -11,6 +10,7 @@ import tarfile
 import zipfile
 
 import pytest
+from test_docs import python_blocks
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -75,7 +75,7 @@ def test_wheel_and_sdist_build_and_the_wheel_runs_the_readme_quick_starts(tmp_pa
         check=True,
         timeout=300,
     )
-    blocks = re.findall(r"^```python\n(.*?)^```", (ROOT / "README.md").read_text(), re.S | re.M)
+    blocks = python_blocks(ROOT / "README.md")
     script = tmp_path / "quick_start.py"
     script.write_text(
         "\n".join(blocks) + "\nimport pyro_sst, numpyro_sst\nprint(pyro_sst.__file__)\nprint(numpyro_sst.__file__)\n"
