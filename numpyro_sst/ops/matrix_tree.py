@@ -97,13 +97,17 @@ def directed_log_weights(logits, root):
 
 
 class Step(NamedTuple):
-    """What eliminating each node left behind, stacked over the steps (node ``n - 1`` down to 1), full size."""
+    """What eliminating each node left behind, stacked over the steps (node ``n - 1`` down to 1), full size.
 
-    #: ``(n - 1, B, n, n)``: the share :math:`w_{ij} / w'_{ij}` of each reduced weight that was there before
+    The batch is the last axis: XLA's CPU loops vectorise over it, and the per-node operations of a step
+    (a row, a column, a sum over parents) become contiguous slices and reductions over leading axes.
+    """
+
+    #: ``(n - 1, n, n, B)``: the share :math:`w_{ij} / w'_{ij}` of each reduced weight that was there before
     share: jax.Array
-    #: ``(n - 1, B, n)``: the eliminated node's parent distribution :math:`\pi` over the nodes left
+    #: ``(n - 1, n, B)``: the eliminated node's parent distribution :math:`\pi` over the nodes left
     pi: jax.Array
-    #: ``(n - 1, B, n)``: its logarithm (exact where :math:`\pi` underflows)
+    #: ``(n - 1, n, B)``: its logarithm (exact where :math:`\pi` underflows)
     log_pi: jax.Array
 
 
@@ -112,7 +116,7 @@ class Elimination(NamedTuple):
 
     #: ``(B,)`` the log-partition
     log_z: jax.Array
-    #: the :class:`Step` arrays (``None`` unless asked for)
+    #: the :class:`Step` arrays, batch last (``None`` unless asked for)
     steps: Step
     #: ``order[m]`` is the node at elimination position ``m``
     order: tuple
@@ -126,6 +130,16 @@ def elimination_order(n, root):
 def _permute(x, order):
     order = jnp.asarray(order)
     return x[..., order, :][..., :, order]
+
+
+def _batch_last(x):
+    """``(B, n, n)`` to ``(n, n, B)``."""
+    return jnp.moveaxis(x, 0, -1)
+
+
+def _batch_first(x):
+    """``(n, n, B)`` to ``(B, n, n)``."""
+    return jnp.moveaxis(x, -1, 0)
 
 
 def _inverse_order(order):
@@ -165,12 +179,12 @@ class _Linear:
 
     @staticmethod
     def add_paths(old, entering, leaving):
-        return old + entering[..., :, None] * leaving[..., None, :]
+        return old + entering[:, None] * leaving[None]
 
     @staticmethod
     def normalise(new):
-        column = new.sum(-2)
-        return new / jnp.where(column > 0, column, 1)[..., None, :], jnp.log(column)
+        column = new.sum(0)
+        return new / jnp.where(column > 0, column, 1)[None], jnp.log(column)
 
     @staticmethod
     def share(old, new):
@@ -192,12 +206,12 @@ class _Logarithmic:
 
     @staticmethod
     def add_paths(old, entering, leaving):
-        return jnp.logaddexp(old, entering[..., :, None] + leaving[..., None, :])
+        return jnp.logaddexp(old, entering[:, None] + leaving[None])
 
     @staticmethod
     def normalise(new):
-        log_column = log_sum_exp(new, -2)
-        return new - _no_neg_inf(log_column)[..., None, :], log_column
+        log_column = log_sum_exp(new, 0)
+        return new - _no_neg_inf(log_column)[None], log_column
 
     @staticmethod
     def share(old, new):
@@ -209,22 +223,23 @@ class _Logarithmic:
 
 
 def _eliminate_columns(X, space, keep_steps, steps_dtype):
-    """Eliminate nodes ``n - 1, ..., 1`` of ``(B, n, n)`` log-weights (root first), columns normalised in ``space``.
+    """Eliminate nodes ``n - 1, ..., 1`` of ``(n, n, B)`` log-weights (root first), columns normalised in ``space``.
 
     Returns ``(log_z, steps, worst)`` as pyro_sst does; the arrays keep their full size, the nodes
     left at step ``k`` (those before ``k``) selected by masks.
     """
-    n = X.shape[-1]
+    n = X.shape[0]
     idx = jnp.arange(n)
-    log_scale = log_sum_exp(X, -2)
-    W = space.from_log(X - _no_neg_inf(log_scale)[..., None, :])
+    log_scale = log_sum_exp(X, 0)
+    W = space.from_log(X - _no_neg_inf(log_scale)[None])
 
     def eliminate(carry, k):
         W, log_scale, lost, total, worst = carry
-        left = idx < k
-        block = left[:, None] & left & (idx[:, None] != idx)  # a path j -> k -> j is a self-loop: in no tree
-        entering = jnp.where(left, jnp.take(W, k, axis=-1), space.absent)
-        leaving = jnp.where(left, jnp.take(W, k, axis=-2), space.absent)
+        left = (idx < k)[:, None]
+        block = left & (idx < k) & (idx[:, None] != idx)  # a path j -> k -> j is a self-loop: in no tree
+        block = block[..., None]
+        entering = jnp.where(left, jax.lax.dynamic_index_in_dim(W, k, 1, keepdims=False), space.absent)
+        leaving = jnp.where(left, jax.lax.dynamic_index_in_dim(W, k, 0, keepdims=False), space.absent)
         old = jnp.where(block, W, space.absent)
         new = jnp.where(block, space.add_paths(old, entering, leaving), space.absent)
         W, log_column = space.normalise(new)
@@ -233,15 +248,15 @@ def _eliminate_columns(X, space, keep_steps, steps_dtype):
             W,
             log_scale + log_column,
             lost - log_column,
-            total + jnp.take(log_scale, k, axis=-1),
-            jnp.maximum(worst, jnp.take(lost, k, axis=-1)),
+            total + jax.lax.dynamic_index_in_dim(log_scale, k, 0, keepdims=False),
+            jnp.maximum(worst, jax.lax.dynamic_index_in_dim(lost, k, 0, keepdims=False)),
         )
         pi, log_pi = space.probabilities(entering)
         share = jnp.where(block, space.share(old, new), 0)
         step = Step(share.astype(steps_dtype), pi.astype(steps_dtype), log_pi) if keep_steps else None
         return carry, step
 
-    zeros = jnp.zeros(X.shape[:-2], X.dtype)
+    zeros = jnp.zeros(X.shape[2:], X.dtype)
     carry = (W, log_scale, jnp.zeros_like(log_scale), zeros, zeros)
     (_, _, _, total, worst), steps = jax.lax.scan(eliminate, carry, jnp.arange(n - 1, 0, -1))
     return total, steps, worst
@@ -260,6 +275,7 @@ def eliminate(theta, root, single_root, keep_steps=False, linear=True):
     if single_root:
         shift, smallest = _single_root_shift(X)
         X = X.at[..., 0, :].add(-shift[..., None])
+    X = _batch_last(X)
     if linear:
         log_z, steps, worst = _eliminate_columns(X, _Linear, keep_steps, theta.dtype)
         info = jnp.finfo(X.dtype)
@@ -268,7 +284,7 @@ def eliminate(theta, root, single_root, keep_steps=False, linear=True):
         def logarithmic():
             return _eliminate_columns(X, _Logarithmic, keep_steps, theta.dtype)[:2]
 
-        step_axes = Step(1, 1, 1) if keep_steps else None  # the batch follows the step axis
+        step_axes = Step(3, 2, 2) if keep_steps else None  # the batch is last
         log_z, steps = by_tiers(exact, (log_z, steps), logarithmic, batch_axes=(0, step_axes))
     else:
         log_z, steps, _ = _eliminate_columns(X, _Logarithmic, keep_steps, theta.dtype)
@@ -284,16 +300,16 @@ def _step_tangents(steps, dX):
 
     Linear in ``dX`` (the steps are constants here), so JAX transposes it for reverse mode.
     """
-    n = dX.shape[-1]
+    n = dX.shape[0]
     idx = jnp.arange(n)
 
     def tangent(dX, step_k):
         (share, pi), k = step_k
-        left = idx < k
-        block = left[:, None] & left
-        into_k = jnp.where(left, jnp.take(dX, k, axis=-1), 0)
-        d_log_pi = jnp.where(left, into_k - (pi * into_k).sum(-1, keepdims=True), 0)
-        d_via_k = d_log_pi[..., :, None] + jnp.where(left, jnp.take(dX, k, axis=-2), 0)[..., None, :]
+        left = (idx < k)[:, None]
+        block = (left & (idx < k))[..., None]
+        into_k = jnp.where(left, jax.lax.dynamic_index_in_dim(dX, k, 1, keepdims=False), 0)
+        d_log_pi = jnp.where(left, into_k - (pi * into_k).sum(0), 0)
+        d_via_k = d_log_pi[:, None] + jnp.where(left, jax.lax.dynamic_index_in_dim(dX, k, 0, keepdims=False), 0)[None]
         d_diff = dX - d_via_k
         dX = jnp.where(block, d_via_k + share * d_diff, dX)
         return dX, (jnp.where(block, share * (1 - share) * d_diff, 0), pi * d_log_pi)
@@ -312,51 +328,51 @@ def _reverse(steps):
     Returns ``(mu, reduced)``; ``reduced`` stacks the :math:`\mu'` each step started from, which
     :func:`_reverse_tangents` needs.
     """
-    B, n = steps.pi.shape[1], steps.pi.shape[-1]
+    n, B = steps.pi.shape[1:]
     idx = jnp.arange(n)
 
     def undo(mu, step_k):
         (share, pi), k = step_k
         is_k = (idx == k).astype(mu.dtype)
         through_k = mu - mu * share
-        into_k = pi * (1 - through_k.sum((-2, -1))[..., None]) + through_k.sum(-1)
-        return mu * share + into_k[..., :, None] * is_k + is_k[:, None] * through_k.sum(-2)[..., None, :], mu
+        into_k = pi * (1 - through_k.sum((0, 1))) + through_k.sum(1)
+        return mu * share + into_k[:, None] * is_k[:, None] + is_k[:, None, None] * through_k.sum(0)[None], mu
 
-    zeros = jnp.zeros((B, n, n), steps.pi.dtype)
+    zeros = jnp.zeros((n, n, B), steps.pi.dtype)
     return jax.lax.scan(undo, zeros, ((steps.share, steps.pi), jnp.arange(n - 1, 0, -1)), reverse=True)
 
 
 def _reverse_tangents(steps, reduced, tangents):
     """The directional derivative of :func:`_reverse` given the steps' tangents (linear in those)."""
-    B, n = steps.pi.shape[1], steps.pi.shape[-1]
+    n, B = steps.pi.shape[1:]
     idx = jnp.arange(n)
 
     def undo(d_mu, step_k):
         (share, pi, mu, d_share, d_pi), k = step_k
         is_k = (idx == k).astype(mu.dtype)
-        through_total = (mu - mu * share).sum((-2, -1))[..., None]
+        through_total = (mu - mu * share).sum((0, 1))
         d_through_k = d_mu - d_mu * share - mu * d_share
-        d_into_k = d_pi * (1 - through_total) - pi * d_through_k.sum((-2, -1))[..., None] + d_through_k.sum(-1)
-        d_out_of_k = d_through_k.sum(-2)
+        d_into_k = d_pi * (1 - through_total) - pi * d_through_k.sum((0, 1)) + d_through_k.sum(1)
+        d_out_of_k = d_through_k.sum(0)
         d_mu = d_mu * share + mu * d_share
-        return d_mu + d_into_k[..., :, None] * is_k + is_k[:, None] * d_out_of_k[..., None, :], None
+        return d_mu + d_into_k[:, None] * is_k[:, None] + is_k[:, None, None] * d_out_of_k[None], None
 
     per_step = (steps.share, steps.pi, reduced, *tangents)
-    zeros = jnp.zeros((B, n, n), steps.pi.dtype)
+    zeros = jnp.zeros((n, n, B), steps.pi.dtype)
     return jax.lax.scan(undo, zeros, (per_step, jnp.arange(n - 1, 0, -1)), reverse=True)[0]
 
 
 def _marginals_of(elimination):
     """The marginals of an :class:`Elimination` kept with its steps, in node order; NaN where the support is empty."""
-    mu = _permute(_reverse(elimination.steps)[0], _inverse_order(elimination.order))
+    mu = _permute(_batch_first(_reverse(elimination.steps)[0]), _inverse_order(elimination.order))
     return jnp.where((elimination.log_z == -jnp.inf)[..., None, None], jnp.nan, mu)
 
 
 def _hvp(elimination, reduced, v):
     """The Hessian-vector product of the log-partition along ``v``: the marginals' tangent (linear in ``v``)."""
     order, steps = elimination.order, elimination.steps
-    d_mu = _reverse_tangents(steps, reduced, _step_tangents(steps, _permute(v, order)))
-    d_mu = _permute(d_mu, _inverse_order(order))
+    d_mu = _reverse_tangents(steps, reduced, _step_tangents(steps, _batch_last(_permute(v, order))))
+    d_mu = _permute(_batch_first(d_mu), _inverse_order(order))
     return jnp.where((elimination.log_z == -jnp.inf)[..., None, None], jnp.nan, d_mu)
 
 
@@ -371,7 +387,7 @@ def _marginals_jvp(root, single_root, primals, tangents):
     elimination = eliminate(theta, root, single_root, keep_steps=True)
     mu, reduced = _reverse(elimination.steps)
     empty = (elimination.log_z == -jnp.inf)[..., None, None]
-    mu = jnp.where(empty, jnp.nan, _permute(mu, _inverse_order(elimination.order)))
+    mu = jnp.where(empty, jnp.nan, _permute(_batch_first(mu), _inverse_order(elimination.order)))
     finite = jnp.isfinite(theta)
 
     def hessian_times(v):

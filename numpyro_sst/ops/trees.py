@@ -105,20 +105,20 @@ def _root_component(parent, cut):
 
 def _undo_elimination(key, steps, element):
     """``(N, n)`` parent arrays (elimination order, root 0 its own parent), drawn by undoing ``steps``."""
-    n = steps.pi.shape[-1]
+    n = steps.pi.shape[1]
     nodes = jnp.arange(n)
-    share = steps.share.reshape(steps.share.shape[:2] + (n * n,))  # (n - 1, B, n * n)
+    share = steps.share.reshape((n - 1, n * n, -1))  # (n - 1, n * n, B)
 
     def undo(k, parent):
         m = n - 1 - k
         children = (nodes >= 1) & (nodes < k)
-        kept = share[m][element[:, None], parent * n + nodes]
+        kept = share[m][parent * n + nodes, element[:, None]]
         u = jax.random.uniform(jax.random.fold_in(key, 2 * k), kept.shape, kept.dtype)
         dropped = children & (u >= kept)
         left = _root_component(parent, dropped) & (nodes < k)
         parent = jnp.where(dropped, k, parent)
         gumbel = jax.random.gumbel(jax.random.fold_in(key, 2 * k + 1), kept.shape, kept.dtype)
-        scores = jnp.where(left, steps.log_pi[m][element] + gumbel, -jnp.inf)
+        scores = jnp.where(left, steps.log_pi[m][:, element].T + gumbel, -jnp.inf)
         return parent.at[:, k].set(jnp.argmax(scores, -1).astype(parent.dtype))
 
     return jax.lax.fori_loop(1, n, undo, jnp.zeros((element.shape[0], n), jnp.int32))
