@@ -160,7 +160,7 @@ def train(latent, data, args):
     vae = GraphLayoutVAE(latent, key_init, args)
     schedule = lambda i: args.lr * 0.1 ** (i / args.steps)  # noqa: E731
     svi = SVI(vae.model, vae.guide, numpyro.optim.ClippedAdam(schedule, clip_norm=10.0), TraceMeanField_ELBO())
-    state = svi.init(key_svi, x_train[: args.batch])
+    state = jax.jit(svi.init)(key_svi, x_train[: args.batch])  # compiled: eager would dispatch op by op
     step_fn = jax.jit(svi.update)
     hard = jax.jit(vae.hard_graphs, static_argnames="mode")
     curve = []
@@ -179,17 +179,18 @@ def train(latent, data, args):
     params = svi.get_params(state)
     precision, recall = edge_precision_recall(np.asarray(hard(key_eval, params, x_test)), true_test)
     mode_precision, _ = edge_precision_recall(np.asarray(hard(key_eval, params, x_test, mode=True)), true_test)
-    elbo = -float(jax.jit(svi.evaluate)(state, x_test)) / len(x_test)  # compiled: eager would dispatch op by op
+    elbo = -float(jax.jit(svi.evaluate)(state, x_test)) / len(x_test)
     result = {"edge_precision": round(precision, 4), "edge_recall": round(recall, 4), "elbo": round(elbo, 2)}
     result["mode_edge_precision"] = round(mode_precision, 4)
-    return (vae, params), result, curve
+    example = np.asarray(hard(jax.random.PRNGKey(0), params, x_test)[0])  # the figure's hard sample
+    return example, result, curve
 
 
-def plot(fits, curves, data, args):
+def plot(examples, curves, data, args):
     plt = cli.pyplot()
 
     (_, x_test), true_test = data
-    fig, axes = plt.subplots(1, len(fits) + 2, figsize=(3.3 * (len(fits) + 2), 3.3))
+    fig, axes = plt.subplots(1, len(examples) + 2, figsize=(3.3 * (len(examples) + 2), 3.3))
     for latent, curve in curves.items():
         axes[0].plot(*zip(*curve, strict=True), marker="o", label=latent)
     axes[0].set(title="test edge precision", xlabel="step", ylim=(0, 1.02))
@@ -203,8 +204,8 @@ def plot(fits, curves, data, args):
         ax.set(title=title, xticks=[], yticks=[])
 
     draw(axes[1], true_test[0], "true tree (last frame)")
-    for ax, (latent, (vae, params)) in zip(axes[2:], fits.items(), strict=True):
-        draw(ax, np.asarray(vae.hard_graphs(jax.random.PRNGKey(0), params, x_test[:1])[0]), f"{latent}: hard sample")
+    for ax, (latent, example) in zip(axes[2:], examples.items(), strict=True):
+        draw(ax, example, f"{latent}: hard sample")
     fig.tight_layout()
     fig.savefig(args.out, dpi=100)
     plt.close(fig)
@@ -212,11 +213,11 @@ def plot(fits, curves, data, args):
 
 def main(args):
     data = make_data(args)
-    results, fits, curves = {}, {}, {}
+    results, examples, curves = {}, {}, {}
     for latent in args.latent:
-        fits[latent], results[latent], curves[latent] = train(latent, data, args)
+        examples[latent], results[latent], curves[latent] = train(latent, data, args)
         print(f"{latent:>11} {results[latent]}", flush=True)
-    plot(fits, curves, data, args)
+    plot(examples, curves, data, args)
     print(f"figure: {args.out}")
     print(json.dumps(results))
     return results

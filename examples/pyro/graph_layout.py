@@ -204,14 +204,15 @@ def train(latent, data, args):
         elbo = -svi.evaluate_loss(x_test) / len(x_test)
     result = {"edge_precision": round(precision, 4), "edge_recall": round(recall, 4), "elbo": round(elbo, 2)}
     result["mode_edge_precision"] = round(mode_precision, 4)
-    return vae, result, curve
+    example = vae.hard_graphs(x_test[:1])[0].numpy()  # the figure's hard sample
+    return example, result, curve
 
 
-def plot(vaes, curves, data, args):
+def plot(examples, curves, data, args):
     plt = cli.pyplot()
 
     (_, x_test), true_test = data
-    fig, axes = plt.subplots(1, len(vaes) + 2, figsize=(3.3 * (len(vaes) + 2), 3.3))
+    fig, axes = plt.subplots(1, len(examples) + 2, figsize=(3.3 * (len(examples) + 2), 3.3))
     for latent, curve in curves.items():
         axes[0].plot(*zip(*curve, strict=True), marker="o", label=latent)
     axes[0].set(title="test edge precision", xlabel="step", ylim=(0, 1.02))
@@ -226,8 +227,8 @@ def plot(vaes, curves, data, args):
         ax.set(title=title, xticks=[], yticks=[])
 
     draw(axes[1], true_test[0].numpy(), "true tree (last frame)")
-    for ax, (latent, vae) in zip(axes[2:], vaes.items(), strict=True):
-        draw(ax, vae.hard_graphs(x_test[:1])[0].numpy(), f"{latent}: hard sample")
+    for ax, (latent, example) in zip(axes[2:], examples.items(), strict=True):
+        draw(ax, example, f"{latent}: hard sample")
     fig.tight_layout()
     fig.savefig(args.out, dpi=100)
     plt.close(fig)
@@ -235,11 +236,11 @@ def plot(vaes, curves, data, args):
 
 def main(args):
     data = make_data(args)
-    results, vaes, curves = {}, {}, {}
+    results, examples, curves = {}, {}, {}
     for latent in args.latent:
-        vaes[latent], results[latent], curves[latent] = train(latent, data, args)
+        examples[latent], results[latent], curves[latent] = train(latent, data, args)
         print(f"{latent:>11} {results[latent]}", flush=True)
-    plot(vaes, curves, data, args)
+    plot(examples, curves, data, args)
     print(f"figure: {args.out}")
     print(json.dumps(results))
     return results
