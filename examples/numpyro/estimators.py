@@ -195,7 +195,7 @@ def run_structures(args):
 def reference_gradient(structure, make, f, key, theta, args):
     """Exact for the k-subset (enumeration); else an unbiased RLOO estimate from many samples, with its error."""
     if structure == "k_subset":
-        return jax.grad(lambda t: E.exact_expectation(f, make(t, 1.0)))(theta), 0.0
+        return jax.jit(jax.grad(lambda t: E.exact_expectation(f, make(t, 1.0))))(theta), 0.0
 
     def rloo(k, logits):
         return E.score_function(k, f, make(logits, 1.0), 16, "loo").surrogate
