@@ -15,8 +15,7 @@ try:
     import numpyro  # noqa: F401
 except ImportError as error:
     raise ImportError(
-        f"numpyro_sst needs JAX and NumPyro ({error.name} is not installed): "
-        "pip install 'sst-distributions[numpyro]'"
+        f"numpyro_sst needs JAX and NumPyro ({error.name} is not installed): pip install 'sst-distributions[numpyro]'"
     ) from error
 
 from . import distributions, estimators, ops

@@ -33,11 +33,13 @@ the explicit ``jax.random`` key each function takes first. ``f`` maps structures
   the score-function (non-reparameterised) guide sites, for SVI.
 """
 
-from typing import NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-from numpyro.distributions import RelaxedBernoulliLogits
+from jax.typing import ArrayLike
+from numpyro.distributions import Distribution, RelaxedBernoulliLogits
 from numpyro.handlers import replay, seed
 from numpyro.infer.elbo import ELBO
 from numpyro.infer.util import log_density
@@ -47,6 +49,9 @@ from sst_common.checks import check_int, check_per_structure
 from . import ops
 from .distributions.base import ExponentialFamily, PerturbAndRelax
 from .distributions.subsets import RelaxedTopK
+
+#: a function of structures ``(..., *event_shape)`` to values ``(...)``
+Reward = Callable[[jax.Array], jax.Array]
 
 __all__ = ["Estimate", "TraceRLOO_ELBO", "exact_expectation", "rebar", "relax", "score_function", "variance_loss"]
 
@@ -85,7 +90,7 @@ def _leading(values, batch_ndim):
     return values.reshape(values.shape[:1] + (1,) * batch_ndim + values.shape[1:])
 
 
-def exact_expectation(f, dist):
+def exact_expectation(f: Reward, dist: Distribution) -> jax.Array:
     r""":math:`\mathbb{E}_q[f(x)] = \sum_x q(x) f(x)` by enumerating the support; its gradient is exact.
 
     Supports the exponential-family classes (``SpanningTree``, ``Arborescence``, ``KSubset``), the
@@ -116,7 +121,13 @@ def _bernoulli_log_prob(logits, values):
     return values * jax.nn.log_sigmoid(logits) + (1 - values) * jax.nn.log_sigmoid(-logits)
 
 
-def score_function(key, f, dist, num_samples=1, baseline=None):
+def score_function(
+    key: jax.Array,
+    f: Reward,
+    dist: Distribution,
+    num_samples: int = 1,
+    baseline: float | str | Callable[[], ArrayLike] | None = None,
+) -> Estimate:
     r"""REINFORCE with an optional baseline: an unbiased estimator for any class with hard samples.
 
     :param key: a ``jax.random`` key.
@@ -170,7 +181,7 @@ def _baseline_values(baseline, values, n):
     return jnp.full_like(values, float(baseline))
 
 
-def relax(key, f, dist, control_variate, num_samples=1):
+def relax(key: jax.Array, f: Reward, dist: Distribution, control_variate: Reward, num_samples: int = 1) -> Estimate:
     r"""RELAX: the unbiased estimator above with ``c(z) = control_variate(relaxed sample of z)``.
 
     :param control_variate: a differentiable function of the relaxed sample (shape
@@ -180,7 +191,14 @@ def relax(key, f, dist, control_variate, num_samples=1):
     return _relax_estimate(key, f, dist, lambda z: control_variate(_relaxed(dist, z, None)), num_samples)
 
 
-def rebar(key, f, dist, temperature=None, eta=1.0, num_samples=1):
+def rebar(
+    key: jax.Array,
+    f: Reward,
+    dist: Distribution,
+    temperature: ArrayLike | None = None,
+    eta: ArrayLike = 1.0,
+    num_samples: int = 1,
+) -> Estimate:
     r"""REBAR: RELAX with :math:`c(z) = \eta f(\sigma_\lambda(z))`, the relaxed sample at ``temperature``.
 
     ``temperature`` (default: the distribution's) and ``eta`` may be traced; tune them on
@@ -246,7 +264,7 @@ def _conditional_logistic(key, theta):
     return z, hard, z_tilde, _bernoulli_log_prob(theta, hard), jnp.zeros_like(theta)
 
 
-def variance_loss(surrogate_fn, params):
+def variance_loss(surrogate_fn: Callable[[Any], jax.Array], params: Any) -> jax.Array:
     r"""The single-sample variance surrogate :math:`\sum \hat g^2` (RELAX's objective for the control variate).
 
     :math:`\hat g` is ``jax.grad`` of ``surrogate_fn(params).sum()`` with respect to ``params`` (the
@@ -279,10 +297,12 @@ class TraceRLOO_ELBO(ELBO):
 
     can_infer_discrete = True  # score-function sites are what it is for: no "discrete latent" warning
 
-    def __init__(self, num_particles=2):
+    def __init__(self, num_particles: int = 2) -> None:
         super().__init__(num_particles=check_int(num_particles, "num_particles", 2))
 
-    def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
+    def loss_with_mutable_state(
+        self, rng_key: jax.Array, param_map: dict, model: Callable, guide: Callable, *args, **kwargs
+    ) -> dict:
         def particle(key):
             guide_key, model_key = jax.random.split(key)
             log_q, guide_trace = log_density(seed(guide, guide_key), args, kwargs, param_map)

@@ -30,11 +30,12 @@ of a Monte-Carlo estimate of :math:`\mathbb{E}_q[f(x)]` (shape ``batch_shape``, 
   :func:`variance_loss`, never on the surrogate.
 """
 
+from collections.abc import Callable, Iterable
 from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
-from torch.distributions import Bernoulli
+from torch.distributions import Bernoulli, Distribution
 from torch.distributions import RelaxedBernoulli as TorchRelaxedBernoulli
 
 from sst_common.checks import check_int, check_per_structure
@@ -42,6 +43,9 @@ from sst_common.checks import check_int, check_per_structure
 from . import ops
 from .distributions.base import ExponentialFamily, PerturbAndRelax
 from .distributions.subsets import RelaxedTopK
+
+#: a function of structures ``(..., *event_shape)`` to values ``(...)``
+Reward = Callable[[torch.Tensor], torch.Tensor]
 
 __all__ = ["Estimate", "exact_expectation", "rebar", "relax", "score_function", "variance_loss"]
 
@@ -83,7 +87,7 @@ def _leading(values, batch_ndim):
     return values.reshape(values.shape[:1] + (1,) * batch_ndim + values.shape[1:])
 
 
-def exact_expectation(f, dist):
+def exact_expectation(f: Reward, dist: Distribution) -> torch.Tensor:
     r""":math:`\mathbb{E}_q[f(x)] = \sum_x q(x) f(x)` by enumerating the support; its gradient is exact.
 
     Supports the exponential-family classes (``SpanningTree``, ``Arborescence``, ``KSubset``), the
@@ -110,7 +114,12 @@ def _support(dist):
     raise _unsupported(dist, "exact_expectation")
 
 
-def score_function(f, dist, num_samples=1, baseline=None):
+def score_function(
+    f: Reward,
+    dist: Distribution,
+    num_samples: int = 1,
+    baseline: float | str | Callable[[], torch.Tensor] | None = None,
+) -> Estimate:
     r"""REINFORCE with an optional baseline: an unbiased estimator for any class with hard samples.
 
     :param baseline: ``None``, a float, ``"loo"`` (leave-one-out over the ``num_samples`` draws,
@@ -161,7 +170,7 @@ def _baseline_values(baseline, values, n):
     return torch.full_like(values, float(baseline))
 
 
-def relax(f, dist, control_variate, num_samples=1):
+def relax(f: Reward, dist: Distribution, control_variate: Reward, num_samples: int = 1) -> Estimate:
     r"""RELAX: the unbiased estimator above with ``c(z) = control_variate(relaxed sample of z)``.
 
     :param control_variate: a differentiable function of the relaxed sample (shape
@@ -171,7 +180,13 @@ def relax(f, dist, control_variate, num_samples=1):
     return _relax_estimate(f, dist, lambda z: control_variate(_relaxed(dist, z, None)), num_samples)
 
 
-def rebar(f, dist, temperature=None, eta=1.0, num_samples=1):
+def rebar(
+    f: Reward,
+    dist: Distribution,
+    temperature: float | torch.Tensor | None = None,
+    eta: float | torch.Tensor = 1.0,
+    num_samples: int = 1,
+) -> Estimate:
     r"""REBAR: RELAX with :math:`c(z) = \eta f(\sigma_\lambda(z))`, the relaxed sample at ``temperature``.
 
     ``temperature`` (default: the distribution's) and ``eta`` may be tensors that require grad;
@@ -239,7 +254,7 @@ def _conditional_logistic(theta):
     return z, hard, z_tilde, log_p_hard, torch.zeros_like(log_p_hard)
 
 
-def variance_loss(surrogate, params):
+def variance_loss(surrogate: torch.Tensor, params: Iterable[torch.Tensor]) -> torch.Tensor:
     r"""The single-sample variance surrogate :math:`\sum \hat g^2` (RELAX's objective for the control variate).
 
     :math:`\hat g` is the gradient of ``surrogate.sum()`` with respect to ``params`` (the

@@ -1,12 +1,14 @@
 """Packaging: a missing backend is named with the extra that installs it; the license and type markers ship; the
 wheel and sdist build, and the wheel alone runs the README's quick starts."""
 
+import inspect
 import pathlib
 import shutil
 import subprocess
 import sys
 import sysconfig
 import tarfile
+import typing
 import zipfile
 
 import pytest
@@ -34,6 +36,46 @@ def test_license_and_type_markers():
     assert "Apache License" in (ROOT / "LICENSE").read_text()
     for package in ("pyro_sst", "numpyro_sst", "sst_common"):
         assert (ROOT / package / "py.typed").exists()
+
+
+def _public_callables(package):
+    """``(name, function)`` for the public functions, classes' public methods and properties of a package."""
+    modules = [(package.ops, package.ops.__all__), (package.distributions, package.distributions.__all__)]
+    modules.append((package.estimators, package.estimators.__all__))
+    for module, names in modules:
+        for name in names:
+            obj = getattr(module, name)
+            if not getattr(obj, "__module__", "").startswith(package.__name__):
+                continue
+            if not inspect.isclass(obj):
+                yield f"{module.__name__}.{name}", obj
+                continue
+            if issubclass(obj, tuple):  # NamedTuple results: their fields are annotated by construction
+                continue
+            for attribute, value in vars(obj).items():
+                if attribute.startswith("_") and attribute != "__init__":
+                    continue
+                function = value.fget if isinstance(value, property) else getattr(obj, attribute)
+                if callable(function):
+                    yield f"{module.__name__}.{name}.{attribute}", function
+
+
+@pytest.mark.parametrize("package_name", ["pyro_sst", "numpyro_sst"])
+def test_public_api_has_type_hints(package_name):
+    """Every parameter (but ``self``, ``*args``, ``**kwargs``) and every return of the public API is annotated,
+    and the annotations resolve (``typing.get_type_hints``)."""
+    package = pytest.importorskip(package_name)
+    missing = []
+    for name, function in _public_callables(package):
+        hints = typing.get_type_hints(function)
+        parameters = inspect.signature(function).parameters.values()
+        variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        unannotated = [p.name for p in parameters if p.name not in ("self", "cls") and p.kind not in variadic]
+        unannotated = [p for p in unannotated if p not in hints] + ([] if "return" in hints else ["return"])
+        if unannotated:
+            missing.append(f"{name}: {unannotated}")
+    assert not missing, "\n".join(missing)
+    assert sum(1 for _ in _public_callables(package)) > 80  # the walk finds the API
 
 
 def test_wheel_and_sdist_build_and_the_wheel_runs_the_readme_quick_starts(tmp_path):

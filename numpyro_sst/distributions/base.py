@@ -20,6 +20,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 from numpyro.distributions import Distribution, constraints
 from numpyro.distributions.batch_util import _default_vmap_over, vmap_over
 from numpyro.distributions.distribution import ExpandedDistribution
@@ -104,7 +105,7 @@ class StructuredDistribution(Distribution):
         self.logits = jnp.broadcast_to(logits, batch_shape + event_shape)
         super().__init__(batch_shape, event_shape, validate_args=validate_args)
 
-    def validate_args(self, strict=True):
+    def validate_args(self, strict: bool = True) -> None:
         """NumPyro's argument checks, except that only the entries of ``logits`` that are read must be finite.
 
         Inside ``jit`` the values are unknown: ``strict`` raises NumPyro's ``RuntimeError``, otherwise
@@ -155,22 +156,22 @@ class StructuredDistribution(Distribution):
         return self._sum_event(_product_where_nonzero(self.logits, value, self._free_mask))
 
     @property
-    def log_partition(self):
+    def log_partition(self) -> jax.Array:
         r""":math:`A(\theta) = \log \sum_{x \in \mathcal X} e^{\langle\theta, x\rangle}`, shape ``batch_shape``."""
         return self._log_partition(self.logits)
 
     @property
-    def marginals(self):
+    def marginals(self) -> jax.Array:
         r""":math:`\mu(\theta) = \nabla A(\theta) = \mathbb{E}_q[x]`, shape ``batch_shape + event_shape``."""
         return self._marginals(self.logits)
 
     @property
-    def mode(self):
+    def mode(self) -> jax.Array:
         r"""The MAP structure :math:`\arg\max_{x} \langle\theta, x\rangle` (deterministic ties)."""
         return self.solve(self.logits)
 
     @validate_value
-    def log_prob(self, value):
+    def log_prob(self, value: ArrayLike) -> jax.Array:
         r""":math:`\langle\theta, x\rangle - A(\theta)`, summed over the free entries."""
         return self._score(value) - self.log_partition
 
@@ -179,7 +180,7 @@ class StructuredDistribution(Distribution):
 
     # ------------------------------------------------------------------ shapes
     @classmethod
-    def infer_shapes(cls, logits, *args, **arg_shapes):
+    def infer_shapes(cls, logits: ArrayLike, *args, **arg_shapes) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """``(batch_shape, event_shape)`` from the shapes of the arguments (the default assumes a scalar event)."""
         event_shape = tuple(logits[len(logits) - cls.event_dim :])
         batch_shape = tuple(logits[: len(logits) - cls.event_dim])
@@ -191,7 +192,7 @@ class StructuredDistribution(Distribution):
     def _expand_arrays(self, new, batch_shape):
         new.logits = jnp.broadcast_to(self.logits, batch_shape + self.event_shape)
 
-    def expand(self, batch_shape):
+    def expand(self, batch_shape: tuple[int, ...]) -> "StructuredDistribution":
         """The same class with a larger batch shape (registered KLs keep working under plates)."""
         batch_shape = tuple(batch_shape)
         if batch_shape == self.batch_shape:
@@ -220,22 +221,22 @@ class ExponentialFamily(StructuredDistribution):
     has_enumerate_support = True
     reparametrized_params = []
 
-    def __init__(self, logits, validate_args=None):
+    def __init__(self, logits: ArrayLike, validate_args: bool | None = None) -> None:
         self._init_structure(logits, (), validate_args)
 
     @property
-    def mean(self):
+    def mean(self) -> jax.Array:
         return self.marginals
 
-    def entropy(self):
+    def entropy(self) -> jax.Array:
         r""":math:`H = A(\theta) - \langle\theta, \mu(\theta)\rangle`."""
         return self._exp_family_entropy()
 
-    def sample(self, key, sample_shape=()):
+    def sample(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
         """Exact sample of shape ``sample_shape + batch_shape + event_shape`` from the key ``key``."""
         return self._exact_sample(key, tuple(sample_shape))
 
-    def enumerate_support(self, expand=True):
+    def enumerate_support(self, expand: bool = True) -> jax.Array:
         """All structures, shape ``(N,) + batch_shape + event_shape`` (small sizes only)."""
         values = self._enumerate().astype(self.logits.dtype)
         values = values.reshape((values.shape[0],) + (1,) * len(self.batch_shape) + self.event_shape)
@@ -275,7 +276,14 @@ class PerturbAndRelax(StructuredDistribution):
     reparametrized_params = ["logits", "temperature"]
     _options = ("noise", "straight_through")
 
-    def __init__(self, logits, temperature, noise="gumbel", straight_through=False, validate_args=None):
+    def __init__(
+        self,
+        logits: ArrayLike,
+        temperature: ArrayLike,
+        noise: str = "gumbel",
+        straight_through: bool = False,
+        validate_args: bool | None = None,
+    ) -> None:
         check_noise(noise)
         logits = check_array(logits, "logits", self.event_dim)
         temperature = _as_temperature(temperature, logits)
@@ -292,12 +300,12 @@ class PerturbAndRelax(StructuredDistribution):
         return t.reshape(t.shape + (1,) * self.event_dim)
 
     # ------------------------------------------------------------- the trick
-    def sample_utilities(self, key, sample_shape=()):
+    def sample_utilities(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
         """Perturbed utilities ``U = logits + E``, shape ``sample_shape + batch + event``."""
         shape = tuple(sample_shape) + self.batch_shape + self.event_shape
         return self._canonical(self.logits + sample_noise(key, self.noise, shape, self.logits.dtype))
 
-    def utility_log_prob(self, utilities):
+    def utility_log_prob(self, utilities: ArrayLike) -> jax.Array:
         r"""Log-density of the utilities, :math:`\sum_{\text{free } ij} \log p_E(U_{ij} - \theta_{ij})`.
 
         The score of REINFORCE on hard samples ``solve(U)``: differentiable in ``logits``, shape
@@ -306,7 +314,7 @@ class PerturbAndRelax(StructuredDistribution):
         log_p = utility_log_prob(self.noise, utilities, self.logits)
         return self._sum_event(jnp.where(self._free_mask, log_p, 0))
 
-    def relax(self, utilities):
+    def relax(self, utilities: ArrayLike) -> jax.Array:
         r"""The relaxed sample for given utilities, e.g. :math:`\mu(U / t)` (differentiable).
 
         A non-positive temperature raises at construction on concrete values; under ``jit`` (values unknown
@@ -324,12 +332,12 @@ class PerturbAndRelax(StructuredDistribution):
         """The regularised argmax of ``scores = U / t`` (default: the exponential-family marginals)."""
         return self._marginals(scores)
 
-    def relaxed_and_hard(self, key, sample_shape=()):
+    def relaxed_and_hard(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> tuple[jax.Array, jax.Array]:
         """``(relaxed, hard)`` samples computed from the same noise."""
         utilities = self.sample_utilities(key, sample_shape)
         return self.relax(utilities), self.solve(utilities)
 
-    def sample(self, key, sample_shape=()):
+    def sample(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
         """Relaxed sample (or straight-through hard sample), differentiable in ``logits`` and ``temperature``."""
         utilities = self.sample_utilities(key, sample_shape)
         relaxed = self.relax(utilities)
@@ -337,7 +345,7 @@ class PerturbAndRelax(StructuredDistribution):
             return relaxed
         return self.solve(utilities) + (relaxed - jax.lax.stop_gradient(relaxed))
 
-    def hard_sample(self, key, sample_shape=()):
+    def hard_sample(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
         """Stochastic-argmax structure: an exact member of the support (no gradient)."""
         return self.solve(jax.lax.stop_gradient(self.sample_utilities(key, sample_shape)))
 

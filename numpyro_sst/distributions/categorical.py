@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import gammaln
+from jax.typing import ArrayLike
 from numpyro.distributions import constraints as numpyro_constraints
 from numpyro.distributions.kl import kl_divergence
 
@@ -59,11 +60,18 @@ class RelaxedOneHotCategorical(RelaxedTopK):
 
     arg_constraints = {"logits": numpyro_constraints.real_vector, "temperature": numpyro_constraints.positive}
 
-    def __init__(self, temperature, probs=None, logits=None, *, validate_args=None):
+    def __init__(
+        self,
+        temperature: ArrayLike,
+        probs: ArrayLike | None = None,
+        logits: ArrayLike | None = None,
+        *,
+        validate_args: bool | None = None,
+    ) -> None:
         super().__init__(_logits_from(probs, logits, validate_args), 1, temperature, validate_args=validate_args)
 
     @property
-    def probs(self):
+    def probs(self) -> jax.Array:
         return jax.nn.softmax(self.logits, -1)
 
     def _validate_logits(self, logits):
@@ -81,11 +89,11 @@ class RelaxedOneHotCategorical(RelaxedTopK):
         return jnp.maximum(jnp.exp(jax.nn.log_softmax(scores, -1)), jnp.finfo(scores.dtype).tiny)
 
     @constraints.dependent_property(is_discrete=False, event_dim=1)
-    def support(self):
+    def support(self) -> constraints.Constraint:
         return numpyro_constraints.simplex
 
     @validate_value
-    def log_prob(self, value):
+    def log_prob(self, value: ArrayLike) -> jax.Array:
         """The Concrete density of a point ``value`` of the open simplex."""
         K = self.event_shape[-1]
         t = self.temperature
@@ -104,16 +112,23 @@ class RelaxedOneHotCategoricalStraightThrough(RelaxedOneHotCategorical):
     JAX array cannot carry).
     """
 
-    def __init__(self, temperature, probs=None, logits=None, *, validate_args=None):
+    def __init__(
+        self,
+        temperature: ArrayLike,
+        probs: ArrayLike | None = None,
+        logits: ArrayLike | None = None,
+        *,
+        validate_args: bool | None = None,
+    ) -> None:
         super().__init__(temperature, probs, logits, validate_args=validate_args)
         self.straight_through = True
 
     @constraints.dependent_property(is_discrete=True, event_dim=1)
-    def support(self):
+    def support(self) -> constraints.Constraint:
         return constraints.k_subset(1, relaxed=False)
 
     @validate_value
-    def log_prob(self, value):
+    def log_prob(self, value: ArrayLike) -> jax.Array:
         """:math:`\\log p(x) = \\langle\\theta, x\\rangle - \\operatorname{logsumexp}(\\theta)` for a one-hot ``x``."""
         return (self.logits * value).sum(-1) - jax.nn.logsumexp(self.logits, -1)
 

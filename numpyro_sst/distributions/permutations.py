@@ -2,8 +2,10 @@ r"""Permutations: Gumbel-Sinkhorn (the SST over the Birkhoff polytope), NumPyro.
 
 import warnings
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 from numpyro.distributions.kl import kl_divergence
 
 from sst_common.checks import check_sinkhorn_args
@@ -24,7 +26,7 @@ class PermutationStructure:
     """
 
     @property
-    def num_items(self):
+    def num_items(self) -> int:
         return self.event_shape[-1]
 
     def _log_partition(self, logits):
@@ -33,7 +35,7 @@ class PermutationStructure:
     def _marginals(self, logits):
         return ops.permutation_marginals(logits)
 
-    def solve(self, utilities):
+    def solve(self, utilities: ArrayLike) -> jax.Array:
         """Maximum-weight assignment of ``utilities`` (batched Hungarian in ``lax`` loops)."""
         return ops.max_assignment(utilities)
 
@@ -73,16 +75,16 @@ class GumbelSinkhorn(PermutationStructure, PerturbAndRelax):
 
     def __init__(
         self,
-        logits,
-        temperature,
+        logits: ArrayLike,
+        temperature: ArrayLike,
         *,
-        n_iters=100,
-        tol=1e-6,
-        backward="implicit",
-        noise="gumbel",
-        straight_through=False,
-        validate_args=None,
-    ):
+        n_iters: int = 100,
+        tol: float = 1e-6,
+        backward: str = "implicit",
+        noise: str = "gumbel",
+        straight_through: bool = False,
+        validate_args: bool | None = None,
+    ) -> None:
         self.n_iters, self.tol = check_sinkhorn_args(n_iters, tol, backward)
         self.backward = backward
         super().__init__(logits, temperature, noise, straight_through, validate_args)
@@ -106,7 +108,7 @@ class GumbelSinkhorn(PermutationStructure, PerturbAndRelax):
         return p
 
     @constraints.dependent_property(is_discrete=False, event_dim=2)
-    def support(self):
+    def support(self) -> constraints.Constraint:
         return constraints.permutation(relaxed=True)
 
 

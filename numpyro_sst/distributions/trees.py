@@ -1,7 +1,9 @@
 r"""Spanning trees and arborescences: relaxed (SST) and exact exponential-family classes (NumPyro)."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 from numpyro.distributions.kl import kl_divergence
 
 from sst_common.checks import check_root
@@ -24,7 +26,7 @@ class SpanningTreeStructure:
     """
 
     @property
-    def num_nodes(self):
+    def num_nodes(self) -> int:
         return self.event_shape[-1]
 
     @property
@@ -40,7 +42,7 @@ class SpanningTreeStructure:
     def _marginals(self, logits):
         return ops.spanning_tree_marginals(logits)
 
-    def solve(self, utilities):
+    def solve(self, utilities: ArrayLike) -> jax.Array:
         """Maximum spanning tree of ``utilities`` (batched Prim)."""
         return ops.max_spanning_tree(utilities)
 
@@ -62,7 +64,7 @@ class ArborescenceStructure:
     _options = ("root", "single_root")
 
     @property
-    def num_nodes(self):
+    def num_nodes(self) -> int:
         return self.event_shape[-1]
 
     def _set_root(self, logits, root, single_root):
@@ -83,7 +85,7 @@ class ArborescenceStructure:
     def _marginals(self, logits):
         return ops.arborescence_marginals(logits, self.root, self.single_root)
 
-    def solve(self, utilities):
+    def solve(self, utilities: ArrayLike) -> jax.Array:
         """Maximum arborescence of ``utilities`` (batched Chu-Liu-Edmonds)."""
         return ops.max_arborescence(self._canonical(utilities), self.root, self.single_root)
 
@@ -107,11 +109,19 @@ class RelaxedSpanningTree(SpanningTreeStructure, PerturbAndRelax):
     :param bool straight_through: hard forward value, relaxed gradient.
     """
 
-    def __init__(self, logits, temperature, *, noise="gumbel", straight_through=False, validate_args=None):
+    def __init__(
+        self,
+        logits: ArrayLike,
+        temperature: ArrayLike,
+        *,
+        noise: str = "gumbel",
+        straight_through: bool = False,
+        validate_args: bool | None = None,
+    ) -> None:
         super().__init__(logits, temperature, noise, straight_through, validate_args)
 
     @constraints.dependent_property(is_discrete=False, event_dim=2)
-    def support(self):
+    def support(self) -> constraints.Constraint:
         return constraints.spanning_tree(relaxed=True)
 
 
@@ -122,11 +132,11 @@ class SpanningTree(SpanningTreeStructure, ExponentialFamily):
     ``enumerate_support`` (``n <= 7``), ``mode`` (maximum spanning tree).
     """
 
-    def __init__(self, logits, *, validate_args=None):
+    def __init__(self, logits: ArrayLike, *, validate_args: bool | None = None) -> None:
         super().__init__(logits, validate_args)
 
     @constraints.dependent_property(is_discrete=True, event_dim=2)
-    def support(self):
+    def support(self) -> constraints.Constraint:
         return constraints.spanning_tree(relaxed=False)
 
 
@@ -142,32 +152,34 @@ class RelaxedArborescence(ArborescenceStructure, PerturbAndRelax):
 
     def __init__(
         self,
-        logits,
-        temperature,
+        logits: ArrayLike,
+        temperature: ArrayLike,
         *,
-        root=0,
-        single_root=False,
-        noise="gumbel",
-        straight_through=False,
-        validate_args=None,
-    ):
+        root: int = 0,
+        single_root: bool = False,
+        noise: str = "gumbel",
+        straight_through: bool = False,
+        validate_args: bool | None = None,
+    ) -> None:
         self._set_root(logits, root, single_root)
         super().__init__(logits, temperature, noise, straight_through, validate_args)
 
     @constraints.dependent_property(is_discrete=False, event_dim=2)
-    def support(self):
+    def support(self) -> constraints.Constraint:
         return constraints.arborescence(self.root, self.single_root, relaxed=True)
 
 
 class Arborescence(ArborescenceStructure, ExponentialFamily):
     r"""Exponential family over arborescences rooted at ``root`` (exact sampling)."""
 
-    def __init__(self, logits, *, root=0, single_root=False, validate_args=None):
+    def __init__(
+        self, logits: ArrayLike, *, root: int = 0, single_root: bool = False, validate_args: bool | None = None
+    ) -> None:
         self._set_root(logits, root, single_root)
         super().__init__(logits, validate_args)
 
     @constraints.dependent_property(is_discrete=True, event_dim=2)
-    def support(self):
+    def support(self) -> constraints.Constraint:
         return constraints.arborescence(self.root, self.single_root, relaxed=False)
 
 

@@ -1,9 +1,11 @@
 """Log-space building blocks shared by the dynamic programs (subset DP, permanent DP, tree elimination)."""
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from sst_common import elements
 
@@ -12,7 +14,7 @@ from .validation import raise_if
 __all__ = ["gradient_marginals", "log_sum_exp", "program_log_partition"]
 
 
-def log_sum_exp(x, axis):
+def log_sum_exp(x: ArrayLike, axis: int) -> jax.Array:
     """Max-shifted log-sum-exp whose first and second derivatives stay finite, also on all-``-inf`` slices.
 
     The derivatives are plain softmax weights, zero on ``-inf`` entries (``jax.nn.logsumexp``
@@ -104,7 +106,9 @@ def by_tiers(ok, direct, fallback, batch_axes=0):
     return jax.lax.cond(jnp.all(ok), lambda: direct, select)
 
 
-def program_log_partition(program, logits, structure="structure"):
+def program_log_partition(
+    program: Callable[[ArrayLike], jax.Array], logits: ArrayLike, structure: str = "structure"
+) -> jax.Array:
     r""":math:`A(\theta)` = ``program(logits)`` of a log-space program (the permanent DP).
 
     A ``jax.custom_jvp`` whose tangent is :math:`\langle\mu, \dot\theta\rangle` with :math:`\mu` the
@@ -128,7 +132,9 @@ def _program_log_partition_jvp(program, primals, tangents):
     return value, log_partition_tangent(logits, v, value, 0.0, jax.grad(lambda t: program(t).sum()))
 
 
-def gradient_marginals(program, logits, structure="structure"):
+def gradient_marginals(
+    program: Callable[[ArrayLike], jax.Array], logits: ArrayLike, structure: str = "structure"
+) -> jax.Array:
     r"""Exponential-family marginals :math:`\mu = \nabla_\theta A(\theta)` of a log-space program ``A``.
 
     Exact (reverse-mode autodiff), itself differentiable (its derivative is the Hessian of

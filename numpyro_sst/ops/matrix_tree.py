@@ -55,6 +55,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from sst_common.checks import check_root
 from sst_common.constants import SINGLE_ROOT_EMPTY_MARGIN, SINGLE_ROOT_MARGIN, linear_elimination_max_loss
@@ -78,7 +79,7 @@ __all__ = [
 ]
 
 
-def laplacian(weights):
+def laplacian(weights: ArrayLike) -> jax.Array:
     r"""In-degree Laplacian :math:`L = \operatorname{diag}(\mathbf 1^\top W) - W` of ``(..., n, n)`` weights.
 
     ``weights[..., i, j]`` is the weight of edge ``i -> j``; the diagonal is ignored.
@@ -88,7 +89,7 @@ def laplacian(weights):
     return jnp.eye(n, dtype=weights.dtype) * weights.sum(-2)[..., None, :] - weights
 
 
-def directed_log_weights(logits, root):
+def directed_log_weights(logits: ArrayLike, root: int) -> jax.Array:
     """Directed log-weights ``(..., n, n)`` with self-loops and edges into ``root`` set to -inf."""
     n = logits.shape[-1]
     idx = jnp.arange(n)
@@ -433,7 +434,7 @@ def raise_if_undefined(marginals, logits, event_dim, structure):
 _STRUCTURE = "spanning tree or arborescence"
 
 
-def arborescence_log_partition(logits, root=0, single_root=False):
+def arborescence_log_partition(logits: ArrayLike, root: int = 0, single_root: bool = False) -> jax.Array:
     r"""Log-partition of the exponential family over arborescences (Tutte / Koo et al.).
 
     :param logits: ``(..., n, n)``; ``logits[..., i, j]`` scores edge ``i -> j``. Diagonal and
@@ -450,7 +451,7 @@ def arborescence_log_partition(logits, root=0, single_root=False):
     return _apply_directed(_log_partition, logits, root, bool(single_root), 0)
 
 
-def arborescence_marginals(logits, root=0, single_root=False):
+def arborescence_marginals(logits: ArrayLike, root: int = 0, single_root: bool = False) -> jax.Array:
     r"""Edge marginals :math:`\mu_{ij} = P(i \to j \in x) = \partial A / \partial \theta_{ij}`, ``(..., n, n)``.
 
     Exact at every scale (the elimination of the module docstring); the tangent is the exact

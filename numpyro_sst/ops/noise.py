@@ -30,6 +30,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike, DTypeLike
 
 from sst_common.checks import NOISES, check_noise, check_ordered_k
 
@@ -43,7 +44,9 @@ __all__ = [
 ]
 
 
-def sample_noise(key, noise, shape, dtype=jnp.float32):
+def sample_noise(
+    key: jax.Array, noise: str, shape: tuple[int, ...], dtype: DTypeLike | None = jnp.float32
+) -> jax.Array:
     """Draw i.i.d. noise of the given kind and shape from the ``jax.random`` key ``key``."""
     check_noise(noise)
     if noise == "gaussian":
@@ -55,7 +58,7 @@ def sample_noise(key, noise, shape, dtype=jnp.float32):
     return jnp.log(v)
 
 
-def utility_kl(noise, theta_q, theta_p):
+def utility_kl(noise: str, theta_q: ArrayLike, theta_p: ArrayLike) -> jax.Array:
     """Entry-wise KL between the utility distributions ``theta_q + E`` and ``theta_p + E``.
 
     An entry absent from both (``-inf`` in both) contributes 0; absent from one only, ``inf``.
@@ -73,7 +76,7 @@ def utility_kl(noise, theta_q, theta_p):
     return jnp.where(diff <= 0, -diff, jnp.inf)
 
 
-def utility_log_prob(noise, utilities, logits):
+def utility_log_prob(noise: str, utilities: ArrayLike, logits: ArrayLike) -> jax.Array:
     """Entry-wise log-density of the utilities ``U = logits + E`` (differentiable in ``logits``)."""
     check_noise(noise)
     e = utilities - logits
@@ -106,7 +109,7 @@ def _put(x, indices, values):
     return jnp.where(hit, spread, x)
 
 
-def gumbel_top_k_log_prob(logits, value, k):
+def gumbel_top_k_log_prob(logits: ArrayLike, value: ArrayLike, k: int) -> jax.Array:
     r""":math:`\log P(\operatorname{top-k}(\theta + G) = S)` for the k-hot ``value`` marking ``S`` (Gumbel ``G``).
 
     The sum of the Plackett-Luce probabilities of the ``k!`` orderings of ``S``; ``k`` up to
@@ -119,7 +122,7 @@ def gumbel_top_k_log_prob(logits, value, k):
     return jax.nn.logsumexp((theta - log_remaining).sum(-1), -1)
 
 
-def conditional_gumbel_utilities(logits, utilities, k):
+def conditional_gumbel_utilities(logits: ArrayLike, utilities: ArrayLike, k: int) -> jax.Array:
     r"""``utilities`` as a draw from :math:`p(U \mid \operatorname{top-k}(U))`, reparameterised in ``logits``.
 
     Equal in value to ``utilities`` (Gumbel perturbations of ``logits``); the gradient is that of

@@ -14,6 +14,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike, DTypeLike
 
 from sst_common import enumeration
 from sst_common.checks import BACKWARDS, EXACT_MAX_N, check_sinkhorn_args
@@ -169,7 +170,9 @@ _implicit_sinkhorn.defvjp(_implicit_sinkhorn_forward, _implicit_sinkhorn_backwar
 _compiled_implicit_sinkhorn = jax.jit(_implicit_sinkhorn, static_argnums=(1, 2))
 
 
-def sinkhorn(log_alpha, n_iters=100, tol=1e-6, backward="implicit"):
+def sinkhorn(
+    log_alpha: ArrayLike, n_iters: int = 100, tol: float = 1e-6, backward: str = "implicit"
+) -> tuple[jax.Array, jax.Array]:
     r"""Log-domain Sinkhorn (Mena et al., 2018): the doubly stochastic scaling of :math:`e^{X}`.
 
     .. math::
@@ -201,7 +204,7 @@ def _sinkhorn(log_alpha, n_iters, tol, backward):
     return jnp.exp(log_p), residual
 
 
-def max_assignment(weights):
+def max_assignment(weights: ArrayLike) -> jax.Array:
     r"""Maximum-weight perfect matching :math:`\arg\max_{x} \langle W, x\rangle` as a permutation matrix.
 
     Shortest augmenting paths with dual potentials (Jonker-Volgenant, as in Crouse 2016) for the
@@ -221,7 +224,7 @@ def max_assignment(weights):
     return fill_nan(x, nan | failed, 2).reshape(weights.shape)
 
 
-def assignment_exists(logits):
+def assignment_exists(logits: ArrayLike) -> jax.Array:
     """Whether each ``(..., n, n)`` element has a permutation of finite weight, shape ``logits.shape[:-2]``.
 
     A perfect matching on the entries above ``-inf``: elements without an absent entry have one; where
@@ -337,7 +340,7 @@ def _exact_log_permanent(logits):
     return f[..., -1]
 
 
-def bethe_log_permanent(logits, max_iters=2000):
+def bethe_log_permanent(logits: ArrayLike, max_iters: int = 2000) -> tuple[jax.Array, jax.Array]:
     r"""Bethe approximation of :math:`\log\operatorname{perm}(e^{\theta})` and its beliefs.
 
     .. math::
@@ -396,7 +399,7 @@ def _uses_bethe(logits, method):
     return method == "bethe" or (method == "auto" and n > EXACT_MAX_N)
 
 
-def log_permanent(logits, method="auto"):
+def log_permanent(logits: ArrayLike, method: str = "auto") -> jax.Array:
     r""":math:`A(\theta) = \log\operatorname{perm}(e^{\theta}) = \log\sum_{\sigma}\prod_i e^{\theta_{i\sigma(i)}}`.
 
     :param method: ``"exact"``, ``"bethe"`` (:func:`bethe_log_permanent`), or ``"auto"``: exact up
@@ -411,7 +414,7 @@ def log_permanent(logits, method="auto"):
     return nan_in_nan_out(lambda x: program_log_partition(_exact_log_permanent, x, "permutation"), logits, 2, 0)
 
 
-def permutation_marginals(logits, method="auto"):
+def permutation_marginals(logits: ArrayLike, method: str = "auto") -> jax.Array:
     r""":math:`\mu_{ij} = P(\sigma(i) = j) = \partial A / \partial\theta_{ij}` (doubly stochastic).
 
     Exact for ``n <= 12`` (the gradient of the exact DP, itself differentiable); the Bethe beliefs
@@ -423,6 +426,6 @@ def permutation_marginals(logits, method="auto"):
     return nan_in_nan_out(lambda x: gradient_marginals(_exact_log_permanent, x, "permutation"), logits, 2, 2)
 
 
-def enumerate_permutations(n, dtype=jnp.float32):
+def enumerate_permutations(n: int, dtype: DTypeLike | None = jnp.float32) -> jax.Array:
     """All ``n!`` permutation matrices (``n <= 8``), shape ``(n!, n, n)``, in lexicographic order."""
     return jnp.asarray(enumeration.permutations(n), dtype)

@@ -33,6 +33,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike, DTypeLike
 
 from sst_common import enumeration
 from sst_common.checks import check_k
@@ -270,7 +271,7 @@ def _flat(logits):
     return logits.reshape(-1, logits.shape[-1])
 
 
-def log_elementary_symmetric(logits, k):
+def log_elementary_symmetric(logits: ArrayLike, k: int) -> jax.Array:
     r""":math:`\log e_k(e^{\theta}) = \log \sum_{|S| = k} \prod_{i \in S} e^{\theta_i}`, shape ``logits.shape[:-1]``.
 
     The k-subset log-partition :math:`A(\theta)`; its gradient is :func:`subset_marginals`, and
@@ -287,7 +288,7 @@ def _masked_log_partition(logits, k):
     return fill_nan(_subset_log_partition(flat, k), nan, 0).reshape(logits.shape[:-1])
 
 
-def subset_marginals(logits, k):
+def subset_marginals(logits: ArrayLike, k: int) -> jax.Array:
     r"""Inclusion probabilities :math:`\mu_i = P(i \in S) = \partial A / \partial\theta_i`; they sum to ``k``.
 
     :math:`\mu_i = e^{\theta_i} e_{k-1}(e^{\theta_{-i}}) / e_k(e^{\theta})` by the inside-outside pass.
@@ -305,7 +306,7 @@ def _masked_marginals(logits, k):
     return fill_nan(mu, nan, 1).reshape(logits.shape)
 
 
-def sample_k_subset(key, logits, k, sample_shape=()):
+def sample_k_subset(key: jax.Array, logits: ArrayLike, k: int, sample_shape: tuple[int, ...] = ()) -> jax.Array:
     r"""Exact sample from :math:`q(x) \propto e^{\langle\theta, x\rangle}` over k-hot vectors.
 
     Backward sampling through the tree of partial polynomials: the root holds ``k``; a node with
@@ -347,7 +348,7 @@ def _sample_k_subset(key, logits, k, sample_shape):
     return fill_nan(x, nan, 1)
 
 
-def top_k_mask(utilities, k):
+def top_k_mask(utilities: ArrayLike, k: int) -> jax.Array:
     """k-hot indicator of the ``k`` largest entries; ties go to the lowest index (deterministic), no gradient."""
     utilities, k = _check_args(utilities, k, "utilities")
     _raise_if_too_few_items(utilities, k, "utilities")
@@ -357,7 +358,7 @@ def top_k_mask(utilities, k):
     return fill_nan(mask, nan, 1)
 
 
-def enumerate_k_subsets(d, k, dtype=jnp.float32):
+def enumerate_k_subsets(d: int, k: int, dtype: DTypeLike | None = jnp.float32) -> jax.Array:
     """All k-hot vectors of length ``d`` in lexicographic order of their index sets, ``(C(d, k), d)``."""
     return jnp.asarray(enumeration.k_subsets(d, check_k(k, d)), dtype)
 
@@ -443,7 +444,7 @@ def _sigmoid_bracket(z, d):
     return lowest - math.log(d) - 1, jnp.full_like(z[..., :1], math.log(d))
 
 
-def capped_simplex_projection(v, k):
+def capped_simplex_projection(v: ArrayLike, k: int) -> jax.Array:
     r"""Euclidean relaxation: the projection of ``v`` onto :math:`\{x \in [0,1]^d : \sum_i x_i = k\}`.
 
     .. math:: x = \arg\max_{x} \langle v, x\rangle - \tfrac12 \|x\|^2 = \operatorname{clip}(v - \tau, 0, 1),
@@ -455,7 +456,7 @@ def capped_simplex_projection(v, k):
     return _threshold_relaxation(_clip01, _clip01_prime, _clip01_bracket, v, k)
 
 
-def categorical_entropy_top_k(v, k):
+def categorical_entropy_top_k(v: ArrayLike, k: int) -> jax.Array:
     r"""Categorical-entropy relaxation: :math:`x_i = \min(1, e^{v_i - \tau})`, :math:`\sum_i x_i = k`.
 
     The maximiser of :math:`\langle v, x\rangle - \sum_i x_i \log x_i` over the capped simplex.
@@ -463,7 +464,7 @@ def categorical_entropy_top_k(v, k):
     return _threshold_relaxation(_capped_exp, _capped_exp_prime, _capped_exp_bracket, v, k)
 
 
-def binary_entropy_top_k(v, k):
+def binary_entropy_top_k(v: ArrayLike, k: int) -> jax.Array:
     r"""Binary-entropy relaxation: :math:`x_i = \sigma(v_i - \tau)`, :math:`\sum_i x_i = k`.
 
     The maximiser of :math:`\langle v, x\rangle + \sum_i H_b(x_i)` over the capped simplex.
@@ -485,7 +486,7 @@ def check_relaxation(relaxation):
         raise ValueError(f"relaxation must be one of {tuple(RELAXATIONS)}, got {relaxation!r}")
 
 
-def relaxed_top_k(v, k, relaxation="exp_family"):
+def relaxed_top_k(v: ArrayLike, k: int, relaxation: str = "exp_family") -> jax.Array:
     """The relaxed top-k of scores ``v`` (utilities over temperature) by the named relaxation."""
     check_relaxation(relaxation)
     return RELAXATIONS[relaxation](v, k)

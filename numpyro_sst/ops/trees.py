@@ -20,6 +20,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike, DTypeLike
 
 from sst_common import enumeration
 from sst_common.checks import check_root
@@ -48,13 +49,13 @@ __all__ = [
 ]
 
 
-def symmetrize_upper(x):
+def symmetrize_upper(x: ArrayLike) -> jax.Array:
     """Mirror the strict upper triangle of ``x`` into the lower one; zero diagonal."""
     upper = jnp.triu(x, 1)
     return upper + jnp.swapaxes(upper, -1, -2)
 
 
-def spanning_tree_log_partition(logits):
+def spanning_tree_log_partition(logits: ArrayLike) -> jax.Array:
     r"""Kirchhoff: :math:`A(\theta) = \log \sum_T \prod_{(i,j) \in T} e^{\theta_{ij}}`.
 
     The log-determinant of the weighted Laplacian with one row and column removed. Reads the
@@ -63,7 +64,7 @@ def spanning_tree_log_partition(logits):
     return arborescence_log_partition(symmetrize_upper(check_square(logits)), root=0)
 
 
-def spanning_tree_marginals(logits):
+def spanning_tree_marginals(logits: ArrayLike) -> jax.Array:
     r"""Edge marginals :math:`\mu_{ij} = P((i,j) \in T)`, symmetric; the sum over :math:`i<j` is :math:`n-1`.
 
     The two orientations of the arborescence marginals of the symmetric digraph rooted at node 0.
@@ -72,7 +73,9 @@ def spanning_tree_marginals(logits):
     return mu + jnp.swapaxes(mu, -1, -2)
 
 
-def sample_arborescence(key, logits, root=0, single_root=False, sample_shape=()):
+def sample_arborescence(
+    key: jax.Array, logits: ArrayLike, root: int = 0, single_root: bool = False, sample_shape: tuple[int, ...] = ()
+) -> jax.Array:
     r"""Exact samples from :math:`q(x) \propto e^{\langle \theta, x\rangle}` over arborescences, ``(..., n, n)``.
 
     The algorithm of :func:`pyro_sst.ops.sample_arborescence`: one log-space elimination per batch
@@ -151,13 +154,13 @@ def _sample_arborescence(key, logits, root, single_root, sample_shape):
     return fill_nan(x.reshape(sample_shape + logits.shape), nan, 2)
 
 
-def sample_spanning_tree(key, logits, sample_shape=()):
+def sample_spanning_tree(key: jax.Array, logits: ArrayLike, sample_shape: tuple[int, ...] = ()) -> jax.Array:
     """Exact sample from the exponential family over spanning trees (see :func:`sample_arborescence`)."""
     x = sample_arborescence(key, symmetrize_upper(check_square(logits)), 0, False, sample_shape)
     return x + jnp.swapaxes(x, -1, -2)
 
 
-def max_spanning_tree(weights):
+def max_spanning_tree(weights: ArrayLike) -> jax.Array:
     """Maximum-weight spanning tree by batched Prim (a ``lax.fori_loop`` of ``n - 1`` batched steps).
 
     Reads the strict upper triangle of ``weights`` (``(..., n, n)``); ties go to the lowest node
@@ -337,7 +340,7 @@ def _unreachable(present, root):
     return jnp.any(seen == 0, -1)
 
 
-def max_arborescence(weights, root=0, single_root=False):
+def max_arborescence(weights: ArrayLike, root: int = 0, single_root: bool = False) -> jax.Array:
     """Maximum-weight arborescence by batched Chu-Liu-Edmonds (``lax`` loops, no loop over the batch).
 
     ``weights[..., i, j]`` scores edge ``i -> j``. With ``single_root`` the weights are ordered
@@ -385,12 +388,14 @@ def _max_arborescence(weights, root, single_root):
     return fill_nan(x, nan, 2).reshape(shape), unreachable.reshape(shape[:-2]), several.reshape(shape[:-2])
 
 
-def enumerate_arborescences(n, root=0, single_root=False, dtype=jnp.float32):
+def enumerate_arborescences(
+    n: int, root: int = 0, single_root: bool = False, dtype: DTypeLike | None = jnp.float32
+) -> jax.Array:
     """Every arborescence rooted at ``root`` as a ``(N, n, n)`` 0/1 array (``n <= 7``)."""
     root = check_root(n, root, single_root)
     return jnp.asarray(enumeration.arborescences(n, root, single_root), dtype)
 
 
-def enumerate_spanning_trees(n, dtype=jnp.float32):
+def enumerate_spanning_trees(n: int, dtype: DTypeLike | None = jnp.float32) -> jax.Array:
     """Every spanning tree of ``K_n`` as a symmetric ``(N, n, n)`` 0/1 array (``n <= 7``)."""
     return jnp.asarray(enumeration.spanning_trees(n), dtype)

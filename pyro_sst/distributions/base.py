@@ -128,21 +128,21 @@ class StructuredDistribution(TorchDistribution):
         return self._sum_event(_product_where_nonzero(self.logits, value, self._free_mask))
 
     @lazy_property
-    def log_partition(self):
+    def log_partition(self) -> torch.Tensor:
         r""":math:`A(\theta) = \log \sum_{x \in \mathcal X} e^{\langle\theta, x\rangle}`, shape ``batch_shape``."""
         return self._log_partition(self.logits)
 
     @lazy_property
-    def marginals(self):
+    def marginals(self) -> torch.Tensor:
         r""":math:`\mu(\theta) = \nabla A(\theta) = \mathbb{E}_q[x]`, shape ``batch_shape + event_shape``."""
         return self._marginals(self.logits)
 
     @property
-    def mode(self):
+    def mode(self) -> torch.Tensor:
         r"""The MAP structure :math:`\arg\max_{x} \langle\theta, x\rangle` (deterministic ties)."""
         return self.solve(self.logits)
 
-    def log_prob(self, value):
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         r""":math:`\langle\theta, x\rangle - A(\theta)`, summed over the free entries."""
         check_event_shape(value, self.event_shape)
         if self._validate_args:
@@ -154,7 +154,7 @@ class StructuredDistribution(TorchDistribution):
 
     # ------------------------------------------------------------------ shapes
     @classmethod
-    def infer_shapes(cls, logits, **arg_shapes):
+    def infer_shapes(cls, logits: torch.Tensor, **arg_shapes) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Batch and event shapes from argument shapes: the event is the last ``event_dim`` dims of ``logits``,
         the other arguments broadcast with the rest."""
         event_shape = torch.Size(logits[len(logits) - cls.event_dim :])
@@ -167,7 +167,9 @@ class StructuredDistribution(TorchDistribution):
     def _expand_tensors(self, new, batch_shape):
         new.logits = self.logits.expand(batch_shape + self.event_shape)
 
-    def expand(self, batch_shape, _instance=None):
+    def expand(
+        self, batch_shape: tuple[int, ...], _instance: "StructuredDistribution | None" = None
+    ) -> "StructuredDistribution":
         new = self._get_checked_instance(type(self), _instance)
         batch_shape = torch.Size(batch_shape)
         if not _broadcasts_to(self.batch_shape, batch_shape):
@@ -192,22 +194,22 @@ class ExponentialFamily(StructuredDistribution):
     has_rsample = False
     has_enumerate_support = True
 
-    def __init__(self, logits, validate_args=None):
+    def __init__(self, logits: torch.Tensor, validate_args: bool | None = None) -> None:
         self._init_structure(logits, torch.Size(), validate_args)
 
     @property
-    def mean(self):
+    def mean(self) -> torch.Tensor:
         return self.marginals
 
-    def entropy(self):
+    def entropy(self) -> torch.Tensor:
         r""":math:`H = A(\theta) - \langle\theta, \mu(\theta)\rangle`."""
         return self._exp_family_entropy()
 
-    def sample(self, sample_shape=torch.Size()):
+    def sample(self, sample_shape: tuple[int, ...] = torch.Size()) -> torch.Tensor:
         """Exact sample of shape ``sample_shape + batch_shape + event_shape``."""
         return self._exact_sample(torch.Size(sample_shape))
 
-    def enumerate_support(self, expand=True):
+    def enumerate_support(self, expand: bool = True) -> torch.Tensor:
         """All structures, shape ``(N,) + batch_shape + event_shape`` (small sizes only)."""
         values = self._enumerate().to(dtype=self.logits.dtype, device=self.logits.device)
         values = values.reshape((values.shape[0],) + (1,) * len(self.batch_shape) + self.event_shape)
@@ -245,7 +247,14 @@ class PerturbAndRelax(StructuredDistribution):
     arg_constraints = {"logits": constraints.independent(constraints.real, 2), "temperature": constraints.positive}
     has_rsample = True
 
-    def __init__(self, logits, temperature, noise="gumbel", straight_through=False, validate_args=None):
+    def __init__(
+        self,
+        logits: torch.Tensor,
+        temperature: float | torch.Tensor,
+        noise: str = "gumbel",
+        straight_through: bool = False,
+        validate_args: bool | None = None,
+    ) -> None:
         check_noise(noise)
         check_tensor(logits, "logits", self.event_dim)
         temperature = _as_temperature(temperature, logits)
@@ -265,13 +274,13 @@ class PerturbAndRelax(StructuredDistribution):
         return t.reshape(t.shape + (1,) * self.event_dim)
 
     # ------------------------------------------------------------- the trick
-    def sample_utilities(self, sample_shape=torch.Size()):
+    def sample_utilities(self, sample_shape: tuple[int, ...] = torch.Size()) -> torch.Tensor:
         """Perturbed utilities ``U = logits + E``, shape ``sample_shape + batch + event``."""
         shape = self._extended_shape(sample_shape)
         noise = sample_noise(self.noise, shape, self.logits.dtype, self.logits.device)
         return self._canonical(self.logits + noise)
 
-    def utility_log_prob(self, utilities):
+    def utility_log_prob(self, utilities: torch.Tensor) -> torch.Tensor:
         r"""Log-density of the utilities, :math:`\sum_{\text{free } ij} \log p_E(U_{ij} - \theta_{ij})`.
 
         The score of REINFORCE on hard samples ``solve(U)``: differentiable in ``logits``, shape
@@ -280,7 +289,7 @@ class PerturbAndRelax(StructuredDistribution):
         log_p = utility_log_prob(self.noise, utilities, self.logits)
         return self._sum_event(torch.where(self._free_mask, log_p, torch.zeros_like(log_p)))
 
-    def relax(self, utilities):
+    def relax(self, utilities: torch.Tensor) -> torch.Tensor:
         r"""The relaxed sample for given utilities, e.g. :math:`\mu(U / t)` (differentiable).
 
         A batch element with a NaN on a free entry comes out NaN, with a zero gradient.
@@ -293,12 +302,12 @@ class PerturbAndRelax(StructuredDistribution):
         """The regularised argmax of ``scores = U / t`` (default: the exponential-family marginals)."""
         return self._marginals(scores)
 
-    def relaxed_and_hard(self, sample_shape=torch.Size()):
+    def relaxed_and_hard(self, sample_shape: tuple[int, ...] = torch.Size()) -> tuple[torch.Tensor, torch.Tensor]:
         """``(relaxed, hard)`` samples computed from the same noise."""
         utilities = self.sample_utilities(sample_shape)
         return self.relax(utilities), self.solve(utilities)
 
-    def rsample(self, sample_shape=torch.Size()):
+    def rsample(self, sample_shape: tuple[int, ...] = torch.Size()) -> torch.Tensor:
         """Relaxed sample (or straight-through hard sample), differentiable in ``logits``."""
         utilities = self.sample_utilities(sample_shape)
         relaxed = self.relax(utilities)
@@ -307,7 +316,7 @@ class PerturbAndRelax(StructuredDistribution):
         hard = self.solve(utilities)
         return hard + (relaxed - relaxed.detach())
 
-    def hard_sample(self, sample_shape=torch.Size()):
+    def hard_sample(self, sample_shape: tuple[int, ...] = torch.Size()) -> torch.Tensor:
         """Stochastic-argmax structure: an exact member of the support (no gradient)."""
         with torch.no_grad():
             return self.solve(self.sample_utilities(sample_shape))

@@ -57,11 +57,17 @@ class RelaxedOneHotCategorical(RelaxedTopK):
     :param logits: ``(..., K)`` event log-probabilities (unnormalised).
     """
 
-    def __init__(self, temperature, probs=None, logits=None, validate_args=None):
+    def __init__(
+        self,
+        temperature: float | torch.Tensor,
+        probs: torch.Tensor | None = None,
+        logits: torch.Tensor | None = None,
+        validate_args: bool | None = None,
+    ) -> None:
         super().__init__(_logits_from(probs, logits, validate_args), 1, temperature, validate_args=validate_args)
 
     @property
-    def probs(self):
+    def probs(self) -> torch.Tensor:
         return self.logits.softmax(-1)
 
     def _validate_logits(self, logits):
@@ -82,10 +88,10 @@ class RelaxedOneHotCategorical(RelaxedTopK):
         return scores.log_softmax(-1).exp().clamp(min=torch.finfo(scores.dtype).tiny)
 
     @constraints.dependent_property(is_discrete=False, event_dim=1)
-    def support(self):
+    def support(self) -> constraints.Constraint:
         return torch_constraints.simplex
 
-    def log_prob(self, value):
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """The Concrete density of a point ``value`` of the open simplex."""
         check_event_shape(value, self.event_shape)
         if self._validate_args:
@@ -106,15 +112,21 @@ class RelaxedOneHotCategoricalStraightThrough(RelaxedOneHotCategorical):
     class of the same name scores the soft value it hides inside the returned tensor instead).
     """
 
-    def __init__(self, temperature, probs=None, logits=None, validate_args=None):
+    def __init__(
+        self,
+        temperature: float | torch.Tensor,
+        probs: torch.Tensor | None = None,
+        logits: torch.Tensor | None = None,
+        validate_args: bool | None = None,
+    ) -> None:
         super().__init__(temperature, probs, logits, validate_args)
         self.straight_through = True
 
     @constraints.dependent_property(is_discrete=True, event_dim=1)
-    def support(self):
+    def support(self) -> constraints.Constraint:
         return constraints.k_subset(1, relaxed=False)
 
-    def log_prob(self, value):
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """:math:`\\log p(x) = \\langle\\theta, x\\rangle - \\operatorname{logsumexp}(\\theta)` for a one-hot ``x``."""
         check_event_shape(value, self.event_shape)
         if self._validate_args:

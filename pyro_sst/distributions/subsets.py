@@ -1,5 +1,6 @@
 r"""k-subsets: the relaxed top-k (SST) and the exact exponential family over k-subsets."""
 
+import torch
 from torch.distributions import constraints as torch_constraints
 from torch.distributions.kl import register_kl
 
@@ -27,7 +28,7 @@ class KSubsetStructure:
     _options = ("k",)
 
     @property
-    def num_items(self):
+    def num_items(self) -> int:
         return self.event_shape[-1]
 
     def _set_k(self, logits, k):
@@ -43,7 +44,7 @@ class KSubsetStructure:
     def _marginals(self, logits):
         return ops.subset_marginals(logits, self.k)
 
-    def solve(self, utilities):
+    def solve(self, utilities: torch.Tensor) -> torch.Tensor:
         """Top-k of ``utilities`` as a k-hot vector (ties to the lowest index)."""
         return ops.top_k_mask(utilities, self.k)
 
@@ -84,15 +85,15 @@ class RelaxedTopK(KSubsetStructure, PerturbAndRelax):
 
     def __init__(
         self,
-        logits,
-        k,
-        temperature,
+        logits: torch.Tensor,
+        k: int,
+        temperature: float | torch.Tensor,
         *,
-        relaxation="exp_family",
-        noise="gumbel",
-        straight_through=False,
-        validate_args=None,
-    ):
+        relaxation: str = "exp_family",
+        noise: str = "gumbel",
+        straight_through: bool = False,
+        validate_args: bool | None = None,
+    ) -> None:
         check_relaxation(relaxation)
         self.relaxation = relaxation
         self._set_k(logits, k)
@@ -102,7 +103,7 @@ class RelaxedTopK(KSubsetStructure, PerturbAndRelax):
         return RELAXATIONS[self.relaxation](scores, self.k)
 
     @constraints.dependent_property(is_discrete=False, event_dim=1)
-    def support(self):
+    def support(self) -> constraints.Constraint:
         return constraints.k_subset(self.k, relaxed=True)
 
 
@@ -115,12 +116,12 @@ class KSubset(KSubsetStructure, ExponentialFamily):
     ``logits``), ``enumerate_support`` (up to :math:`10^6` subsets).
     """
 
-    def __init__(self, logits, k, *, validate_args=None):
+    def __init__(self, logits: torch.Tensor, k: int, *, validate_args: bool | None = None) -> None:
         self._set_k(logits, k)
         super().__init__(logits, validate_args)
 
     @constraints.dependent_property(is_discrete=True, event_dim=1)
-    def support(self):
+    def support(self) -> constraints.Constraint:
         return constraints.k_subset(self.k, relaxed=False)
 
 

@@ -31,7 +31,7 @@ class SpanningTreeStructure:
     """
 
     @property
-    def num_nodes(self):
+    def num_nodes(self) -> int:
         return self.event_shape[-1]
 
     @lazy_property
@@ -48,7 +48,7 @@ class SpanningTreeStructure:
     def _marginals(self, logits):
         return ops.spanning_tree_marginals(logits)
 
-    def solve(self, utilities):
+    def solve(self, utilities: torch.Tensor) -> torch.Tensor:
         """Maximum spanning tree of ``utilities`` (batched Prim)."""
         return ops.max_spanning_tree(utilities)
 
@@ -71,7 +71,7 @@ class ArborescenceStructure:
     _options = ("root", "single_root")
 
     @property
-    def num_nodes(self):
+    def num_nodes(self) -> int:
         return self.event_shape[-1]
 
     def _set_root(self, logits, root, single_root):
@@ -93,7 +93,7 @@ class ArborescenceStructure:
     def _marginals(self, logits):
         return ops.arborescence_marginals(logits, self.root, self.single_root)
 
-    def solve(self, utilities):
+    def solve(self, utilities: torch.Tensor) -> torch.Tensor:
         """Maximum arborescence of ``utilities`` (Chu-Liu-Edmonds)."""
         return ops.max_arborescence(self._canonical(utilities), self.root, self.single_root)
 
@@ -118,11 +118,19 @@ class RelaxedSpanningTree(SpanningTreeStructure, PerturbAndRelax):
     :param bool straight_through: hard forward value, relaxed gradient.
     """
 
-    def __init__(self, logits, temperature, *, noise="gumbel", straight_through=False, validate_args=None):
+    def __init__(
+        self,
+        logits: torch.Tensor,
+        temperature: float | torch.Tensor,
+        *,
+        noise: str = "gumbel",
+        straight_through: bool = False,
+        validate_args: bool | None = None,
+    ) -> None:
         super().__init__(logits, temperature, noise, straight_through, validate_args)
 
     @constraints.dependent_property(is_discrete=False, event_dim=2)
-    def support(self):
+    def support(self) -> constraints.Constraint:
         return constraints.spanning_tree(relaxed=True)
 
 
@@ -135,11 +143,11 @@ class SpanningTree(SpanningTreeStructure, ExponentialFamily):
     MCMC sampler) values are ``(n, n)`` matrices, batched and sampled exactly.
     """
 
-    def __init__(self, logits, *, validate_args=None):
+    def __init__(self, logits: torch.Tensor, *, validate_args: bool | None = None) -> None:
         super().__init__(logits, validate_args)
 
     @constraints.dependent_property(is_discrete=True, event_dim=2)
-    def support(self):
+    def support(self) -> constraints.Constraint:
         return constraints.spanning_tree(relaxed=False)
 
 
@@ -155,32 +163,34 @@ class RelaxedArborescence(ArborescenceStructure, PerturbAndRelax):
 
     def __init__(
         self,
-        logits,
-        temperature,
+        logits: torch.Tensor,
+        temperature: float | torch.Tensor,
         *,
-        root=0,
-        single_root=False,
-        noise="gumbel",
-        straight_through=False,
-        validate_args=None,
-    ):
+        root: int = 0,
+        single_root: bool = False,
+        noise: str = "gumbel",
+        straight_through: bool = False,
+        validate_args: bool | None = None,
+    ) -> None:
         self._set_root(logits, root, single_root)
         super().__init__(logits, temperature, noise, straight_through, validate_args)
 
     @constraints.dependent_property(is_discrete=False, event_dim=2)
-    def support(self):
+    def support(self) -> constraints.Constraint:
         return constraints.arborescence(self.root, self.single_root, relaxed=True)
 
 
 class Arborescence(ArborescenceStructure, ExponentialFamily):
     r"""Exponential family over arborescences rooted at ``root`` (exact sampling)."""
 
-    def __init__(self, logits, *, root=0, single_root=False, validate_args=None):
+    def __init__(
+        self, logits: torch.Tensor, *, root: int = 0, single_root: bool = False, validate_args: bool | None = None
+    ) -> None:
         self._set_root(logits, root, single_root)
         super().__init__(logits, validate_args)
 
     @constraints.dependent_property(is_discrete=True, event_dim=2)
-    def support(self):
+    def support(self) -> constraints.Constraint:
         return constraints.arborescence(self.root, self.single_root, relaxed=False)
 
 

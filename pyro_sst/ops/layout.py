@@ -20,14 +20,14 @@ __all__ = [
 ]
 
 
-def colex_edges(n, device=None):
+def colex_edges(n: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(v1, v2)`` index tensors of the ``n (n - 1) / 2`` edges in colex order."""
     v2 = torch.arange(n, device=device).repeat_interleave(torch.arange(n, device=device))
     v1 = torch.cat([torch.arange(k, device=device) for k in range(n)]) if n else v2
     return v1, v2
 
 
-def edge_logits_to_matrix(edge_logits):
+def edge_logits_to_matrix(edge_logits: torch.Tensor) -> torch.Tensor:
     """Pyro's colex ``(..., n(n-1)/2)`` edge logits to a symmetric ``(..., n, n)`` matrix."""
     n = num_nodes_from_num_edges(edge_logits.shape[-1])
     v1, v2 = colex_edges(n, edge_logits.device)
@@ -37,13 +37,13 @@ def edge_logits_to_matrix(edge_logits):
     return out
 
 
-def matrix_to_edge_logits(logits):
+def matrix_to_edge_logits(logits: torch.Tensor) -> torch.Tensor:
     """The strict upper triangle of ``(..., n, n)`` logits in Pyro's colex edge order."""
     v1, v2 = colex_edges(logits.shape[-1], logits.device)
     return logits[..., v1, v2]
 
 
-def edges_to_matrix(edges, num_nodes):
+def edges_to_matrix(edges: torch.Tensor, num_nodes: int) -> torch.Tensor:
     """A ``(..., n - 1, 2)`` edge list (Pyro's tree layout) to a symmetric 0/1 matrix."""
     flat = torch.zeros(edges.shape[:-2] + (num_nodes * num_nodes,), device=edges.device)
     one = torch.ones(edges.shape[:-1], device=edges.device)
@@ -52,7 +52,7 @@ def edges_to_matrix(edges, num_nodes):
     return flat.reshape(edges.shape[:-2] + (num_nodes, num_nodes))
 
 
-def matrix_to_edges(x):
+def matrix_to_edges(x: torch.Tensor) -> torch.Tensor:
     """A symmetric 0/1 tree matrix ``(..., n, n)`` to Pyro's sorted colex ``(..., n - 1, 2)`` edges."""
     n = x.shape[-1]
     v1, v2 = colex_edges(n, x.device)

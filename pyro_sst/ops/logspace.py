@@ -9,6 +9,7 @@ even inside ``torch.jit.trace`` (which records one opaque call instead of freezi
 
 import functools
 import math
+from collections.abc import Callable
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -20,7 +21,7 @@ from .tracing import untraced
 __all__ = ["gradient_marginals", "log_sum_exp", "program_log_partition"]
 
 
-def log_sum_exp(x, dim):
+def log_sum_exp(x: torch.Tensor, dim: int | tuple[int, ...]) -> torch.Tensor:
     """Max-shifted log-sum-exp whose first and second derivatives stay finite, also on all-``-inf`` slices.
 
     (``torch.logsumexp`` back-propagates NaN from an all-``-inf`` slice, and
@@ -141,12 +142,16 @@ class _GradientMarginals(torch.autograd.Function):
         return None, None, program_hvp(ctx.program, theta, grad_mu)
 
 
-def program_log_partition(program, logits, structure="structure"):
+def program_log_partition(
+    program: Callable[[torch.Tensor], torch.Tensor], logits: torch.Tensor, structure: str = "structure"
+) -> torch.Tensor:
     r""":math:`A(\theta)` = ``program(logits)``; its gradient is :func:`gradient_marginals` (itself differentiable)."""
     return _ProgramLogPartition.apply(program, structure, logits)
 
 
-def gradient_marginals(program, logits, structure="structure"):
+def gradient_marginals(
+    program: Callable[[torch.Tensor], torch.Tensor], logits: torch.Tensor, structure: str = "structure"
+) -> torch.Tensor:
     r"""Exponential-family marginals :math:`\mu = \nabla_\theta A(\theta)` of a log-space program ``A``.
 
     Exact (reverse-mode autograd inside a custom Function, no finite differences); the

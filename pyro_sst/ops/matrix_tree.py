@@ -79,7 +79,7 @@ __all__ = [
 ]
 
 
-def laplacian(weights):
+def laplacian(weights: torch.Tensor) -> torch.Tensor:
     r"""In-degree Laplacian :math:`L = \operatorname{diag}(\mathbf 1^\top W) - W` of ``(..., n, n)`` weights.
 
     ``weights[..., i, j]`` is the weight of edge ``i -> j``; the diagonal is
@@ -91,7 +91,7 @@ def laplacian(weights):
     return torch.diag_embed(weights.sum(-2)) - weights
 
 
-def directed_log_weights(logits, root):
+def directed_log_weights(logits: torch.Tensor, root: int) -> torch.Tensor:
     """Directed log-weights ``(..., n, n)`` with self-loops and edges into ``root`` set to -inf."""
     n = logits.shape[-1]
     idx = torch.arange(n, device=logits.device)
@@ -397,7 +397,7 @@ def _apply_directed(function, logits, root, single_root, event_dim):
     return fill_nan(out.reshape(logits.shape[: logits.dim() - 2 + event_dim]), nan, event_dim)
 
 
-def arborescence_log_partition(logits, root=0, single_root=False):
+def arborescence_log_partition(logits: torch.Tensor, root: int = 0, single_root: bool = False) -> torch.Tensor:
     r"""Log-partition of the exponential family over arborescences (Tutte / Koo et al.).
 
     :param logits: ``(..., n, n)``; ``logits[..., i, j]`` scores edge ``i -> j``.
@@ -413,7 +413,7 @@ def arborescence_log_partition(logits, root=0, single_root=False):
     return _apply_directed(_LogPartition, logits, root, single_root, 0)
 
 
-def arborescence_marginals(logits, root=0, single_root=False):
+def arborescence_marginals(logits: torch.Tensor, root: int = 0, single_root: bool = False) -> torch.Tensor:
     r"""Edge marginals :math:`\mu_{ij} = P(i \to j \in x) = \partial A / \partial \theta_{ij}`, ``(..., n, n)``.
 
     Exact at every scale (the elimination of the module docstring); the backward is the exact

@@ -42,7 +42,13 @@ __all__ = [
 ]
 
 
-def sample_noise(noise, shape, dtype=None, device=None, generator=None):
+def sample_noise(
+    noise: str,
+    shape: tuple[int, ...],
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Draw i.i.d. noise of the given kind and shape."""
     check_noise(noise)
     if noise == "gaussian":
@@ -54,7 +60,7 @@ def sample_noise(noise, shape, dtype=None, device=None, generator=None):
     return v.log()
 
 
-def utility_kl(noise, theta_q, theta_p):
+def utility_kl(noise: str, theta_q: torch.Tensor, theta_p: torch.Tensor) -> torch.Tensor:
     """Entry-wise KL between the utility distributions ``theta_q + E`` and ``theta_p + E``.
 
     An entry absent from both (``-inf`` in both) contributes 0; absent from one only, ``inf``.
@@ -72,7 +78,7 @@ def utility_kl(noise, theta_q, theta_p):
     return torch.where(diff <= 0, -diff, torch.full_like(diff, float("inf")))
 
 
-def utility_log_prob(noise, utilities, logits):
+def utility_log_prob(noise: str, utilities: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """Entry-wise log-density of the utilities ``U = logits + E`` (differentiable in ``logits``)."""
     check_noise(noise)
     e = utilities - logits
@@ -91,7 +97,7 @@ def _log_remaining(logits, items, ordered):
     return theta, torch.logaddexp(outside.reshape(outside.shape + (1,) * (ordered.dim() - outside.dim())), suffix)
 
 
-def gumbel_top_k_log_prob(logits, value, k):
+def gumbel_top_k_log_prob(logits: torch.Tensor, value: torch.Tensor, k: int) -> torch.Tensor:
     r""":math:`\log P(\operatorname{top-k}(\theta + G) = S)` for the k-hot ``value`` marking ``S`` (Gumbel ``G``).
 
     The sum of the Plackett-Luce probabilities of the ``k!`` orderings of ``S``; ``k`` up to
@@ -105,7 +111,7 @@ def gumbel_top_k_log_prob(logits, value, k):
     return (theta - log_remaining).sum(-1).logsumexp(-1)
 
 
-def conditional_gumbel_utilities(logits, utilities, k):
+def conditional_gumbel_utilities(logits: torch.Tensor, utilities: torch.Tensor, k: int) -> torch.Tensor:
     r"""``utilities`` as a draw from :math:`p(U \mid \operatorname{top-k}(U))`, reparameterised in ``logits``.
 
     Equal in value to ``utilities`` (Gumbel perturbations of ``logits``); the gradient is that of

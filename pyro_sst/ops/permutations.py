@@ -158,7 +158,9 @@ class _ImplicitSinkhorn(torch.autograd.Function):
         return p * (grad_p - lam[..., :, None] - kappa[..., None, :]), None, None
 
 
-def sinkhorn(log_alpha, n_iters=100, tol=1e-6, backward="implicit"):
+def sinkhorn(
+    log_alpha: torch.Tensor, n_iters: int = 100, tol: float = 1e-6, backward: str = "implicit"
+) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Log-domain Sinkhorn (Mena et al., 2018): the doubly stochastic scaling of :math:`e^{X}`.
 
     .. math::
@@ -193,7 +195,7 @@ def _sinkhorn(log_alpha, n_iters, tol, backward):
     return log_p.exp(), residual
 
 
-def max_assignment(weights):
+def max_assignment(weights: torch.Tensor) -> torch.Tensor:
     r"""Maximum-weight perfect matching :math:`\arg\max_{x} \langle W, x\rangle` as a permutation matrix.
 
     On the CPU: the Hungarian algorithm of :func:`scipy.optimize.linear_sum_assignment`, one
@@ -206,7 +208,7 @@ def max_assignment(weights):
     return opaque_call(_max_assignment, weights)
 
 
-def assignment_exists(logits):
+def assignment_exists(logits: torch.Tensor) -> torch.Tensor:
     """Whether each ``(..., n, n)`` element has a permutation of finite weight, shape ``logits.shape[:-2]``.
 
     A perfect matching on the entries above ``-inf``: elements without an absent entry have one; the
@@ -334,7 +336,7 @@ def _exact_log_permanent(logits):
     return f[..., -1]
 
 
-def bethe_log_permanent(logits, max_iters=2000):
+def bethe_log_permanent(logits: torch.Tensor, max_iters: int = 2000) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Bethe approximation of :math:`\log\operatorname{perm}(e^{\theta})` and its beliefs.
 
     .. math::
@@ -396,7 +398,7 @@ def _uses_bethe(logits, method):
     return method == "bethe" or (method == "auto" and n > EXACT_MAX_N)
 
 
-def log_permanent(logits, method="auto"):
+def log_permanent(logits: torch.Tensor, method: str = "auto") -> torch.Tensor:
     r""":math:`A(\theta) = \log\operatorname{perm}(e^{\theta}) = \log\sum_{\sigma}\prod_i e^{\theta_{i\sigma(i)}}`.
 
     :param method: ``"exact"``, ``"bethe"`` (:func:`bethe_log_permanent`), or
@@ -410,7 +412,7 @@ def log_permanent(logits, method="auto"):
     return nan_in_nan_out(lambda x: program_log_partition(_exact_log_permanent, x, _STRUCTURE), logits, 2, 0)
 
 
-def permutation_marginals(logits, method="auto"):
+def permutation_marginals(logits: torch.Tensor, method: str = "auto") -> torch.Tensor:
     r""":math:`\mu_{ij} = P(\sigma(i) = j) = \partial A / \partial\theta_{ij}` (doubly stochastic).
 
     Exact for ``n <= 12`` (gradient of the exact DP, twice differentiable); the
@@ -421,6 +423,8 @@ def permutation_marginals(logits, method="auto"):
     return nan_in_nan_out(lambda x: gradient_marginals(_exact_log_permanent, x, _STRUCTURE), logits, 2, 2)
 
 
-def enumerate_permutations(n, dtype=None, device=None):
+def enumerate_permutations(
+    n: int, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+) -> torch.Tensor:
     """All ``n!`` permutation matrices (``n <= 8``), shape ``(n!, n, n)``, in lexicographic order."""
     return torch.as_tensor(enumeration.permutations(n), dtype=dtype, device=device)

@@ -352,7 +352,7 @@ class _SubsetMarginals(torch.autograd.Function):
         return hvp.masked_fill(nan[..., None], 0).reshape(theta.shape), None
 
 
-def log_elementary_symmetric(logits, k):
+def log_elementary_symmetric(logits: torch.Tensor, k: int) -> torch.Tensor:
     r""":math:`\log e_k(e^{\theta}) = \log \sum_{|S| = k} \prod_{i \in S} e^{\theta_i}`, shape ``logits.shape[:-1]``.
 
     The k-subset log-partition :math:`A(\theta)`. Its gradient is
@@ -362,7 +362,7 @@ def log_elementary_symmetric(logits, k):
     return _SubsetLogPartition.apply(logits, k)
 
 
-def subset_marginals(logits, k):
+def subset_marginals(logits: torch.Tensor, k: int) -> torch.Tensor:
     r"""Inclusion probabilities :math:`\mu_i = P(i \in S) = \partial A / \partial\theta_i`.
 
     :math:`\mu_i = e^{\theta_i} e_{k-1}(e^{\theta_{-i}}) / e_k(e^{\theta})`; sums to ``k``.
@@ -373,7 +373,9 @@ def subset_marginals(logits, k):
     return _SubsetMarginals.apply(logits, k)
 
 
-def sample_k_subset(logits, k, sample_shape=(), generator=None):
+def sample_k_subset(
+    logits: torch.Tensor, k: int, sample_shape: tuple[int, ...] = (), generator: torch.Generator | None = None
+) -> torch.Tensor:
     r"""Exact sample from :math:`q(x) \propto e^{\langle\theta, x\rangle}` over k-hot vectors.
 
     Backward sampling through the tree of partial polynomials: the root holds
@@ -406,7 +408,7 @@ def _sample_k_subset(logits, k, sample_shape, generator):
     return fill_nan(x, nan, 1)
 
 
-def top_k_mask(utilities, k):
+def top_k_mask(utilities: torch.Tensor, k: int) -> torch.Tensor:
     """k-hot indicator of the ``k`` largest entries; ties go to the lowest index (deterministic)."""
     k = _check_args(utilities, k, "utilities")
     return opaque_call(functools.partial(_top_k_mask, k=k), utilities)
@@ -420,7 +422,9 @@ def _top_k_mask(utilities, k):
     return fill_nan(mask, nan, 1)
 
 
-def enumerate_k_subsets(d, k, dtype=None, device=None):
+def enumerate_k_subsets(
+    d: int, k: int, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+) -> torch.Tensor:
     """All k-hot vectors of length ``d`` in lexicographic order of their index sets, ``(C(d, k), d)``."""
     k = check_k(k, d)
     return torch.as_tensor(enumeration.k_subsets(d, k), dtype=dtype, device=device)
@@ -496,7 +500,7 @@ def _sigmoid_prime(z):
     return s * (1 - s)
 
 
-def capped_simplex_projection(v, k):
+def capped_simplex_projection(v: torch.Tensor, k: int) -> torch.Tensor:
     r"""Euclidean relaxation: the projection of ``v`` onto :math:`\{x \in [0,1]^d : \sum_i x_i = k\}`.
 
     .. math:: x = \arg\max_{x} \langle v, x\rangle - \tfrac12 \|x\|^2 = \operatorname{clip}(v - \tau, 0, 1),
@@ -512,7 +516,7 @@ def capped_simplex_projection(v, k):
     )
 
 
-def categorical_entropy_top_k(v, k):
+def categorical_entropy_top_k(v: torch.Tensor, k: int) -> torch.Tensor:
     r"""Categorical-entropy relaxation: :math:`x_i = \min(1, e^{v_i - \tau})`, :math:`\sum_i x_i = k`.
 
     The maximiser of :math:`\langle v, x\rangle - \sum_i x_i \log x_i` over the
@@ -528,7 +532,7 @@ def categorical_entropy_top_k(v, k):
     )
 
 
-def binary_entropy_top_k(v, k):
+def binary_entropy_top_k(v: torch.Tensor, k: int) -> torch.Tensor:
     r"""Binary-entropy relaxation: :math:`x_i = \sigma(v_i - \tau)`, :math:`\sum_i x_i = k`.
 
     The maximiser of :math:`\langle v, x\rangle + \sum_i H_b(x_i)`,
@@ -561,7 +565,7 @@ def check_relaxation(relaxation):
         raise ValueError(f"relaxation must be one of {tuple(RELAXATIONS)}, got {relaxation!r}")
 
 
-def relaxed_top_k(v, k, relaxation="exp_family"):
+def relaxed_top_k(v: torch.Tensor, k: int, relaxation: str = "exp_family") -> torch.Tensor:
     """The relaxed top-k of scores ``v`` (utilities over temperature) by the named relaxation."""
     check_relaxation(relaxation)
     return RELAXATIONS[relaxation](v, k)

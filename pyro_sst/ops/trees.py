@@ -49,13 +49,13 @@ __all__ = [
 ]
 
 
-def symmetrize_upper(x):
+def symmetrize_upper(x: torch.Tensor) -> torch.Tensor:
     """Mirror the strict upper triangle of ``x`` into the lower one; zero diagonal."""
     upper = torch.triu(x, 1)
     return upper + upper.mT
 
 
-def spanning_tree_log_partition(logits):
+def spanning_tree_log_partition(logits: torch.Tensor) -> torch.Tensor:
     r"""Kirchhoff: :math:`A(\theta) = \log \sum_T \prod_{(i,j) \in T} e^{\theta_{ij}}`.
 
     Equals the log-determinant of the weighted Laplacian with one row and column
@@ -65,7 +65,7 @@ def spanning_tree_log_partition(logits):
     return arborescence_log_partition(symmetrize_upper(logits), root=0)
 
 
-def spanning_tree_marginals(logits):
+def spanning_tree_marginals(logits: torch.Tensor) -> torch.Tensor:
     r"""Edge marginals :math:`\mu_{ij} = P((i,j) \in T)`, symmetric, rows summing to degrees.
 
     The sum over :math:`i<j` is :math:`n-1`. Computed as the two orientations of
@@ -76,7 +76,13 @@ def spanning_tree_marginals(logits):
     return mu + mu.mT
 
 
-def sample_arborescence(logits, root=0, single_root=False, sample_shape=(), generator=None):
+def sample_arborescence(
+    logits: torch.Tensor,
+    root: int = 0,
+    single_root: bool = False,
+    sample_shape: tuple[int, ...] = (),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     r"""Exact samples from :math:`q(x) \propto e^{\langle \theta, x\rangle}` over arborescences, ``(..., n, n)``.
 
     Sampling through the elimination that computes the log-partition (see
@@ -160,14 +166,16 @@ def _sample_arborescence(logits, root, single_root, sample_shape, generator):
     return fill_nan(x.reshape(sample_shape + logits.shape), nan, 2)
 
 
-def sample_spanning_tree(logits, sample_shape=(), generator=None):
+def sample_spanning_tree(
+    logits: torch.Tensor, sample_shape: tuple[int, ...] = (), generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Exact sample from the exponential family over spanning trees (see :func:`sample_arborescence`)."""
     check_square(logits)
     x = sample_arborescence(symmetrize_upper(logits), 0, False, sample_shape, generator)
     return x + x.mT
 
 
-def max_spanning_tree(weights):
+def max_spanning_tree(weights: torch.Tensor) -> torch.Tensor:
     """Maximum-weight spanning tree by batched Prim, on the device of ``weights``.
 
     Reads the strict upper triangle of ``weights`` (``(..., n, n)``); ties go to
@@ -405,7 +413,7 @@ def _unreachable(present, root):
 _BATCHED_ARBORESCENCE_MAX_NODES_ON_CPU = 64
 
 
-def max_arborescence(weights, root=0, single_root=False):
+def max_arborescence(weights: torch.Tensor, root: int = 0, single_root: bool = False) -> torch.Tensor:
     """Maximum-weight arborescence by Chu-Liu-Edmonds.
 
     ``weights[..., i, j]`` scores edge ``i -> j``. With ``single_root`` the
@@ -454,13 +462,21 @@ def _max_arborescence(weights, root, single_root):
     return fill_nan(x, nan, 2).to(weights.dtype).reshape(shape)
 
 
-def enumerate_arborescences(n, root=0, single_root=False, dtype=None, device=None):
+def enumerate_arborescences(
+    n: int,
+    root: int = 0,
+    single_root: bool = False,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
     """Every arborescence rooted at ``root`` as a ``(N, n, n)`` 0/1 tensor (``n <= 7``)."""
     root = check_root(n, root, single_root)
     return torch.as_tensor(enumeration.arborescences(n, root, single_root), dtype=dtype, device=device)
 
 
-def enumerate_spanning_trees(n, dtype=None, device=None):
+def enumerate_spanning_trees(
+    n: int, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+) -> torch.Tensor:
     """Every spanning tree of ``K_n`` as a symmetric ``(N, n, n)`` 0/1 tensor (``n <= 7``)."""
     x = enumerate_arborescences(n, 0, False, dtype, device)
     return x + x.mT
