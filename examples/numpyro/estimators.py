@@ -19,7 +19,6 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-import cli  # noqa: E402
 import options  # noqa: E402
 from options import TOY_TARGET  # noqa: E402
 
@@ -33,6 +32,7 @@ def parse_args(argv=None):
 if __name__ == "__main__":
     ARGS = parse_args()  # --help and argument errors answer here, before the heavy imports below
 
+import figures
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -204,35 +204,10 @@ def reference_gradient(structure, make, f, key, theta, args):
     return grads.mean(0), float(jnp.sqrt(grads.var(0).sum() / len(grads)))
 
 
-# ------------------------------------------------------------------------------ report
-def plot(curves, table, path):
-    plt = cli.pyplot()
-
-    fig, axes = plt.subplots(1, 1 + len(table), figsize=(5 * (1 + len(table)), 4))
-    for name, curve in curves.items():
-        steps, log_var = zip(*curve, strict=True)
-        axes[0].plot(steps, log_var, label=name)
-    axes[0].set(title="toy: log variance of the gradient (JAX)", xlabel="step", ylabel="log variance")
-    axes[0].legend(fontsize=7)
-    for ax, (structure, result) in zip(axes[1:], table.items(), strict=True):
-        rows = result["estimators"]
-        for name in sorted({label.split("@")[0] for label in rows if "@" in label}):
-            points = sorted(
-                (float(label.split("=")[1]), row["bias"]) for label, row in rows.items() if label.startswith(name + "@")
-            )
-            ax.plot(*zip(*points, strict=True), marker="o", label=f"{name} (bias)")
-        ax.axhline(result["reference_standard_error"] + 1e-4, color="gray", ls=":", label="reference error")
-        ax.set(title=f"{structure}: gradient bias", xlabel="temperature", ylabel="|bias|", xscale="log", yscale="log")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def main(args):
     toy, curves = run_toy(args)
     table = run_structures(args)
-    plot(curves, table, args.out)
+    figures.estimators(curves, table, args.out, "JAX")
     print(f"figure: {args.out}")
     summary = {"toy": toy, "structured": table}
     print(json.dumps(summary))

@@ -18,7 +18,6 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-import cli  # noqa: E402
 import options  # noqa: E402
 
 
@@ -30,6 +29,7 @@ if __name__ == "__main__":
     ARGS = parse_args()  # --help and argument errors answer here, before the heavy imports below
 
 import datasets  # noqa: E402
+import figures
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -186,38 +186,14 @@ def train(latent, data, args):
     return example, result, curve
 
 
-def plot(examples, curves, data, args):
-    plt = cli.pyplot()
-
-    (_, x_test), true_test = data
-    fig, axes = plt.subplots(1, len(examples) + 2, figsize=(3.3 * (len(examples) + 2), 3.3))
-    for latent, curve in curves.items():
-        axes[0].plot(*zip(*curve, strict=True), marker="o", label=latent)
-    axes[0].set(title="test edge precision", xlabel="step", ylim=(0, 1.02))
-    axes[0].legend()
-    final = np.asarray(x_test[0, -1])
-
-    def draw(ax, adjacency, title):
-        ax.scatter(final[:, 0], final[:, 1], s=25, color="k", zorder=2)
-        for i, j in zip(*np.nonzero(np.triu(adjacency, 1)), strict=True):
-            ax.plot(*final[[i, j]].T, color="tab:green" if true_test[0, i, j] > 0 else "tab:red", lw=2)
-        ax.set(title=title, xticks=[], yticks=[])
-
-    draw(axes[1], true_test[0], "true tree (last frame)")
-    for ax, (latent, example) in zip(axes[2:], examples.items(), strict=True):
-        draw(ax, example, f"{latent}: hard sample")
-    fig.tight_layout()
-    fig.savefig(args.out, dpi=100)
-    plt.close(fig)
-
-
 def main(args):
     data = make_data(args)
     results, examples, curves = {}, {}, {}
     for latent in args.latent:
         examples[latent], results[latent], curves[latent] = train(latent, data, args)
         print(f"{latent:>11} {results[latent]}", flush=True)
-    plot(examples, curves, data, args)
+    (_, x_test), true_test = data
+    figures.graph_layout(examples, curves, np.asarray(x_test[0, -1]), np.asarray(true_test[0]), args.out)
     print(f"figure: {args.out}")
     print(json.dumps(results))
     return results

@@ -17,7 +17,6 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-import cli  # noqa: E402
 import options  # noqa: E402
 
 
@@ -28,6 +27,7 @@ def parse_args(argv=None):
 if __name__ == "__main__":
     ARGS = parse_args()  # --help and argument errors answer here, before the heavy imports below
 
+import figures
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -83,27 +83,13 @@ def evaluate(params, n, args):
     }
 
 
-def plot(curves, path):
-    plt = cli.pyplot()
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for n, losses in curves.items():
-        window = min(50, len(losses))
-        ax.plot(np.convolve(losses, np.ones(window) / window, mode="valid"), label=f"N = {n}")
-    ax.set(title="learning to sort (Gumbel-Sinkhorn, JAX)", xlabel="step", ylabel="loss (moving mean)", yscale="log")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def main(args):
     results, curves = {}, {}
     for n in args.sizes:
         params, curves[n] = train(n, args)
         results[f"N={n}"] = evaluate(params, n, args)
         print(f"N={n:3d} {results[f'N={n}']}", flush=True)
-    plot(curves, args.out)
+    figures.sorting(curves, args.out, "JAX")
     print(f"figure: {args.out}")
     print(json.dumps(results))
     return results

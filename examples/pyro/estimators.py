@@ -26,7 +26,6 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-import cli  # noqa: E402
 import options  # noqa: E402
 from options import TOY_TARGET  # noqa: E402
 
@@ -38,6 +37,7 @@ def parse_args(argv=None):
 if __name__ == "__main__":
     ARGS = parse_args()  # --help and argument errors answer here, before the heavy imports below
 
+import figures
 import pyro.distributions as pdist
 import torch
 
@@ -206,35 +206,10 @@ def reference_gradient(structure, make, f, theta, args):
     return grads.mean(0), (grads.var(0).sum() / len(grads)).sqrt().item()
 
 
-# ------------------------------------------------------------------------------ report
-def plot(curves, table, path):
-    plt = cli.pyplot()
-
-    fig, axes = plt.subplots(1, 1 + len(table), figsize=(5 * (1 + len(table)), 4))
-    for name, curve in curves.items():
-        steps, log_var = zip(*curve, strict=True)
-        axes[0].plot(steps, log_var, label=name)
-    axes[0].set(title="toy: log variance of the gradient", xlabel="step", ylabel="log variance")
-    axes[0].legend(fontsize=7)
-    for ax, (structure, result) in zip(axes[1:], table.items(), strict=True):
-        rows = result["estimators"]
-        for name in sorted({key.split("@")[0] for key in rows if "@" in key}):
-            points = sorted(
-                (float(key.split("=")[1]), row["bias"]) for key, row in rows.items() if key.startswith(name + "@")
-            )
-            ax.plot(*zip(*points, strict=True), marker="o", label=f"{name} (bias)")
-        ax.axhline(result["reference_standard_error"] + 1e-4, color="gray", ls=":", label="reference error")
-        ax.set(title=f"{structure}: gradient bias", xlabel="temperature", ylabel="|bias|", xscale="log", yscale="log")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def main(args):
     toy, curves = run_toy(args)
     table = run_structures(args)
-    plot(curves, table, args.out)
+    figures.estimators(curves, table, args.out, "PyTorch")
     print(f"figure: {args.out}")
     summary = {"toy": toy, "structured": table}
     print(json.dumps(summary))

@@ -31,7 +31,6 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-import cli  # noqa: E402
 import options  # noqa: E402
 
 
@@ -43,6 +42,7 @@ if __name__ == "__main__":
     ARGS = parse_args()  # --help and argument errors answer here, before the heavy imports below
 
 import datasets  # noqa: E402
+import figures
 import numpy as np
 import pyro
 import pyro.distributions as dist
@@ -208,39 +208,14 @@ def train(latent, data, args):
     return example, result, curve
 
 
-def plot(examples, curves, data, args):
-    plt = cli.pyplot()
-
-    (_, x_test), true_test = data
-    fig, axes = plt.subplots(1, len(examples) + 2, figsize=(3.3 * (len(examples) + 2), 3.3))
-    for latent, curve in curves.items():
-        axes[0].plot(*zip(*curve, strict=True), marker="o", label=latent)
-    axes[0].set(title="test edge precision", xlabel="step", ylim=(0, 1.02))
-    axes[0].legend()
-    final = x_test[0, -1].numpy()
-
-    def draw(ax, adjacency, title):
-        ax.scatter(final[:, 0], final[:, 1], s=25, color="k", zorder=2)
-        for i, j in zip(*np.nonzero(np.triu(adjacency, 1)), strict=True):
-            ok = true_test[0, i, j] > 0
-            ax.plot(*final[[i, j]].T, color="tab:green" if ok else "tab:red", lw=2)
-        ax.set(title=title, xticks=[], yticks=[])
-
-    draw(axes[1], true_test[0].numpy(), "true tree (last frame)")
-    for ax, (latent, example) in zip(axes[2:], examples.items(), strict=True):
-        draw(ax, example, f"{latent}: hard sample")
-    fig.tight_layout()
-    fig.savefig(args.out, dpi=100)
-    plt.close(fig)
-
-
 def main(args):
     data = make_data(args)
     results, examples, curves = {}, {}, {}
     for latent in args.latent:
         examples[latent], results[latent], curves[latent] = train(latent, data, args)
         print(f"{latent:>11} {results[latent]}", flush=True)
-    plot(examples, curves, data, args)
+    (_, x_test), true_test = data
+    figures.graph_layout(examples, curves, x_test[0, -1].numpy(), true_test[0].numpy(), args.out)
     print(f"figure: {args.out}")
     print(json.dumps(results))
     return results

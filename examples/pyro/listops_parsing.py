@@ -249,8 +249,8 @@ def plot(curves, args):
         ax1.plot(steps, precision, marker="o", label=latent)
     for ax in (ax0, ax1):
         ax.axvline(args.flat_steps, color="gray", linestyle=":")  # flat expressions before, nested after
-    ax0.set(title="test accuracy (hard parse)", xlabel="step", ylim=(0, 1))
-    ax1.set(title="test edge precision", xlabel="step", ylim=(0, 1))
+    ax0.set(title="test accuracy (hard parse)", xlabel="training step", ylabel="accuracy", ylim=(0, 1))
+    ax1.set(title="test edge precision", xlabel="training step", ylabel="edge precision", ylim=(0, 1))
     ax0.legend()
     fig.tight_layout()
     fig.savefig(args.out, dpi=100)

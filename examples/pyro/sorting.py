@@ -20,7 +20,6 @@ import sys
 import warnings
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-import cli  # noqa: E402
 import options  # noqa: E402
 
 
@@ -31,6 +30,7 @@ def parse_args(argv=None):
 if __name__ == "__main__":
     ARGS = parse_args()  # --help and argument errors answer here, before the heavy imports below
 
+import figures
 import torch
 
 from pyro_sst import GumbelSinkhorn
@@ -85,27 +85,13 @@ def evaluate(scorer, n, args):
     }
 
 
-def plot(curves, path):
-    plt = cli.pyplot()
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for n, losses in curves.items():
-        smooth = torch.tensor(losses).unfold(0, min(50, len(losses)), 1).mean(-1)
-        ax.plot(smooth, label=f"N = {n}")
-    ax.set(title="learning to sort (Gumbel-Sinkhorn)", xlabel="step", ylabel="loss (moving mean)", yscale="log")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def main(args):
     results, curves = {}, {}
     for n in args.sizes:
         scorer, curves[n] = train(n, args)
         results[f"N={n}"] = evaluate(scorer, n, args)
         print(f"N={n:3d} {results[f'N={n}']}", flush=True)
-    plot(curves, args.out)
+    figures.sorting(curves, args.out, "PyTorch")
     print(f"figure: {args.out}")
     print(json.dumps(results))
     return results

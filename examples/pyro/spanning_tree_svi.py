@@ -17,7 +17,6 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-import cli  # noqa: E402
 import options  # noqa: E402
 
 
@@ -37,6 +36,7 @@ def parse_args(argv=None):
 if __name__ == "__main__":
     ARGS = parse_args()  # --help and argument errors answer here, before the heavy imports below
 
+import figures
 import pyro
 import pyro.distributions as dist
 import torch
@@ -80,25 +80,10 @@ def main(args):
     estimate = RelaxedSpanningTree(pyro.param("edge_logits").detach(), args.temperature).mode
     precision, recall = precision_recall(estimate, truth)
     print(f"recovered tree: edge precision {precision:.3f}, recall {recall:.3f}")
-    plot(truth, estimate, data, losses, args.out)
+    figures.spanning_tree_svi(truth.numpy(), data.mean(0).numpy(), estimate.numpy(), losses, args.out)
     print(f"figure: {args.out}")
     print(json.dumps({"edge_precision": round(precision, 4), "edge_recall": round(recall, 4), "elbo": -losses[-1]}))
     return precision, recall
-
-
-def plot(truth, estimate, data, losses, path):
-    plt = cli.pyplot()
-
-    fig, axes = plt.subplots(1, 4, figsize=(13, 3.3))
-    panels = [(truth, "hidden tree"), (data.mean(0), "mean measurement"), (estimate, "recovered (guide's mode)")]
-    for ax, (matrix, title) in zip(axes[:3], panels, strict=True):
-        ax.imshow(matrix.numpy(), cmap="Greys")
-        ax.set(title=title, xticks=[], yticks=[])
-    axes[3].plot(losses)
-    axes[3].set(title="loss (-ELBO)", xlabel="SVI step", yscale="symlog")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -126,11 +126,11 @@ def plot(curves, results, args):
     for method, curve in curves.items():
         smooth = torch.tensor(curve).unfold(0, min(50, len(curve)), 1).mean(-1)
         ax0.plot(smooth, label=method)
-    ax0.set(title="training (relaxed mask)", xlabel="step", ylabel="mse (moving mean)", yscale="log")
+    ax0.set(title="training (relaxed mask)", xlabel="training step", ylabel="squared error (moving mean)", yscale="log")
     ax0.legend(fontsize=8)
     names = list(results)
     ax1.bar(names, [results[m]["subset_precision"] for m in names], color="tab:blue")
-    ax1.set(title="test subset precision (hard top-k)", ylim=(0, 1.05))
+    ax1.set(title="test subset precision (hard top-k)", ylabel="subset precision", ylim=(0, 1.05))
     ax1.tick_params(axis="x", labelrotation=30, labelsize=8)
     fig.tight_layout()
     fig.savefig(args.out, dpi=100)
