@@ -5,6 +5,7 @@ with their results and figures; and no page shows raw TeX or fetches MathJax fro
 import html.parser
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 
@@ -95,6 +96,29 @@ def test_math_is_typeset_offline_on_every_page(built_docs):
             assert "//" not in src, (page.name, src)
             assert (page.parent / src.split("?")[0]).is_file(), (page.name, src)
     assert '<span class="math' in (built_docs / "estimators.html").read_text()
+
+
+CHROMIUM = next((path for name in ("chromium", "chromium-browser") if (path := shutil.which(name))), None)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (Debian: apt install chromium)")
+@pytest.mark.parametrize("page", ["api_pyro_sst.html", "estimators.html", "tutorials/latent_tree_pyro.html"])
+def test_a_browser_typesets_every_formula_offline(built_docs, page, tmp_path):
+    """Headless Chromium opens the page from disk (no network) and runs its scripts: the site's own MathJax
+    replaces every formula of the static page by typeset math (no TeX source left in the page), and the page
+    draws (a screenshot with content, not a blank one)."""
+    url = (built_docs / page).as_uri()
+    browser = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000"]
+    rendered = subprocess.run(browser + ["--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    formulas = len(re.findall(r'<(?:span|div) class="math', (built_docs / page).read_text()))
+    assert formulas > 0
+    assert rendered.count("<mjx-container") >= formulas, (rendered.count("<mjx-container"), formulas)
+    without_scripts = re.sub(r"<script.*?</script>", "", rendered, flags=re.S)
+    assert not re.findall(r"\\\(|\\\[|\$\$", without_scripts)
+    shot = tmp_path / "page.png"
+    window = ["--hide-scrollbars", "--window-size=1280,1400", f"--screenshot={shot}"]
+    subprocess.run(browser + window + [url], capture_output=True, timeout=120)
+    assert shot.stat().st_size > 50_000
 
 
 def test_tutorials_are_executed_with_their_results_and_figures(built_docs):
