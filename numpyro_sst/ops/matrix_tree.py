@@ -297,7 +297,8 @@ def eliminate(theta, root, single_root, keep_steps=False, linear=True):
 
 
 def _step_tangents(steps, dX):
-    """Directional derivatives of each step's ``(share, pi)`` along ``dX`` (log-weights in elimination order).
+    """Directional derivatives of each step's ``(share, pi)`` along ``dX`` (``(n, n, B)`` log-weights in elimination
+    order, batch last like the steps).
 
     Linear in ``dX`` (the steps are constants here), so JAX transposes it for reverse mode.
     """
@@ -320,7 +321,7 @@ def _step_tangents(steps, dX):
 
 
 def _reverse(steps):
-    r"""Marginals from the elimination steps, in elimination order, and those of every reduced graph.
+    r"""Marginals ``(n, n, B)`` from the elimination steps, in elimination order, and those of every reduced graph.
 
     The reverse pass of pyro_sst (:func:`pyro_sst.ops.matrix_tree._reverse`): undoing the
     elimination of node :math:`k`, with :math:`T = \mu' (1 - f)`,
@@ -337,7 +338,8 @@ def _reverse(steps):
         is_k = (idx == k).astype(mu.dtype)
         through_k = mu - mu * share
         into_k = pi * (1 - through_k.sum((0, 1))) + through_k.sum(1)
-        return mu * share + into_k[:, None] * is_k[:, None] + is_k[:, None, None] * through_k.sum(0)[None], mu
+        column_k, row_k = into_k[:, None, :] * is_k[None, :, None], is_k[:, None, None] * through_k.sum(0)[None]
+        return mu * share + column_k + row_k, mu
 
     zeros = jnp.zeros((n, n, B), steps.pi.dtype)
     return jax.lax.scan(undo, zeros, ((steps.share, steps.pi), jnp.arange(n - 1, 0, -1)), reverse=True)
@@ -356,7 +358,7 @@ def _reverse_tangents(steps, reduced, tangents):
         d_into_k = d_pi * (1 - through_total) - pi * d_through_k.sum((0, 1)) + d_through_k.sum(1)
         d_out_of_k = d_through_k.sum(0)
         d_mu = d_mu * share + mu * d_share
-        return d_mu + d_into_k[:, None] * is_k[:, None] + is_k[:, None, None] * d_out_of_k[None], None
+        return d_mu + d_into_k[:, None, :] * is_k[None, :, None] + is_k[:, None, None] * d_out_of_k[None], None
 
     per_step = (steps.share, steps.pi, reduced, *tangents)
     zeros = jnp.zeros((n, n, B), steps.pi.dtype)
