@@ -8,6 +8,23 @@ import cli
 import numpy as np
 
 
+def _grid(panels, columns, width, panel_height):
+    """``(plt, fig, axes)``: ``panels`` axes, ``columns`` to a row, the unused ones of the last row hidden."""
+    plt = cli.pyplot()
+    rows = -(-panels // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(width, panel_height * rows), squeeze=False)
+    axes = axes.flat
+    for ax in axes[panels:]:
+        ax.axis("off")
+    return plt, fig, axes[:panels]
+
+
+def _save(plt, fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _matrix_panel(ax, matrix, title):
     n = matrix.shape[-1]
     ax.imshow(matrix, cmap="Greys")
@@ -17,28 +34,20 @@ def _matrix_panel(ax, matrix, title):
 
 def spanning_tree_svi(truth, mean_measurement, estimate, losses, path):
     """The hidden tree, the mean of the measurements, the guide's mode (``n x n`` arrays), and the loss curve."""
-    plt = cli.pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(8, 7.5))
+    plt, fig, axes = _grid(4, 2, 8, 3.75)
     panels = [(truth, "hidden tree"), (mean_measurement, "mean measurement"), (estimate, "recovered (guide's mode)")]
-    for ax, (matrix, title) in zip(axes.flat[:3], panels, strict=True):
+    for ax, (matrix, title) in zip(axes[:3], panels, strict=True):
         _matrix_panel(ax, matrix, title)
     losses = np.asarray(losses)
-    ax = axes.flat[3]
-    ax.plot(np.arange(1, len(losses) + 1), losses)
-    ax.set(title="training loss", xlabel="SVI step", ylabel="-ELBO")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    axes[3].plot(np.arange(1, len(losses) + 1), losses)
+    axes[3].set(title="training loss", xlabel="SVI step", ylabel="-ELBO")
+    _save(plt, fig, path)
 
 
 def graph_layout(examples, curves, final_positions, true_adjacency, path):
     """Test edge precision during training per latent, the true tree of one held-out trajectory drawn at its
     last frame, and one hard sample of each latent's guide for that trajectory (green: a true edge, red: not)."""
-    plt = cli.pyplot()
-    columns = 3
-    rows = -(-(len(examples) + 2) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(10, 3.4 * rows))
-    axes = axes.flat
+    plt, fig, axes = _grid(len(examples) + 2, 3, 10, 3.4)
     for latent, curve in curves.items():
         axes[0].plot(*zip(*curve, strict=True), marker="o", label=latent)
     axes[0].set(title="test edge precision", xlabel="training step", ylabel="edge precision", ylim=(0, 1.02))
@@ -53,28 +62,20 @@ def graph_layout(examples, curves, final_positions, true_adjacency, path):
         ax.set_aspect("equal", adjustable="datalim")  # the layout's true shape, filling the panel
 
     draw(axes[1], true_adjacency, "true tree")
-    for ax, (latent, example) in zip(axes[2:], examples.items(), strict=False):
+    for ax, (latent, example) in zip(axes[2:], examples.items(), strict=True):
         draw(ax, example, f"{latent}: hard sample")
-    for ax in axes[len(examples) + 2 :]:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def estimators(curves, table, path, backend):
     """The toy problem's gradient variance during training, and per structure the gradient bias over the
     temperature of each tempered estimator against the reference's own error."""
-    plt = cli.pyplot()
-    columns = 2
-    rows = -(-(1 + len(table)) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(10, 4 * rows), squeeze=False)
-    axes = axes.flat
+    plt, fig, axes = _grid(1 + len(table), 2, 10, 4)
     for name, curve in curves.items():
         axes[0].plot(*zip(*curve, strict=True), label=name)
     axes[0].set(title=f"toy problem ({backend}): gradient variance", xlabel="training step", ylabel="log variance")
     axes[0].legend(fontsize=8)
-    for ax, (structure, result) in zip(axes[1:], table.items(), strict=False):
+    for ax, (structure, result) in zip(axes[1:], table.items(), strict=True):
         estimates = result["estimators"]
         for name in sorted({label.split("@")[0] for label in estimates if "@" in label}):
             points = sorted(
@@ -87,23 +88,16 @@ def estimators(curves, table, path, backend):
         ax.set(title=f"{structure}: gradient bias", xlabel="temperature", ylabel="|bias| (norm)")
         ax.set(xscale="log", yscale="log")
         ax.legend(fontsize=8)
-    for ax in axes[1 + len(table) :]:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def sorting(curves, path, backend):
     """Training loss (moving mean over 50 steps) per list length."""
-    plt = cli.pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    plt, fig, (ax,) = _grid(1, 1, 6, 4)
     for n, losses in curves.items():
         window = min(50, len(losses))
         ax.plot(np.convolve(np.asarray(losses), np.ones(window) / window, mode="valid"), label=f"N = {n}")
     ax.set(title=f"learning to sort (Gumbel-Sinkhorn, {backend})", xlabel="training step")
     ax.set(ylabel="squared error (moving mean)", yscale="log")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
