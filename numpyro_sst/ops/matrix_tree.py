@@ -138,13 +138,15 @@ def _batch_last(x):
     return jnp.moveaxis(x, 0, -1)
 
 
-def _batch_first(x):
-    """``(n, n, B)`` to ``(B, n, n)``."""
-    return jnp.moveaxis(x, -1, 0)
+def _to_elimination_layout(x, order):
+    """``(B, n, n)`` in node order to the core's layout: ``(n, n, B)`` in elimination order."""
+    return _batch_last(_permute(x, order))
 
 
-def _inverse_order(order):
-    return tuple(sorted(range(len(order)), key=order.__getitem__))
+def _to_node_layout(x, order):
+    """The core's ``(n, n, B)`` in elimination order back to ``(B, n, n)`` in node order."""
+    inverse = tuple(sorted(range(len(order)), key=order.__getitem__))
+    return _permute(jnp.moveaxis(x, -1, 0), inverse)
 
 
 def _single_root_shift(X):
@@ -367,15 +369,15 @@ def _reverse_tangents(steps, reduced, tangents):
 
 def _marginals_of(elimination):
     """The marginals of an :class:`Elimination` kept with its steps, in node order; NaN where the support is empty."""
-    mu = _permute(_batch_first(_reverse(elimination.steps)[0]), _inverse_order(elimination.order))
+    mu = _to_node_layout(_reverse(elimination.steps)[0], elimination.order)
     return jnp.where((elimination.log_z == -jnp.inf)[..., None, None], jnp.nan, mu)
 
 
 def _hvp(elimination, reduced, v):
     """The Hessian-vector product of the log-partition along ``v``: the marginals' tangent (linear in ``v``)."""
     order, steps = elimination.order, elimination.steps
-    d_mu = _reverse_tangents(steps, reduced, _step_tangents(steps, _batch_last(_permute(v, order))))
-    d_mu = _permute(_batch_first(d_mu), _inverse_order(order))
+    d_mu = _reverse_tangents(steps, reduced, _step_tangents(steps, _to_elimination_layout(v, order)))
+    d_mu = _to_node_layout(d_mu, order)
     return jnp.where((elimination.log_z == -jnp.inf)[..., None, None], jnp.nan, d_mu)
 
 
@@ -390,7 +392,7 @@ def _marginals_jvp(root, single_root, primals, tangents):
     elimination = eliminate(theta, root, single_root, keep_steps=True)
     mu, reduced = _reverse(elimination.steps)
     empty = (elimination.log_z == -jnp.inf)[..., None, None]
-    mu = jnp.where(empty, jnp.nan, _permute(_batch_first(mu), _inverse_order(elimination.order)))
+    mu = jnp.where(empty, jnp.nan, _to_node_layout(mu, elimination.order))
     finite = jnp.isfinite(theta)
 
     def hessian_times(v):
