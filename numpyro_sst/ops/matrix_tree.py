@@ -1,6 +1,7 @@
 r"""Matrix-tree theorems: log-partition functions, edge marginals and their derivatives (JAX).
 
-The same algorithm as :mod:`pyro_sst.ops.matrix_tree`, step for step. Every function works on
+The same elimination as :mod:`pyro_sst.ops.matrix_tree`, whose steps it takes in panels (below),
+and the same results to rounding. Every function works on
 *directed* log-weights ``theta[..., i, j]`` for the edge ``i -> j`` (``i`` is the parent of
 ``j``) and an arborescence rooted at ``root``; undirected spanning trees are the arborescences of
 the symmetric digraph rooted at node 0.
@@ -25,18 +26,23 @@ graph with weights
 
 (self-loops dropped), so :math:`A = \sum_k \log d_k` over the nodes in elimination order, and
 every pivot and every weight is a sum of positive terms: no cancellation, entrywise relative
-accuracy whatever the condition number. Columns are kept normalised (each column of
-:math:`w` sums to one, its scale carried as a logarithm), in float64; a batch element where
-some column loses more than :data:`~sst_common.constants.LINEAR_ELIMINATION_MAX_LOSS` nats of
-scale (tight clusters at low temperature, where float64 would flush what the result depends
-on) is eliminated in log space instead, with the same steps as output. The marginals are the
-exact reverse pass through the steps (:func:`_reverse`, in probability units) and their
-backward, the Hessian-vector product of :math:`A`, is the forward-mode derivative of that pass
-(:func:`_step_tangents`): no inverse, no determinant, no autodiff through the elimination. The
-marginals are a ``jax.custom_jvp`` whose tangent is that product, written as plain linear
-operations, so JAX transposes it for reverse mode (``grad``, ``grad`` of ``vmap``) and
-``jacfwd`` / ``hessian`` use it directly. Time :math:`O(n^3)` and memory :math:`O(n^3)` per
-batch element.
+accuracy whatever the condition number.
+
+The elimination is blocked (:func:`_blocked`): panels of a few nodes are eliminated one node at a
+time on their own rows and columns, and the nodes left take each whole panel as one matrix product
+:math:`W' = W + \Pi \Lambda` of nonnegative factors. Weights are held as numbers, each column
+normalised once, in float64 where JAX has it. A column's mass only shrinks; a batch element where
+some column loses more scale than :func:`~sst_common.constants.linear_elimination_max_loss` allows
+(tight clusters at low temperature, where the numbers would flush what the result depends on) is
+eliminated in log space instead (:func:`_eliminate_logarithmic`, node by node, with the same steps
+as output). The marginals are the exact reverse pass through the steps (in probability units) and
+their derivative, the Hessian-vector product of :math:`A`, is the forward-mode derivative of that
+pass, computed alongside it: no inverse, no determinant, no autodiff through the elimination. The
+marginals are a ``jax.custom_jvp`` whose tangent is a primitive, linear in the vector, whose
+transpose is itself (the Hessian is symmetric): ``grad`` runs the same direct computation as
+``jvp``, and ``vmap`` folds into the batch. ``jit``, ``vmap``, ``grad``, ``jacfwd``, ``hessian``
+and ``grad`` of ``vmap`` all work. Time :math:`O(n^3)` and memory :math:`O(n^3 / p)` per batch
+element (``p`` the panel width).
 
 For ``single_root`` (the root has exactly one child, Koo et al. 2007) the root's out-edges are
 scaled by :math:`s = e^{-c}`, so that :math:`Z(s) = s Z_1 + s^2 Z_2 + \dots` and
@@ -55,6 +61,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
 from jax.typing import ArrayLike
 
 from sst_common.checks import check_root
@@ -171,131 +179,325 @@ def _no_neg_inf(x):
     return jnp.where(x == -jnp.inf, 0, x)
 
 
-class _Linear:
-    """Normalised columns held as numbers: fast, exact while no column loses more than the dtype allows."""
+def _eliminate_logarithmic(X, keep_steps, steps_dtype):
+    """Eliminate nodes ``n - 1, ..., 1`` of ``(n, n, B)`` log-weights (root first), columns normalised in log space.
 
-    absent = 0.0
-
-    @staticmethod
-    def from_log(x):
-        return jnp.exp(x)
-
-    @staticmethod
-    def add_paths(old, entering, leaving):
-        return old + entering[:, None] * leaving[None]
-
-    @staticmethod
-    def normalise(new):
-        column = new.sum(0)
-        return new / jnp.where(column > 0, column, 1)[None], jnp.log(column)
-
-    @staticmethod
-    def share(old, new):
-        return jnp.where(new > 0, old / jnp.where(new > 0, new, 1), 0)
-
-    @staticmethod
-    def probabilities(pi):
-        return pi, jnp.log(pi)
-
-
-class _Logarithmic:
-    """Normalised columns held as logarithms: exact at any spread."""
-
-    absent = -jnp.inf
-
-    @staticmethod
-    def from_log(x):
-        return x
-
-    @staticmethod
-    def add_paths(old, entering, leaving):
-        return jnp.logaddexp(old, entering[:, None] + leaving[None])
-
-    @staticmethod
-    def normalise(new):
-        log_column = log_sum_exp(new, 0)
-        return new - _no_neg_inf(log_column)[None], log_column
-
-    @staticmethod
-    def share(old, new):
-        return jnp.where(new > -jnp.inf, jnp.exp(old - _no_neg_inf(new)), 0)
-
-    @staticmethod
-    def probabilities(log_pi):
-        return jnp.exp(log_pi), log_pi
-
-
-def _eliminate_columns(X, space, keep_steps, steps_dtype):
-    """Eliminate nodes ``n - 1, ..., 1`` of ``(n, n, B)`` log-weights (root first), columns normalised in ``space``.
-
-    Returns ``(log_z, steps, worst)`` as pyro_sst does; the arrays keep their full size, the nodes
-    left at step ``k`` (those before ``k``) selected by masks.
+    Exact at any spread. Returns ``(log_z, steps)``; the arrays keep their full size, the nodes left at
+    step ``k`` (those before ``k``) selected by masks.
     """
     n = X.shape[0]
     idx = jnp.arange(n)
     log_scale = log_sum_exp(X, 0)
-    W = space.from_log(X - _no_neg_inf(log_scale)[None])
 
     def eliminate(carry, k):
-        W, log_scale, lost, total, worst = carry
+        W, log_scale, total = carry
         left = (idx < k)[:, None]
         block = left & (idx < k) & (idx[:, None] != idx)  # a path j -> k -> j is a self-loop: in no tree
         block = block[..., None]
-        entering = jnp.where(left, jax.lax.dynamic_index_in_dim(W, k, 1, keepdims=False), space.absent)
-        leaving = jnp.where(left, jax.lax.dynamic_index_in_dim(W, k, 0, keepdims=False), space.absent)
-        old = jnp.where(block, W, space.absent)
-        new = jnp.where(block, space.add_paths(old, entering, leaving), space.absent)
-        W, log_column = space.normalise(new)
-        log_column = jnp.where(left, log_column, 0)
+        entering = jnp.where(left, jax.lax.dynamic_index_in_dim(W, k, 1, keepdims=False), -jnp.inf)
+        leaving = jnp.where(left, jax.lax.dynamic_index_in_dim(W, k, 0, keepdims=False), -jnp.inf)
+        old = jnp.where(block, W, -jnp.inf)
+        new = jnp.where(block, jnp.logaddexp(old, entering[:, None] + leaving[None]), -jnp.inf)
+        log_column = log_sum_exp(new, 0)
+        W = new - _no_neg_inf(log_column)[None]
         carry = (
             W,
-            log_scale + log_column,
-            lost - log_column,
+            log_scale + jnp.where(left, log_column, 0),
             total + jax.lax.dynamic_index_in_dim(log_scale, k, 0, keepdims=False),
-            jnp.maximum(worst, jax.lax.dynamic_index_in_dim(lost, k, 0, keepdims=False)),
         )
-        pi, log_pi = space.probabilities(entering)
-        share = jnp.where(block, space.share(old, new), 0)
-        step = Step(share.astype(steps_dtype), pi.astype(steps_dtype), log_pi) if keep_steps else None
-        return carry, step
+        if not keep_steps:
+            return carry, None
+        share = jnp.where(block & (new > -jnp.inf), jnp.exp(old - _no_neg_inf(new)), 0)
+        return carry, Step(share.astype(steps_dtype), jnp.exp(entering).astype(steps_dtype), entering)
 
     zeros = jnp.zeros(X.shape[2:], X.dtype)
-    carry = (W, log_scale, jnp.zeros_like(log_scale), zeros, zeros)
-    (_, _, _, total, worst), steps = jax.lax.scan(eliminate, carry, jnp.arange(n - 1, 0, -1))
-    return total, steps, worst
+    carry = (X - _no_neg_inf(log_scale)[None], log_scale, zeros)
+    (_, _, total), steps = jax.lax.scan(eliminate, carry, jnp.arange(n - 1, 0, -1))
+    return total, steps
 
 
-def eliminate(theta, root, single_root, keep_steps=False, linear=True):
-    r"""The exact elimination (:class:`Elimination`) of ``(B, n, n)`` directed log-weights, in the wide dtype.
-
-    The steps' shares and parent probabilities are kept in the dtype of ``theta`` (as in pyro_sst).
-    ``linear=False`` takes the log-space path for every element (the samplers need exact
-    :math:`\log \pi` of every parent, however small).
-    """
+def _prepared(theta, root, single_root):
+    """``(X, order, finish)``: ``(B, n, n)`` directed log-weights as ``(n, n, B)`` in elimination order and the wide
+    dtype, the root's out-edges shifted for ``single_root``; ``finish(log_z)`` undoes the shift on a log-partition."""
     n = theta.shape[-1]
     order = elimination_order(n, root)
     X = _permute(theta.astype(wide_dtype(theta.dtype)), order)
-    if single_root:
-        shift, smallest = _single_root_shift(X)
-        X = X.at[..., 0, :].add(-shift[..., None])
-    X = _batch_last(X)
-    if linear:
-        log_z, steps, worst = _eliminate_columns(X, _Linear, keep_steps, theta.dtype)
-        info = jnp.finfo(X.dtype)
-        exact = jnp.isfinite(log_z) & (worst <= linear_elimination_max_loss(float(info.eps), float(info.tiny)))
+    if not single_root:
+        return _batch_last(X), order, lambda log_z: log_z
+    shift, smallest = _single_root_shift(X)
 
-        def logarithmic():
-            return _eliminate_columns(X, _Logarithmic, keep_steps, theta.dtype)[:2]
-
-        step_axes = Step(3, 2, 2) if keep_steps else None  # the batch is last
-        log_z, steps = by_tiers(exact, (log_z, steps), logarithmic, batch_axes=(0, step_axes))
-    else:
-        log_z, steps, _ = _eliminate_columns(X, _Logarithmic, keep_steps, theta.dtype)
-    if single_root:
+    def finish(log_z):
         log_z = log_z + shift
         # If Z_1 > 0 then log Z_1 >= (n - 1) * smallest; if Z_1 = 0 the shift puts the value far below.
-        log_z = jnp.where(log_z < (n - 1) * smallest - SINGLE_ROOT_EMPTY_MARGIN, -jnp.inf, log_z)
-    return Elimination(log_z, steps, order)
+        return jnp.where(log_z < (n - 1) * smallest - SINGLE_ROOT_EMPTY_MARGIN, -jnp.inf, log_z)
+
+    return _batch_last(X.at[..., 0, :].add(-shift[..., None])), order, finish
+
+
+def eliminate(theta, root, single_root, keep_steps=False):
+    r"""The log-space elimination (:class:`Elimination`) of ``(B, n, n)`` directed log-weights, in the wide dtype.
+
+    Exact :math:`\log \pi` of every parent, however small (the samplers draw from them); the steps' shares
+    and parent probabilities are kept in the dtype of ``theta``.
+    """
+    X, order, finish = _prepared(theta, root, single_root)
+    log_z, steps = _eliminate_logarithmic(X, keep_steps, theta.dtype)
+    return Elimination(finish(log_z), steps, order)
+
+
+# ------------------------------------------------------------------------------------------ the blocked elimination
+
+
+def panel_width(n):
+    """Nodes per panel of :func:`_blocked` for ``n`` nodes.
+
+    Wider panels put more of the work in the trailing products, but each panel's own steps are sequential:
+    one panel up to 17 nodes, about 8 nodes a panel up to 160, 16 beyond (measured, float32). The width is
+    then evened out over the panels that ``n - 1`` nodes need, so that padding adds at most one node per
+    panel (padding 9 nodes to 16 took twice the time of 10).
+    """
+    target = 16 if n <= 17 or n > 160 else 8
+    panels = max(1, -(-(n - 1) // target))
+    return max(1, -(-(n - 1) // panels))
+
+
+def _safe_ratio(numerator, denominator):
+    positive = denominator > 0
+    return jnp.where(positive, numerator / jnp.where(positive, denominator, 1), 0)
+
+
+def _pad_to_panels(X, p):
+    """``(n, n, B)`` log-weights padded to ``1 + P p`` nodes by leaves of the root (one in-edge of log-weight 0 from
+    the root, no other edge): each is a factor 1 in every tree's weight, eliminated first."""
+    n = X.shape[0]
+    N = 1 + -(-(n - 1) // p) * p
+    if N == n:
+        return X
+    X = jnp.pad(X, ((0, N - n), (0, N - n), (0, 0)), constant_values=-jnp.inf)
+    return X.at[0, n:].set(0.0)
+
+
+class Panel(NamedTuple):
+    r"""The elimination of one panel of ``p`` nodes ``a, ..., a + p - 1`` from ``(N, N, B)`` weights (batch last).
+
+    Inside the panel its columns ``(N, p, B)`` and rows ``(p, N, B)`` are eliminated one node at a time (the
+    last first); the nodes before the panel then take the whole panel as one product
+    :math:`W' = W + \Pi \Lambda`.
+    """
+
+    #: ``(p, N, B)`` each step's parent distribution :math:`\pi` (step ``s`` eliminates node ``a + p - 1 - s``)
+    pi: jax.Array
+    #: ``(p, N, p, B)`` / ``(p, p, N, B)`` each step's share of the panel's columns / rows that was there before
+    share_columns: jax.Array
+    share_rows: jax.Array
+    #: ``(B, N, p)`` the steps' parent distributions on the nodes before the panel, ``(B, p, N)`` their out-weights
+    pi_rest: jax.Array
+    lam_rest: jax.Array
+    #: ``(N, N, B)`` the weights left on the nodes before the panel
+    weights: jax.Array
+    #: ``(p, B)`` the steps' pivots, logarithm
+    log_pivots: jax.Array
+
+
+def _eliminate_panel(W, a, p, trailing):
+    """The :class:`Panel` eliminating nodes ``a + p - 1, ..., a`` of ``(N, N, B)`` weights; without ``trailing`` (the
+    only panel: no node but the root is left) the weights left are not formed."""
+    N = W.shape[0]
+    idx, local = jnp.arange(N), jnp.arange(p)
+    rest = idx < a
+    columns = jax.lax.dynamic_slice_in_dim(W, a, p, axis=1)
+    rows = jnp.where(rest[:, None], jax.lax.dynamic_slice_in_dim(W, a, p, axis=0), 0)
+    not_own = (idx[:, None] != a + local)[..., None]
+
+    def step(carry, ql):
+        columns, rows = carry
+        q = a + ql
+        left = (idx < q)[:, None]
+        column = jnp.where(left, jax.lax.dynamic_index_in_dim(columns, ql, 1, keepdims=False), 0)
+        pivot = column.sum(0)
+        pi = _safe_ratio(column, pivot)
+        earlier = (local < ql)[:, None]
+        lam_panel = jnp.where(earlier, jax.lax.dynamic_index_in_dim(columns, q, 0, keepdims=False), 0)
+        lam_rest = jax.lax.dynamic_index_in_dim(rows, ql, 0, keepdims=False)
+        pi_panel = jax.lax.dynamic_slice_in_dim(pi, a, p, axis=0)
+        new_columns = jnp.where(left[:, :, None] & earlier[None] & not_own, columns + pi[:, None] * lam_panel[None], 0)
+        new_rows = jnp.where(earlier[:, :, None] & rest[None, :, None], rows + pi_panel[:, None] * lam_rest[None], 0)
+        shares = (_safe_ratio(columns, new_columns), _safe_ratio(rows, new_rows))
+        return (new_columns, new_rows), (pi, *shares, lam_rest, jnp.log(pivot))
+
+    _, (pis, share_c, share_r, lams, log_pivots) = jax.lax.scan(step, (columns, rows), jnp.arange(p - 1, -1, -1))
+    # the trailing product batch first: a batched matrix product
+    pi_rest = jnp.where(rest[None, :, None], jnp.transpose(pis, (2, 1, 0)), 0)
+    lam_rest = jnp.transpose(lams, (2, 0, 1))
+    block = (rest[:, None] & rest & (idx[:, None] != idx))[..., None]
+    weights = jnp.where(block, W + jnp.moveaxis(pi_rest @ lam_rest, 0, -1), 0) if trailing else jnp.zeros_like(W)
+    return Panel(pis, share_c, share_r, pi_rest, lam_rest, weights, log_pivots)
+
+
+def _panel_tangents(panel, W, dL, a, p, trailing):
+    """Tangents of a :class:`Panel`'s steps along ``dL``, the tangent of ``log W`` (``(N, N, B)``): per step
+    ``(d_pi, d_share_columns, d_share_rows)``, then ``d_pi_rest``, ``d_lam_rest`` and the tangent of the
+    logarithm of the weights left."""
+    N = W.shape[0]
+    idx, local = jnp.arange(N), jnp.arange(p)
+    rest = idx < a
+    d_columns = jax.lax.dynamic_slice_in_dim(dL, a, p, axis=1)
+    d_rows = jnp.where(rest[:, None], jax.lax.dynamic_slice_in_dim(dL, a, p, axis=0), 0)
+    not_own = (idx[:, None] != a + local)[..., None]
+
+    def step(carry, x):
+        d_columns, d_rows = carry
+        (pi, s_c, s_r), ql = x
+        q = a + ql
+        left = (idx < q)[:, None]
+        earlier = (local < ql)[:, None]
+        d_column = jnp.where(left, jax.lax.dynamic_index_in_dim(d_columns, ql, 1, keepdims=False), 0)
+        d_log_pi = jnp.where(left, d_column - (pi * d_column).sum(0), 0)
+        d_lam_panel = jnp.where(earlier, jax.lax.dynamic_index_in_dim(d_columns, q, 0, keepdims=False), 0)
+        d_lam_rest = jax.lax.dynamic_index_in_dim(d_rows, ql, 0, keepdims=False)
+        block_c = left[:, :, None] & earlier[None] & not_own
+        block_r = earlier[:, :, None] & rest[None, :, None]
+        # a new weight w' = w + pi lam mixes the tangents of its two terms by their shares
+        d_via_c = d_log_pi[:, None] + d_lam_panel[None]
+        d_via_r = jax.lax.dynamic_slice_in_dim(d_log_pi, a, p, 0)[:, None] + d_lam_rest[None]
+        d_diff_c, d_diff_r = d_columns - d_via_c, d_rows - d_via_r
+        carry = (jnp.where(block_c, d_via_c + s_c * d_diff_c, 0), jnp.where(block_r, d_via_r + s_r * d_diff_r, 0))
+        d_step = (
+            pi * d_log_pi,
+            jnp.where(block_c, s_c * (1 - s_c) * d_diff_c, 0),
+            jnp.where(block_r, s_r * (1 - s_r) * d_diff_r, 0),
+        )
+        return carry, (d_step, d_lam_rest)
+
+    xs = ((panel.pi, panel.share_columns, panel.share_rows), jnp.arange(p - 1, -1, -1))
+    _, (d_steps, d_log_lams) = jax.lax.scan(step, (d_columns, d_rows), xs)
+    d_pi_rest = jnp.where(rest[None, :, None], jnp.transpose(d_steps[0], (2, 1, 0)), 0)
+    d_lam_rest = panel.lam_rest * jnp.transpose(d_log_lams, (2, 0, 1))
+    if not trailing:
+        return d_steps, d_pi_rest, d_lam_rest, jnp.zeros_like(dL)
+    d_weights = W * dL + jnp.moveaxis(d_pi_rest @ panel.lam_rest + panel.pi_rest @ d_lam_rest, 0, -1)
+    block = (rest[:, None] & rest & (idx[:, None] != idx))[..., None]
+    return d_steps, d_pi_rest, d_lam_rest, jnp.where(block, _safe_ratio(d_weights, panel.weights), 0)
+
+
+def _blocked(X, reverse=True, dX=None):
+    r"""The blocked linear elimination of ``(n, n, B)`` log-weights (elimination order, batch last).
+
+    The same elimination as :func:`_eliminate_logarithmic`, panel by panel (:class:`Panel`), on weights
+    normalised once per column: every pivot and weight stays a sum of positive terms, and a column's mass
+    only shrinks, so the largest loss of scale is the largest :math:`-\log` of a pivot in those units.
+    Returns ``(log_z, exact, mu, d_mu)``: the log-partition, the batch mask where no column lost more than
+    :func:`~sst_common.constants.linear_elimination_max_loss` (elsewhere the caller takes the log-space
+    elimination), then with ``reverse`` the marginals ``(n, n, B)`` and, given ``dX``, their tangent along
+    ``dX`` (the Hessian-vector product), else ``None``. The reverse pass recomputes each panel from its stored
+    input and undoes its steps with the flows :math:`G = \mu' / W'` of the trailing product; the tangent pass
+    runs alongside both.
+    """
+    n, B = X.shape[0], X.shape[-1]
+    p = panel_width(n)
+    X = _pad_to_panels(X, p)
+    N = X.shape[0]
+    P = (N - 1) // p
+    log_scale = log_sum_exp(X, 0)
+    W = jnp.exp(X - _no_neg_inf(log_scale)[None])
+    tangent = dX is not None
+    dL = jnp.pad(dX, ((0, N - n), (0, N - n), (0, 0))) if tangent else None
+    starts = N - (jnp.arange(P) + 1) * p
+    trailing = P > 1
+
+    def forward(carry, a):
+        W, dL, log_pivots, worst = carry
+        panel = _eliminate_panel(W, a, p, trailing)
+        worst = jnp.maximum(worst, -panel.log_pivots.min(0))
+        dL_out = _panel_tangents(panel, W, dL, a, p, trailing)[-1] if tangent else None
+        return (panel.weights, dL_out, log_pivots + panel.log_pivots.sum(0), worst), (W, dL) if reverse else None
+
+    zeros = jnp.zeros((B,), X.dtype)
+    (_, _, log_pivots, worst), inputs = jax.lax.scan(forward, (W, dL, zeros, zeros), starts)
+    log_z = log_pivots + log_scale[1:].sum(0)
+    info = jnp.finfo(X.dtype)
+    exact = jnp.isfinite(log_z) & (worst <= linear_elimination_max_loss(float(info.eps), float(info.tiny)))
+    if not reverse:
+        return log_z, exact, None, None
+    idx, local = jnp.arange(N), jnp.arange(p)
+    T = lambda x: jnp.swapaxes(x, -1, -2)  # noqa: E731
+    batch_first = lambda x: jnp.moveaxis(x, -1, 0)  # noqa: E731
+    to_step_rows = lambda x: jnp.transpose(x, (2, 1, 0))  # (B, N, p) -> (p, N, B)  # noqa: E731
+    to_step_columns = lambda x: jnp.transpose(x, (1, 2, 0))  # (B, p, N) -> (p, N, B)  # noqa: E731
+
+    def undo_panel(carry, x):
+        mu, d_mu = carry
+        (W, dL), a = x
+        panel = _eliminate_panel(W, a, p, trailing)  # recomputed: cheaper than storing every panel's steps
+        no_flow = jnp.zeros_like(panel.pi)
+        # what the marginals of the weights left owe each panel step's parent choice and out-edges
+        G = _safe_ratio(mu, panel.weights) if trailing else None
+        if trailing:
+            Gf = batch_first(G)
+            G_lam, pi_G = Gf @ T(panel.lam_rest), T(panel.pi_rest) @ Gf
+            flows = (to_step_rows(panel.pi_rest * G_lam), to_step_columns(panel.lam_rest * pi_G))
+        steps = (panel.pi, panel.share_columns, panel.share_rows, *(flows if trailing else (no_flow, no_flow)))
+        if tangent:
+            d_steps, d_pi_rest, d_lam_rest, dL_out = _panel_tangents(panel, W, dL, a, p, trailing)
+            if trailing:
+                dG = jnp.where(panel.weights > 0, _safe_ratio(d_mu, panel.weights) - G * dL_out, 0)
+                dGf = batch_first(dG)
+                d_flows = (
+                    to_step_rows(d_pi_rest * G_lam + panel.pi_rest * (dGf @ T(panel.lam_rest) + Gf @ T(d_lam_rest))),
+                    to_step_columns(d_lam_rest * pi_G + panel.lam_rest * (T(d_pi_rest) @ Gf + T(panel.pi_rest) @ dGf)),
+                )
+            steps = (*steps, *d_steps, *(d_flows if trailing else (no_flow, no_flow)))
+
+        def into(through_c, through_r, flow):
+            """What enters each node left: through the panel's columns, its rows, and the trailing product."""
+            rows = through_c.sum(1) + flow
+            panel_rows = jax.lax.dynamic_slice_in_dim(rows, a, p, 0) + through_r.sum(1)
+            return jax.lax.dynamic_update_slice_in_dim(rows, panel_rows, a, 0)
+
+        def undo(carry, x):
+            step, ql = x
+            pi, s_c, s_r, row_flow, column_flow = step[:5]
+            mu_c, mu_r = carry[:2]
+            is_q = (local == ql).astype(mu_c.dtype)
+            column_q, row_q = is_q[None, :, None], is_q[:, None, None]
+            node_q = (idx == a + ql).astype(mu_c.dtype)[:, None, None]
+            through_c, through_r = mu_c - mu_c * s_c, mu_r - mu_r * s_r
+            into_rows = into(through_c, through_r, row_flow)
+            total = into_rows.sum(0)
+            new = (
+                mu_c * s_c + (pi * (1 - total) + into_rows)[:, None] * column_q + node_q * through_c.sum(0)[None],
+                mu_r * s_r + row_q * (through_r.sum(0) + column_flow)[None],
+            )
+            if not tangent:
+                return new, None
+            d_pi, d_s_c, d_s_r, d_row_flow, d_column_flow = step[5:]
+            d_mu_c, d_mu_r = carry[2:]
+            d_through_c = d_mu_c - d_mu_c * s_c - mu_c * d_s_c
+            d_through_r = d_mu_r - d_mu_r * s_r - mu_r * d_s_r
+            d_into_rows = into(d_through_c, d_through_r, d_row_flow)
+            d_into_q = d_pi * (1 - total) - pi * d_into_rows.sum(0) + d_into_rows
+            d_new = (
+                d_mu_c * s_c + mu_c * d_s_c + d_into_q[:, None] * column_q + node_q * d_through_c.sum(0)[None],
+                d_mu_r * s_r + mu_r * d_s_r + row_q * (d_through_r.sum(0) + d_column_flow)[None],
+            )
+            return (*new, *d_new), None
+
+        blocks = (jnp.zeros((N, p, B), X.dtype), jnp.zeros((p, N, B), X.dtype))
+        done, _ = jax.lax.scan(undo, blocks * (2 if tangent else 1), (steps, jnp.arange(p - 1, -1, -1)), reverse=True)
+
+        def assemble(rest, c, r):
+            out = jax.lax.dynamic_update_slice_in_dim(rest, c, a, 1)
+            return jax.lax.dynamic_update_slice_in_dim(out, jax.lax.dynamic_slice_in_dim(out, a, p, 0) + r, a, 0)
+
+        nothing = jnp.zeros_like(W)
+        mu = assemble(G * W if trailing else nothing, *done[:2])
+        if tangent:
+            d_mu = assemble((dG + G * dL) * W if trailing else nothing, *done[2:])
+        return (mu, d_mu), None
+
+    zeros = jnp.zeros((N, N, B), X.dtype)
+    (mu, d_mu), _ = jax.lax.scan(undo_panel, (zeros, zeros if tangent else None), (inputs, starts), reverse=True)
+    return log_z, exact, mu[:n, :n], d_mu[:n, :n] if tangent else None
 
 
 def _step_tangents(steps, dX):
@@ -367,47 +569,103 @@ def _reverse_tangents(steps, reduced, tangents):
     return jax.lax.scan(undo, zeros, (per_step, jnp.arange(n - 1, 0, -1)), reverse=True)[0]
 
 
-def _marginals_of(elimination):
-    """The marginals of an :class:`Elimination` kept with its steps, in node order; NaN where the support is empty."""
-    mu = _to_node_layout(_reverse(elimination.steps)[0], elimination.order)
-    return jnp.where((elimination.log_z == -jnp.inf)[..., None, None], jnp.nan, mu)
+def _node_layout_or_nan(x, log_z, order):
+    """``(n, n, B)`` in elimination order to ``(B, n, n)`` in node order, NaN where the support is empty."""
+    return jnp.where((log_z == -jnp.inf)[..., None, None], jnp.nan, _to_node_layout(x, order))
 
 
-def _hvp(elimination, reduced, v):
-    """The Hessian-vector product of the log-partition along ``v``: the marginals' tangent (linear in ``v``)."""
-    order, steps = elimination.order, elimination.steps
-    d_mu = _reverse_tangents(steps, reduced, _step_tangents(steps, _to_elimination_layout(v, order)))
-    d_mu = _to_node_layout(d_mu, order)
-    return jnp.where((elimination.log_z == -jnp.inf)[..., None, None], jnp.nan, d_mu)
+def _log_partition_value(theta, root, single_root):
+    """The log-partition of ``(B, n, n)`` directed log-weights, in the wide dtype: blocked, else in log space."""
+    X, _, finish = _prepared(theta, root, single_root)
+    log_z, exact, _, _ = _blocked(X, reverse=False)
+    return finish(by_tiers(exact, log_z, lambda: _eliminate_logarithmic(X, False, X.dtype)[0]))
+
+
+def _marginals_value(theta, root, single_root):
+    """The marginals of ``(B, n, n)`` directed log-weights: the blocked reverse pass, else the log-space one."""
+    X, order, finish = _prepared(theta, root, single_root)
+    log_z, exact, mu, _ = _blocked(X)
+
+    def logarithmic():
+        log_z, steps = _eliminate_logarithmic(X, True, X.dtype)
+        return log_z, _reverse(steps)[0]
+
+    log_z, mu = by_tiers(exact, (log_z, mu), logarithmic, batch_axes=(0, 2))
+    return _node_layout_or_nan(mu, finish(log_z), order).astype(theta.dtype)
+
+
+def _hessian_product_value(theta, v, *, root, single_root):
+    """The Hessian-vector product of the log-partition of ``(..., n, n)`` directed log-weights along ``v``."""
+    shape, n = theta.shape, theta.shape[-1]
+    theta, v = theta.reshape(-1, n, n), v.reshape(-1, n, n)
+    finite = jnp.isfinite(theta)
+    X, order, finish = _prepared(theta, root, single_root)
+    dX = _to_elimination_layout(jnp.where(finite, v, 0).astype(X.dtype), order)
+    log_z, exact, _, d_mu = _blocked(X, dX=dX)
+
+    def logarithmic():
+        log_z, steps = _eliminate_logarithmic(X, True, X.dtype)
+        reduced = _reverse(steps)[1]
+        return log_z, _reverse_tangents(steps, reduced, _step_tangents(steps, dX))
+
+    log_z, d_mu = by_tiers(exact, (log_z, d_mu), logarithmic, batch_axes=(0, 2))
+    d_mu = _node_layout_or_nan(d_mu, finish(log_z), order)
+    return jnp.where(finite, d_mu, 0).astype(theta.dtype).reshape(shape)
+
+
+# The Hessian-vector product as a primitive, linear in its second argument: the Hessian is symmetric, so its
+# transpose (what reverse mode calls) is the same computation, run directly; JAX's own transposition of the
+# product's scans would cost three to four times as much.
+_hessian_product_p = Primitive("arborescence_hessian_product")
+_hessian_product_p.def_impl(jax.jit(_hessian_product_value, static_argnames=("root", "single_root")))
+_hessian_product_p.def_abstract_eval(lambda theta, v, **_: jax.core.ShapedArray(v.shape, theta.dtype))
+mlir.register_lowering(_hessian_product_p, mlir.lower_fun(_hessian_product_value, multiple_results=False))
+
+
+def _hessian_product_jvp(primals, tangents, *, root, single_root):
+    (theta, v), (d_theta, d_v) = primals, tangents
+    out = _hessian_product_p.bind(theta, v, root=root, single_root=single_root)
+    d_out = _hessian_product_p.bind(theta, ad.instantiate_zeros(d_v), root=root, single_root=single_root)
+    if type(d_theta) is not ad.Zero:  # third derivatives: forward mode through the computation itself
+        product = functools.partial(_hessian_product_value, v=v, root=root, single_root=single_root)
+        d_out = d_out + jax.jvp(product, (theta,), (d_theta,))[1]
+    return out, d_out
+
+
+def _hessian_product_transpose(cotangent, theta, v, *, root, single_root):
+    if ad.is_undefined_primal(theta):
+        raise NotImplementedError("the Hessian-vector product is linear in the vector only")
+    cotangent = ad.instantiate_zeros(cotangent)
+    return None, _hessian_product_p.bind(theta, cotangent, root=root, single_root=single_root)
+
+
+def _hessian_product_batch(args, dims, *, root, single_root):
+    """``vmap``: the vmapped axis becomes one more batch axis (every batch element is computed alone)."""
+    size = next(x.shape[d] for x, d in zip(args, dims, strict=True) if d is not batching.not_mapped)
+    theta, v = (batching.bdim_at_front(x, d, size) for x, d in zip(args, dims, strict=True))
+    return _hessian_product_p.bind(theta, v, root=root, single_root=single_root), 0
+
+
+ad.primitive_jvps[_hessian_product_p] = _hessian_product_jvp
+ad.primitive_transposes[_hessian_product_p] = _hessian_product_transpose
+batching.primitive_batchers[_hessian_product_p] = _hessian_product_batch
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
 def _marginals(theta, root, single_root):
-    return _marginals_of(eliminate(theta, root, single_root, keep_steps=True)).astype(theta.dtype)
+    return _marginals_value(theta, root, single_root)
 
 
 @_marginals.defjvp
 def _marginals_jvp(root, single_root, primals, tangents):
     (theta,), (v,) = primals, tangents
-    elimination = eliminate(theta, root, single_root, keep_steps=True)
-    mu, reduced = _reverse(elimination.steps)
-    empty = (elimination.log_z == -jnp.inf)[..., None, None]
-    mu = jnp.where(empty, jnp.nan, _to_node_layout(mu, elimination.order))
-    finite = jnp.isfinite(theta)
-
-    def hessian_times(v):
-        hvp = _hvp(elimination, reduced, jnp.where(finite, v, 0).astype(elimination.steps.pi.dtype))
-        return jnp.where(finite, hvp, 0).astype(theta.dtype)
-
-    # Linearising the (already linear) product marks its scans' tangent inputs as linear, which lets JAX
-    # transpose them for reverse mode; traced as written, they would not be.
-    _, linear_hessian_times = jax.linearize(hessian_times, jnp.zeros_like(v))
-    return mu.astype(theta.dtype), linear_hessian_times(v)
+    mu = _marginals(theta, root, single_root)
+    return mu, _hessian_product_p.bind(theta, v, root=root, single_root=single_root)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
 def _log_partition(theta, root, single_root):
-    return eliminate(theta, root, single_root).log_z.astype(theta.dtype)
+    return _log_partition_value(theta, root, single_root).astype(theta.dtype)
 
 
 @_log_partition.defjvp

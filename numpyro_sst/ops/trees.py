@@ -132,7 +132,7 @@ def _sample_arborescence(key, logits, root, single_root, sample_shape):
     n = logits.shape[-1]
     theta, nan = mask_nan_elements(jax.lax.stop_gradient(directed_log_weights(logits, root)), 2)
     theta = theta.reshape(-1, n, n).astype(wide_dtype(theta.dtype))
-    elimination = eliminate(theta, root, single_root, keep_steps=True, linear=False)
+    elimination = eliminate(theta, root, single_root, keep_steps=True)
     valid = jnp.isfinite(elimination.log_z)
     element = jnp.tile(jnp.arange(theta.shape[0]), math.prod(sample_shape))
     parent = _undo_elimination(jax.random.fold_in(key, 0), elimination.steps, element)
