@@ -330,6 +330,28 @@ def test_jit_vmap_grad_jacfwd_hessian_compose(name, x64):
     )
 
 
+def test_third_derivatives_are_the_third_cumulant(x64):
+    """Reverse over forward over reverse (the marginals' tangent differentiated again): the third cumulant of the
+    structure, contracted twice, against enumeration (single-root arborescences: the root shift included)."""
+    name, n = "RelaxedArborescence single_root", 4
+    make = _tree_classes()[name]
+    logits = jnp.asarray(np.random.default_rng(5).normal(size=(n, n)) * 3)
+    support, _ = _support_of(name, n)
+    flat = support.reshape(len(support), -1)
+    scores = flat @ np.asarray(logits).reshape(-1)
+    probs = np.exp(scores - scores.max())
+    probs /= probs.sum()
+    u, v = (np.random.default_rng(seed).normal(size=n * n) for seed in (6, 7))
+    centred = flat - probs @ flat
+    cumulant = ((centred * probs[:, None]).T * (centred @ u) * (centred @ v)).sum(-1)
+
+    def curvature(x):
+        tangent = jax.jvp(jax.grad(lambda y: make(y).log_partition), (x,), (jnp.asarray(u.reshape(n, n)),))[1]
+        return tangent.reshape(-1) @ v
+
+    np.testing.assert_allclose(np.asarray(jax.grad(curvature)(logits)).reshape(-1), cumulant, atol=1e-10)
+
+
 @pytest.mark.parametrize("name", [k for k in _tree_classes() if k.startswith("Relaxed")])
 @pytest.mark.parametrize("elbo", ["Trace_ELBO", "TraceMeanField_ELBO", "TraceRLOO_ELBO"])
 def test_svi_with_vectorised_particles(name, elbo):
