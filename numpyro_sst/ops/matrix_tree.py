@@ -380,6 +380,15 @@ def _panel_tangents(panel, W, dL, a, p, trailing):
     return d_steps, d_pi_rest, d_lam_rest, jnp.where(block, _safe_ratio(d_weights, panel.weights), 0)
 
 
+def _scan(body, carry, xs, reverse=False):
+    """``jax.lax.scan``, or one call of ``body`` where there is one step (small graphs: one panel), which compiles
+    in a fraction of the time of a loop."""
+    if jax.tree.leaves(xs)[0].shape[0] > 1:
+        return jax.lax.scan(body, carry, xs, reverse=reverse)
+    carry, out = body(carry, jax.tree.map(lambda x: x[0], xs))
+    return carry, jax.tree.map(lambda x: x[None], out)
+
+
 def _blocked(X, reverse=True, dX=None):
     r"""The blocked linear elimination of ``(n, n, B)`` log-weights (elimination order, batch last).
 
@@ -413,7 +422,7 @@ def _blocked(X, reverse=True, dX=None):
         return (panel.weights, dL_out, log_pivots + panel.log_pivots.sum(0), worst), (W, dL) if reverse else None
 
     zeros = jnp.zeros((B,), X.dtype)
-    (_, _, log_pivots, worst), inputs = jax.lax.scan(forward, (W, dL, zeros, zeros), starts)
+    (_, _, log_pivots, worst), inputs = _scan(forward, (W, dL, zeros, zeros), starts)
     log_z = log_pivots + log_scale[1:].sum(0)
     info = jnp.finfo(X.dtype)
     exact = jnp.isfinite(log_z) & (worst <= linear_elimination_max_loss(float(info.eps), float(info.tiny)))
@@ -496,7 +505,7 @@ def _blocked(X, reverse=True, dX=None):
         return (mu, d_mu), None
 
     zeros = jnp.zeros((N, N, B), X.dtype)
-    (mu, d_mu), _ = jax.lax.scan(undo_panel, (zeros, zeros if tangent else None), (inputs, starts), reverse=True)
+    (mu, d_mu), _ = _scan(undo_panel, (zeros, zeros if tangent else None), (inputs, starts), reverse=True)
     return log_z, exact, mu[:n, :n], d_mu[:n, :n] if tangent else None
 
 
