@@ -299,15 +299,21 @@ class Panel(NamedTuple):
     log_pivots: jax.Array
 
 
+def _panel_layout(x, a, p):
+    """Node indices, panel-local indices, the mask of the nodes before the panel (``a``), the mask of each panel
+    column's own row, and the panel's columns ``(N, p, B)`` and rows ``(p, N, B)`` of ``x`` (rows to the nodes
+    before the panel only)."""
+    idx, local = jnp.arange(x.shape[0]), jnp.arange(p)
+    rest = idx < a
+    columns = jax.lax.dynamic_slice_in_dim(x, a, p, axis=1)
+    rows = jnp.where(rest[:, None], jax.lax.dynamic_slice_in_dim(x, a, p, axis=0), 0)
+    return idx, local, rest, (idx[:, None] != a + local)[..., None], (columns, rows)
+
+
 def _eliminate_panel(W, a, p, trailing):
     """The :class:`Panel` eliminating nodes ``a + p - 1, ..., a`` of ``(N, N, B)`` weights; without ``trailing`` (the
     only panel: no node but the root is left) the weights left are not formed."""
-    N = W.shape[0]
-    idx, local = jnp.arange(N), jnp.arange(p)
-    rest = idx < a
-    columns = jax.lax.dynamic_slice_in_dim(W, a, p, axis=1)
-    rows = jnp.where(rest[:, None], jax.lax.dynamic_slice_in_dim(W, a, p, axis=0), 0)
-    not_own = (idx[:, None] != a + local)[..., None]
+    idx, local, rest, not_own, (columns, rows) = _panel_layout(W, a, p)
 
     def step(carry, ql):
         columns, rows = carry
@@ -338,12 +344,7 @@ def _panel_tangents(panel, W, dL, a, p, trailing):
     """Tangents of a :class:`Panel`'s steps along ``dL``, the tangent of ``log W`` (``(N, N, B)``): per step
     ``(d_pi, d_share_columns, d_share_rows)``, then ``d_pi_rest``, ``d_lam_rest`` and the tangent of the
     logarithm of the weights left."""
-    N = W.shape[0]
-    idx, local = jnp.arange(N), jnp.arange(p)
-    rest = idx < a
-    d_columns = jax.lax.dynamic_slice_in_dim(dL, a, p, axis=1)
-    d_rows = jnp.where(rest[:, None], jax.lax.dynamic_slice_in_dim(dL, a, p, axis=0), 0)
-    not_own = (idx[:, None] != a + local)[..., None]
+    idx, local, rest, not_own, (d_columns, d_rows) = _panel_layout(dL, a, p)
 
     def step(carry, x):
         d_columns, d_rows = carry
