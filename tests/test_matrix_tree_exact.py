@@ -204,6 +204,30 @@ def test_exact_samplers_at_every_logit_scale(scale, structure, root, single_root
     assert 0.5 * np.abs(frequencies - probs).sum() <= _noise_level(probs, count) + 1e-12
 
 
+@pytest.mark.parametrize("structure,root,single_root", STRUCTURES)
+def test_jax_sampler_draws_its_noise_in_blocks_of_steps(structure, root, single_root, monkeypatch):
+    """Blocks of 3 of the sampler's 5 steps (the last block partly empty): the frequencies still match
+    enumeration. (A sample count no other test uses, so that the sampler is compiled afresh with the block.)"""
+    import numpyro_sst.ops.trees
+
+    n, count = 6, 3001
+    monkeypatch.setattr(numpyro_sst.ops.trees, "RANDOM_BLOCK_NUMBERS", 3 * count * n)
+    rng = np.random.default_rng(21 + root)
+    theta = 2 * rng.normal(size=(n, n))
+    if structure == "tree":
+        theta = np.triu(theta, 1) + np.triu(theta, 1).T
+    support, mask = _support(structure, n, root, single_root)
+    mask = np.ones((n, n), bool) if mask is None else mask
+    scores = (support * np.where(mask, theta, 0)).sum((-2, -1))
+    probs = np.exp(scores - scores.max())
+    probs /= probs.sum()
+    x = Jax.sample(theta, structure, root, single_root, count, seed=4)
+    match = np.abs(x[:, None] - support[None]).sum((-2, -1)) < 0.5
+    assert match.sum(-1).min() == 1, "a sample outside the support"
+    frequencies = np.bincount(match.argmax(-1), minlength=len(support)) / count
+    assert 0.5 * np.abs(frequencies - probs).sum() <= _noise_level(probs, count) + 1e-12
+
+
 @pytest.mark.parametrize("structure", ["tree", "arborescence"])
 def test_reverse_mode_through_vmap(structure):
     """NumPyro vectorises particles: grad of a vmap of marginals, against the per-element loop and pyro_sst."""

@@ -106,25 +106,41 @@ def _root_component(parent, cut):
     return ~cut
 
 
+#: The sampler draws its coins and Gumbel noise for a block of steps at once (one large draw runs far faster
+#: than one per step: 40 -> 29 ms for 256 trees of 50 nodes); blocks hold at most this many numbers of each.
+RANDOM_BLOCK_NUMBERS = 2**21
+
+
 def _undo_elimination(key, steps, element):
     """``(N, n)`` parent arrays (elimination order, root 0 its own parent), drawn by undoing ``steps``."""
     n = steps.pi.shape[1]
     nodes = jnp.arange(n)
     share = steps.share.reshape((n - 1, n * n, -1))  # (n - 1, n * n, B)
+    block = max(1, min(n - 1, RANDOM_BLOCK_NUMBERS // (element.shape[0] * n)))
 
-    def undo(k, parent):
+    def undo(k, parent, coins, gumbel):
         m = n - 1 - k
         children = (nodes >= 1) & (nodes < k)
         kept = share[m][parent * n + nodes, element[:, None]]
-        u = jax.random.uniform(jax.random.fold_in(key, 2 * k), kept.shape, kept.dtype)
-        dropped = children & (u >= kept)
+        dropped = children & (coins >= kept)
         left = _root_component(parent, dropped) & (nodes < k)
         parent = jnp.where(dropped, k, parent)
-        gumbel = jax.random.gumbel(jax.random.fold_in(key, 2 * k + 1), kept.shape, kept.dtype)
         scores = jnp.where(left, steps.log_pi[m][:, element].T + gumbel, -jnp.inf)
         return parent.at[:, k].set(jnp.argmax(scores, -1).astype(parent.dtype))
 
-    return jax.lax.fori_loop(1, n, undo, jnp.zeros((element.shape[0], n), jnp.int32))
+    def undo_block(j, parent):
+        shape = (block, element.shape[0], n)
+        coins = jax.random.uniform(jax.random.fold_in(key, 2 * j), shape, steps.share.dtype)
+        gumbels = jax.random.gumbel(jax.random.fold_in(key, 2 * j + 1), shape, steps.share.dtype)
+
+        def step(i, parent):
+            k = 1 + j * block + i
+            return jax.lax.cond(k < n, lambda: undo(k, parent, coins[i], gumbels[i]), lambda: parent)
+
+        return jax.lax.fori_loop(0, block, step, parent)
+
+    blocks = -(-(n - 1) // block)
+    return jax.lax.fori_loop(0, blocks, undo_block, jnp.zeros((element.shape[0], n), jnp.int32))
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4))
