@@ -180,22 +180,19 @@ def _noise_level(probs, count):
     return float(np.sqrt(probs * (1 - probs) / count).sum())
 
 
-@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
-@pytest.mark.parametrize("structure,root,single_root", STRUCTURES)
-@pytest.mark.parametrize("scale", [1.0, 10.0, 100.0, 400.0, 1000.0])
-def test_exact_samplers_at_every_logit_scale(scale, structure, root, single_root, backend):
-    """No sampled structure below probability 1e-12, frequencies within the multinomial noise (float64)."""
-    n, count = 5, 4000
-    rng = np.random.default_rng(int(scale) + 11 * root + (structure == "tree"))
-    theta = scale * rng.normal(size=(n, n))
-    if structure == "tree":
-        theta = np.triu(theta, 1) + np.triu(theta, 1).T
+def _sampler_logits(theta, structure):
+    """Spanning trees read the upper triangle: make it symmetric, as the structure is."""
+    return np.triu(theta, 1) + np.triu(theta, 1).T if structure == "tree" else theta
+
+
+def _check_samples(x, theta, structure, root, single_root):
+    """Every sample in the support, none of probability below 1e-12, frequencies within the multinomial noise."""
+    n, count = theta.shape[-1], len(x)
     support, mask = _support(structure, n, root, single_root)
     mask = np.ones((n, n), bool) if mask is None else mask
     scores = (support * np.where(mask, theta, 0)).sum((-2, -1))
     probs = np.exp(scores - scores.max())
     probs /= probs.sum()
-    x = backend.sample(theta, structure, root, single_root, count, seed=int(scale))
     match = np.abs(x[:, None] - support[None]).sum((-2, -1)) < 0.5
     assert match.sum(-1).min() == 1, "a sample outside the support"
     index = match.argmax(-1)
@@ -204,28 +201,28 @@ def test_exact_samplers_at_every_logit_scale(scale, structure, root, single_root
     assert 0.5 * np.abs(frequencies - probs).sum() <= _noise_level(probs, count) + 1e-12
 
 
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.name)
+@pytest.mark.parametrize("structure,root,single_root", STRUCTURES)
+@pytest.mark.parametrize("scale", [1.0, 10.0, 100.0, 400.0, 1000.0])
+def test_exact_samplers_at_every_logit_scale(scale, structure, root, single_root, backend):
+    """No sampled structure below probability 1e-12, frequencies within the multinomial noise (float64)."""
+    n, count = 5, 4000
+    rng = np.random.default_rng(int(scale) + 11 * root + (structure == "tree"))
+    theta = _sampler_logits(scale * rng.normal(size=(n, n)), structure)
+    x = backend.sample(theta, structure, root, single_root, count, seed=int(scale))
+    _check_samples(x, theta, structure, root, single_root)
+
+
 @pytest.mark.parametrize("structure,root,single_root", STRUCTURES)
 def test_jax_sampler_draws_its_noise_in_blocks_of_steps(structure, root, single_root, monkeypatch):
-    """Blocks of 3 of the sampler's 5 steps (the last block partly empty): the frequencies still match
+    """Blocks of 3 of the sampler's 4 steps (the last block partly empty): the frequencies still match
     enumeration. (A sample count no other test uses, so that the sampler is compiled afresh with the block.)"""
     import numpyro_sst.ops.trees
 
-    n, count = 6, 3001
+    n, count = 5, 3001
     monkeypatch.setattr(numpyro_sst.ops.trees, "RANDOM_BLOCK_NUMBERS", 3 * count * n)
-    rng = np.random.default_rng(21 + root)
-    theta = 2 * rng.normal(size=(n, n))
-    if structure == "tree":
-        theta = np.triu(theta, 1) + np.triu(theta, 1).T
-    support, mask = _support(structure, n, root, single_root)
-    mask = np.ones((n, n), bool) if mask is None else mask
-    scores = (support * np.where(mask, theta, 0)).sum((-2, -1))
-    probs = np.exp(scores - scores.max())
-    probs /= probs.sum()
-    x = Jax.sample(theta, structure, root, single_root, count, seed=4)
-    match = np.abs(x[:, None] - support[None]).sum((-2, -1)) < 0.5
-    assert match.sum(-1).min() == 1, "a sample outside the support"
-    frequencies = np.bincount(match.argmax(-1), minlength=len(support)) / count
-    assert 0.5 * np.abs(frequencies - probs).sum() <= _noise_level(probs, count) + 1e-12
+    theta = _sampler_logits(2 * np.random.default_rng(21 + root).normal(size=(n, n)), structure)
+    _check_samples(Jax.sample(theta, structure, root, single_root, count, seed=4), theta, structure, root, single_root)
 
 
 @pytest.mark.parametrize("structure", ["tree", "arborescence"])

@@ -134,8 +134,8 @@ def _undo_elimination(key, steps, element):
         gumbels = jax.random.gumbel(jax.random.fold_in(key, 2 * j + 1), shape, steps.share.dtype)
 
         def step(i, parent):
-            k = 1 + j * block + i
-            return jax.lax.cond(k < n, lambda: undo(k, parent, coins[i], gumbels[i]), lambda: parent)
+            k = 1 + j * block + i  # past n - 1 in a last block that is not full: those steps change nothing
+            return jnp.where(k < n, undo(jnp.minimum(k, n - 1), parent, coins[i], gumbels[i]), parent)
 
         return jax.lax.fori_loop(0, block, step, parent)
 
