@@ -439,14 +439,15 @@ def _blocked(X, reverse=True, dX=None):
         mu, d_mu = carry
         (W, dL), a = x
         panel = _eliminate_panel(W, a, p, trailing)  # recomputed: cheaper than storing every panel's steps
-        no_flow = jnp.zeros_like(panel.pi)
-        # what the marginals of the weights left owe each panel step's parent choice and out-edges
-        G = _safe_ratio(mu, panel.weights) if trailing else None
+        # what the marginals of the weights left owe each panel step's parent choice and out-edges (nothing
+        # where no node but the root is left)
+        flows = d_flows = (jnp.zeros_like(panel.pi),) * 2
         if trailing:
+            G = _safe_ratio(mu, panel.weights)
             Gf = batch_first(G)
             G_lam, pi_G = Gf @ T(panel.lam_rest), T(panel.pi_rest) @ Gf
             flows = (to_step_rows(panel.pi_rest * G_lam), to_step_columns(panel.lam_rest * pi_G))
-        steps = (panel.pi, panel.share_columns, panel.share_rows, *(flows if trailing else (no_flow, no_flow)))
+        steps = (panel.pi, panel.share_columns, panel.share_rows, *flows)
         if tangent:
             d_steps, d_pi_rest, d_lam_rest, dL_out = _panel_tangents(panel, W, dL, a, p, trailing)
             if trailing:
@@ -456,7 +457,7 @@ def _blocked(X, reverse=True, dX=None):
                     to_step_rows(d_pi_rest * G_lam + panel.pi_rest * (dGf @ T(panel.lam_rest) + Gf @ T(d_lam_rest))),
                     to_step_columns(d_lam_rest * pi_G + panel.lam_rest * (T(d_pi_rest) @ Gf + T(panel.pi_rest) @ dGf)),
                 )
-            steps = (*steps, *d_steps, *(d_flows if trailing else (no_flow, no_flow)))
+            steps = (*steps, *d_steps, *d_flows)
 
         def into(through_c, through_r, flow):
             """What enters each node left: through the panel's columns, its rows, and the trailing product."""
@@ -514,7 +515,7 @@ def _step_tangents(steps, dX):
     """Directional derivatives of each step's ``(share, pi)`` along ``dX`` (``(n, n, B)`` log-weights in elimination
     order, batch last like the steps).
 
-    Linear in ``dX`` (the steps are constants here), so JAX transposes it for reverse mode.
+    Linear in ``dX`` (the steps are constants here): the log-space tier of the Hessian-vector product.
     """
     n = dX.shape[0]
     idx = jnp.arange(n)
