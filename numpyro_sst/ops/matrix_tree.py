@@ -66,7 +66,12 @@ from jax.interpreters import ad, batching, mlir
 from jax.typing import ArrayLike
 
 from sst_common.checks import check_root
-from sst_common.constants import SINGLE_ROOT_EMPTY_MARGIN, SINGLE_ROOT_MARGIN, linear_elimination_max_loss
+from sst_common.constants import (
+    SINGLE_ROOT_EMPTY_MARGIN,
+    SINGLE_ROOT_MARGIN,
+    linear_elimination_max_loss,
+    panel_width,
+)
 
 from .logspace import (
     by_tiers,
@@ -246,19 +251,6 @@ def eliminate(theta, root, single_root, keep_steps=False):
 
 
 # ------------------------------------------------------------------------------------------ the blocked elimination
-
-
-def panel_width(n):
-    """Nodes per panel of :func:`_blocked` for ``n`` nodes.
-
-    Wider panels put more of the work in the trailing products, but each panel's own steps are sequential:
-    one panel up to 17 nodes, about 8 nodes a panel up to 160, 16 beyond (measured, float32). The width is
-    then evened out over the panels that ``n - 1`` nodes need, so that padding adds at most one node per
-    panel (padding 9 nodes to 16 took twice the time of 10).
-    """
-    target = 16 if n <= 17 or n > 160 else 8
-    panels = max(1, -(-(n - 1) // target))
-    return max(1, -(-(n - 1) // panels))
 
 
 def _safe_ratio(numerator, denominator):

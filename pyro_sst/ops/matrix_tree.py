@@ -26,16 +26,21 @@ graph with weights
 
 (self-loops dropped), so :math:`A = \sum_k \log d_k` over the nodes in elimination order, and
 every pivot and every weight is a sum of positive terms: no cancellation, entrywise relative
-accuracy whatever the condition number. Columns are kept normalised (each column of
-:math:`w` sums to one, its scale carried as a logarithm), in float64. A batch element where
-some column loses more than 662 nats of scale (tight clusters at low temperature, where float64
-would flush what the result depends on; see
-:func:`~sst_common.constants.linear_elimination_max_loss`) is eliminated with the same
-normalised columns held as logarithms, which have no range limit, and gives the same steps. The marginals are the
-exact reverse pass through the steps (:func:`_reverse`, in probability units) and their
-backward, the Hessian-vector product of :math:`A`, is the forward-mode derivative of that pass
-(:func:`_step_tangents`): no inverse, no determinant, no second-order autograd. Time
-:math:`O(n^3)` and saved memory :math:`O(n^3)` per batch element.
+accuracy whatever the condition number.
+
+The elimination is blocked (:func:`_blocked`, the same panels as :mod:`numpyro_sst.ops.matrix_tree`):
+panels of a few nodes are eliminated one node at a time on their own rows and columns, and the nodes left
+take each whole panel as one batched matrix product :math:`W' = W + \Pi \Lambda` of nonnegative factors.
+Weights are held as numbers in float64, each column normalised once (its scale carried as a logarithm). A
+column's mass only shrinks; a batch element where some column loses more than 662 nats of scale (tight
+clusters at low temperature, where float64 would flush what the result depends on; see
+:func:`~sst_common.constants.linear_elimination_max_loss`) is eliminated in log space instead
+(:func:`_eliminate_logarithmic`, node by node, which the exact samplers use too). The marginals are the
+exact reverse pass through the steps (:func:`_undo_panel`, :func:`_reverse`; in probability units, the
+steps' shares and parent probabilities kept in the input dtype) and their backward, the Hessian-vector
+product of :math:`A`, is the forward-mode derivative of that pass (:func:`_panel_tangents`,
+:func:`_step_tangents`) computed alongside it: no inverse, no determinant, no second-order autograd. Time
+:math:`O(n^3)` and saved memory :math:`O(n^3 / p)` per batch element (``p`` the panel width).
 
 For ``single_root`` (the root has exactly one child, Koo et al. 2007) the root's out-edges are
 scaled by :math:`s = e^{-c}`, so that :math:`Z(s) = s Z_1 + s^2 Z_2 + \dots` and
@@ -57,9 +62,15 @@ from typing import NamedTuple
 
 import torch
 from torch.autograd.function import once_differentiable
+from torch.nn import functional as F
 
 from sst_common.checks import check_root
-from sst_common.constants import SINGLE_ROOT_EMPTY_MARGIN, SINGLE_ROOT_MARGIN, linear_elimination_max_loss
+from sst_common.constants import (
+    SINGLE_ROOT_EMPTY_MARGIN,
+    SINGLE_ROOT_MARGIN,
+    linear_elimination_max_loss,
+    panel_width,
+)
 
 from .logspace import (
     check_nonempty,
@@ -99,7 +110,7 @@ def directed_log_weights(logits: torch.Tensor, root: int) -> torch.Tensor:
     return logits.masked_fill(excluded, -float("inf"))
 
 
-#: float64 columns of the linear elimination may lose this many nats of scale and stay exact
+#: float64 columns of the blocked elimination may lose this many nats of scale and stay exact
 MAX_LOSS = linear_elimination_max_loss(torch.finfo(torch.float64).eps, torch.finfo(torch.float64).tiny)
 
 
@@ -115,7 +126,7 @@ class Step(NamedTuple):
 
 
 class Elimination(NamedTuple):
-    """The elimination of ``(B, n, n)`` directed log-weights, in elimination order (the root first)."""
+    """The log-space elimination of ``(B, n, n)`` directed log-weights, in elimination order (the root first)."""
 
     #: ``(B,)`` the log-partition
     log_z: torch.Tensor
@@ -131,7 +142,13 @@ def elimination_order(n, root):
 
 
 def _permute(x, order):
+    if order == sorted(order):
+        return x
     return x[..., order, :][..., :, order]
+
+
+def _inverse_order(order):
+    return sorted(range(len(order)), key=order.__getitem__)
 
 
 def _single_root_shift(X):
@@ -152,120 +169,322 @@ def _single_root_shift(X):
     return bound + SINGLE_ROOT_MARGIN, smallest
 
 
-class _Linear:
-    """Normalised columns held as numbers: fast, exact while no column loses more than :data:`MAX_LOSS` nats."""
-
-    absent = 0.0
-
-    @staticmethod
-    def from_log(x):
-        return x.exp()
-
-    @staticmethod
-    def add_paths(old, entering, leaving):
-        return torch.addcmul(old, entering[..., :, None], leaving[..., None, :])
-
-    @staticmethod
-    def normalise(new):
-        column = new.sum(-2)
-        return new / torch.where(column > 0, column, 1.0)[..., None, :], column.log()
-
-    @staticmethod
-    def share(old, new):
-        return torch.where(new > 0, old / new, 0.0)
-
-    @staticmethod
-    def probabilities(pi):
-        return pi, pi.log()
-
-
-class _Logarithmic:
-    """Normalised columns held as logarithms: exact at any spread."""
-
-    absent = -math.inf
-
-    @staticmethod
-    def from_log(x):
-        return x
-
-    @staticmethod
-    def add_paths(old, entering, leaving):
-        return torch.logaddexp(old, entering[..., :, None] + leaving[..., None, :])
-
-    @staticmethod
-    def normalise(new):
-        log_column = log_sum_exp(new, -2)
-        return new - log_column.nan_to_num(neginf=0.0)[..., None, :], log_column
-
-    @staticmethod
-    def share(old, new):
-        return (old - new).exp().nan_to_num(0.0)  # NaN where both are absent
-
-    @staticmethod
-    def probabilities(log_pi):
-        return log_pi.exp(), log_pi
-
-
-def _eliminate_columns(X, space, keep_steps, steps_dtype):
-    """Eliminate nodes ``n - 1, ..., 1`` of ``(B, n, n)`` log-weights (root first), columns normalised in ``space``.
-
-    Returns ``(log_z, steps, worst)``: ``worst`` is the most nats of scale any column lost before
-    its own elimination (what decides whether :class:`_Linear` was exact).
-    """
-    n = X.shape[-1]
-    log_scale = log_sum_exp(X, -2)
-    W = space.from_log(X - log_scale.nan_to_num(neginf=0.0)[..., None, :])
-    self_loop = torch.eye(n, dtype=torch.bool, device=X.device)
-    lost = torch.zeros_like(log_scale)
-    total = torch.zeros_like(log_scale[..., 0])
-    worst = torch.zeros_like(total)
-    steps = []
-    for k in range(n - 1, 0, -1):
-        entering = W[..., :k, k]
-        total = total + log_scale[..., k]
-        worst = torch.maximum(worst, lost[..., k])
-        old = W[..., :k, :k]
-        # A path j -> k -> j is a self-loop: in no tree.
-        new = space.add_paths(old, entering, W[..., k, :k]).masked_fill(self_loop[:k, :k], space.absent)
-        W, log_column = space.normalise(new)
-        if keep_steps:
-            pi, log_pi = space.probabilities(entering)
-            steps.append(Step(space.share(old, new).to(steps_dtype), pi.to(steps_dtype), log_pi))
-        log_scale = log_scale[..., :k] + log_column
-        lost = lost[..., :k] - log_column
-    return total, steps, worst
-
-
-def eliminate(theta, root, single_root, keep_steps=False, linear=True):
-    r"""The exact elimination (:class:`Elimination`) of ``(B, n, n)`` directed log-weights, in float64.
-
-    The steps' shares and parent probabilities (numbers in ``[0, 1]``, each to a relative accuracy of
-    a few roundings) are kept in the dtype of ``theta``: the reverse pass and its derivative then run
-    at that precision, half the memory traffic for float32. ``linear=False`` takes the log-space
-    path for every element (the samplers need exact :math:`\log \pi` of every parent, however small).
-    """
+def _prepared(theta, root, single_root):
+    """``(X, order, finish)``: ``(B, n, n)`` directed log-weights in elimination order and float64, the root's
+    out-edges shifted for ``single_root``; ``finish(log_z)`` undoes the shift on a log-partition."""
     n = theta.shape[-1]
     order = elimination_order(n, root)
     X = _permute(theta.double(), order)
-    if single_root:
-        shift, smallest = _single_root_shift(X)
-        X = torch.cat([X[..., :1, :] - shift[..., None, None], X[..., 1:, :]], dim=-2)
-    if not linear:
-        log_z, steps, _ = _eliminate_columns(X, _Logarithmic, keep_steps, theta.dtype)
-    else:
-        log_z, steps, worst = _eliminate_columns(X, _Linear, keep_steps, theta.dtype)
-        rest = (~(torch.isfinite(log_z) & (worst <= MAX_LOSS))).nonzero().squeeze(-1)
-        if rest.numel():
-            log_z_rest, steps_rest, _ = _eliminate_columns(X[rest], _Logarithmic, keep_steps, theta.dtype)
-            log_z = log_z.index_put((rest,), log_z_rest)
-            for step, step_rest in zip(steps, steps_rest, strict=True):
-                for field, value in zip(step, step_rest, strict=True):
-                    field[rest] = value
-    if single_root:
+    if not single_root:
+        return X, order, lambda log_z: log_z
+    shift, smallest = _single_root_shift(X)
+
+    def finish(log_z):
         log_z = log_z + shift
         # If Z_1 > 0 then log Z_1 >= (n - 1) * smallest; if Z_1 = 0 the shift puts the value far below.
-        log_z = log_z.masked_fill(log_z < (n - 1) * smallest - SINGLE_ROOT_EMPTY_MARGIN, -math.inf)
-    return Elimination(log_z, steps, order)
+        return log_z.masked_fill(log_z < (n - 1) * smallest - SINGLE_ROOT_EMPTY_MARGIN, -math.inf)
+
+    return torch.cat([X[..., :1, :] - shift[..., None, None], X[..., 1:, :]], dim=-2), order, finish
+
+
+def _eliminate_logarithmic(X, keep_steps, steps_dtype):
+    """Eliminate nodes ``n - 1, ..., 1`` of ``(B, n, n)`` log-weights (root first), columns normalised in log space.
+
+    Exact at any spread. Returns ``(log_z, steps)``.
+    """
+    n = X.shape[-1]
+    log_scale = log_sum_exp(X, -2)
+    W = X - log_scale.nan_to_num(neginf=0.0)[..., None, :]
+    self_loop = torch.eye(n, dtype=torch.bool, device=X.device)
+    total = torch.zeros_like(log_scale[..., 0])
+    steps = []
+    for k in range(n - 1, 0, -1):
+        log_pi = W[..., :k, k]
+        total = total + log_scale[..., k]
+        old = W[..., :k, :k]
+        # A path j -> k -> j is a self-loop: in no tree.
+        new = torch.logaddexp(old, log_pi[..., :, None] + W[..., k, None, :k]).masked_fill(self_loop[:k, :k], -math.inf)
+        log_column = log_sum_exp(new, -2)
+        W = new - log_column.nan_to_num(neginf=0.0)[..., None, :]
+        if keep_steps:
+            share = (old - new).exp().nan_to_num(0.0)  # NaN where both are absent
+            steps.append(Step(share.to(steps_dtype), log_pi.exp().to(steps_dtype), log_pi))
+        log_scale = log_scale[..., :k] + log_column
+    return total, steps
+
+
+def eliminate(theta, root, single_root, keep_steps=False):
+    r"""The log-space elimination (:class:`Elimination`) of ``(B, n, n)`` directed log-weights, in float64.
+
+    Exact :math:`\log \pi` of every parent, however small (the samplers draw from them); the steps' shares and
+    parent probabilities are kept in the dtype of ``theta``.
+    """
+    X, order, finish = _prepared(theta, root, single_root)
+    log_z, steps = _eliminate_logarithmic(X, keep_steps, theta.dtype)
+    return Elimination(finish(log_z), steps, order)
+
+
+# ------------------------------------------------------------------------------------------ the blocked elimination
+
+
+def _safe_ratio(numerator, denominator):
+    """``numerator / denominator``, 0 where the denominator is 0 (a weight that is absent)."""
+    return torch.where(denominator > 0, numerator / denominator, 0.0)
+
+
+def _pad_to_panels(X, p):
+    """``(B, n, n)`` log-weights padded to ``1 + P p`` nodes by leaves of the root (one in-edge of log-weight 0 from
+    the root, no other edge): each is a factor 1 in every tree's weight, eliminated first."""
+    n = X.shape[-1]
+    N = 1 + -(-(n - 1) // p) * p
+    if N == n:
+        return X
+    X = F.pad(X, (0, N - n, 0, N - n), value=-math.inf)
+    X[..., 0, n:] = 0.0
+    return X
+
+
+class Panel(NamedTuple):
+    r"""The elimination of one panel of ``p`` nodes ``a, ..., a + p - 1`` from ``(B, a + p, a + p)`` weights.
+
+    Inside the panel its columns and rows are eliminated one node at a time (the last first); the nodes
+    before the panel then take the whole panel as one product :math:`W' = W + \Pi \Lambda`. Lists are indexed
+    by the node's place ``l`` in the panel (node ``a + l``, the ``p - l``-th eliminated).
+    """
+
+    #: ``(B, a + l)`` each step's parent distribution :math:`\pi` over the nodes left
+    pi: list
+    #: ``(B, a + l, l)`` / ``(B, l, a)`` each step's share of the panel's columns / rows that was there before
+    #: (``None`` for ``l = 0``)
+    share_columns: list
+    share_rows: list
+    #: ``(B, a, p)`` the steps' parent distributions on the nodes before the panel, ``(B, p, a)`` their out-weights
+    pi_rest: torch.Tensor
+    lam_rest: torch.Tensor
+    #: ``(B, a, a)`` the weights left on the nodes before the panel
+    weights: torch.Tensor
+    #: ``(B, p)`` the steps' pivots, logarithm
+    log_pivots: torch.Tensor
+
+
+def _eliminate_panel(W, a, p, steps_dtype):
+    """The :class:`Panel` eliminating nodes ``a + p - 1, ..., a`` of ``(B, a + p, a + p)`` (or larger) weights; the
+    steps' parent distributions and shares are kept in ``steps_dtype``."""
+    end = a + p
+    columns, rows = W[:, :end, a:end].clone(), W[:, a:end, :a].clone()
+    pis, share_columns, share_rows = [None] * p, [None] * p, [None] * p
+    pi_rest, lam_rest = W.new_empty(W.shape[0], a, p), W.new_empty(W.shape[0], p, a)
+    log_pivots = W.new_empty(W.shape[0], p)
+    own = torch.arange(p, device=W.device)
+    for l in range(p - 1, -1, -1):  # noqa: E741
+        q = a + l
+        column = columns[:, :q, l]
+        pivot = column.sum(-1, keepdim=True)
+        pi = _safe_ratio(column, pivot)
+        pis[l] = pi.to(steps_dtype)
+        pi_rest[:, :, l] = pi[:, :a]  # in float64: the trailing product may rest on what steps_dtype flushes
+        log_pivots[:, l] = pivot[:, 0].log()
+        lam_rest[:, l] = rows[:, l]
+        if l:
+            old_columns, old_rows = columns[:, :q, :l], rows[:, :l]
+            new_columns = torch.addcmul(old_columns, pi[:, :, None], columns[:, q, None, :l])
+            new_columns[:, a + own[:l], own[:l]] = 0.0  # a path j -> q -> j is a self-loop: in no tree
+            new_rows = torch.addcmul(old_rows, pi[:, a:q, None], rows[:, l, None, :])
+            share_columns[l] = _safe_ratio(old_columns, new_columns).to(steps_dtype)
+            share_rows[l] = _safe_ratio(old_rows, new_rows).to(steps_dtype)
+            columns[:, :q, :l], rows[:, :l] = new_columns, new_rows
+    weights = torch.baddbmm(W[:, :a, :a], pi_rest, lam_rest)
+    weights.diagonal(dim1=-2, dim2=-1).zero_()
+    return Panel(pis, share_columns, share_rows, pi_rest, lam_rest, weights, log_pivots)
+
+
+class PanelTangents(NamedTuple):
+    """Tangents of a :class:`Panel`'s fields along the tangent of ``log W``, and that of ``log`` of its weights."""
+
+    pi: list
+    share_columns: list
+    share_rows: list
+    pi_rest: torch.Tensor
+    lam_rest: torch.Tensor
+    log_weights: torch.Tensor
+
+
+def _panel_tangents(panel, W, dL, a, p):
+    """The :class:`PanelTangents` of ``panel``, eliminated from ``W``, along ``dL`` (tangent of ``log W``)."""
+    end, dtype = a + p, panel.pi[0].dtype
+    d_columns, d_rows = dL[:, :end, a:end].to(dtype, copy=True), dL[:, a:end, :a].to(dtype, copy=True)
+    d_pi, d_share_columns, d_share_rows = [None] * p, [None] * p, [None] * p
+    d_log_lam, d_pi_rest = d_rows.new_empty(panel.lam_rest.shape), torch.empty_like(panel.pi_rest)
+    own = torch.arange(p, device=W.device)
+    for l in range(p - 1, -1, -1):  # noqa: E741
+        q = a + l
+        pi = panel.pi[l]
+        d_column = d_columns[:, :q, l]
+        d_log_pi = d_column - (pi * d_column).sum(-1, keepdim=True)
+        d_pi[l] = pi * d_log_pi
+        d_pi_rest[:, :, l] = panel.pi_rest[:, :, l] * d_log_pi[:, :a]
+        d_log_lam[:, l] = d_rows[:, l]
+        if l:
+            # a new weight w' = w + pi lam mixes the tangents of its two terms by their shares
+            s_c, s_r = panel.share_columns[l], panel.share_rows[l]
+            d_via_c = d_log_pi[:, :, None] + d_columns[:, q, None, :l]
+            d_via_r = d_log_pi[:, a:q, None] + d_rows[:, l, None, :]
+            d_diff_c, d_diff_r = d_columns[:, :q, :l] - d_via_c, d_rows[:, :l] - d_via_r
+            d_share_columns[l] = s_c * (1 - s_c) * d_diff_c
+            d_share_rows[l] = s_r * (1 - s_r) * d_diff_r
+            new_columns = torch.addcmul(d_via_c, s_c, d_diff_c)
+            new_columns[:, a + own[:l], own[:l]] = 0.0
+            d_columns[:, :q, :l], d_rows[:, :l] = new_columns, torch.addcmul(d_via_r, s_r, d_diff_r)
+    d_lam_rest = panel.lam_rest * d_log_lam.to(W.dtype)
+    d_weights = W[:, :a, :a] * dL[:, :a, :a] + d_pi_rest @ panel.lam_rest + panel.pi_rest @ d_lam_rest
+    d_log_weights = _safe_ratio(d_weights, panel.weights)
+    return PanelTangents(d_pi, d_share_columns, d_share_rows, d_pi_rest, d_lam_rest, d_log_weights)
+
+
+def _undo_panel(panel, W, mu, a, p, tangents=None, dL=None, d_mu=None):
+    r"""The marginals ``(B, a + p, a + p)`` of the weights ``W`` a panel was eliminated from, given the marginals
+    ``mu`` of the weights it left, and with ``tangents`` (:class:`PanelTangents` along ``dL``) their tangent
+    from ``d_mu``.
+
+    The flows :math:`G = \mu' / W'` of the trailing product split each remaining weight's marginal between the
+    weight that was there (:math:`G W`) and each panel step's paths :math:`G_{ij} \pi_i \lambda_j`; summed over
+    a row or a column, those are what each step's node passes on. Then the panel's own steps are undone as in
+    :func:`_reverse`.
+    """
+    B, end, dtype = W.shape[0], a + p, panel.pi[0].dtype
+    G = _safe_ratio(mu, panel.weights)
+    G_lam, pi_G = G @ panel.lam_rest.mT, panel.pi_rest.mT @ G
+    # What each step's node receives from the nodes left, by row (its column of marginals, the panel's rows padded)
+    # and by column (its row of marginals to the nodes before the panel); the steps then add their own paths.
+    mu_c = F.pad(panel.pi_rest * G_lam, (0, 0, 0, p)).to(dtype)
+    mu_r = (panel.lam_rest * pi_G).to(dtype)
+    if tangents is not None:
+        dG = _safe_ratio(d_mu, panel.weights) - G * tangents.log_weights
+        d_row_flow = tangents.pi_rest * G_lam + panel.pi_rest * (dG @ panel.lam_rest.mT + G @ tangents.lam_rest.mT)
+        d_column_flow = tangents.lam_rest * pi_G + panel.lam_rest * (tangents.pi_rest.mT @ G + panel.pi_rest.mT @ dG)
+        d_mu_c, d_mu_r = F.pad(d_row_flow, (0, 0, 0, p)).to(dtype), d_column_flow.to(dtype)
+    for l in range(p):  # noqa: E741
+        q = a + l
+        column = mu_c[:, :q, l]
+        if l:
+            s_c, s_r = panel.share_columns[l], panel.share_rows[l]
+            c, r = mu_c[:, :q, :l], mu_r[:, :l]
+            kept_c, kept_r = c * s_c, r * s_r
+            through_c, through_r = c - kept_c, r - kept_r
+            if tangents is not None:
+                dc, dr = d_mu_c[:, :q, :l], d_mu_r[:, :l]
+                d_kept_c = torch.addcmul(dc * s_c, c, tangents.share_columns[l])
+                d_kept_r = torch.addcmul(dr * s_r, r, tangents.share_rows[l])
+                d_through_c, d_through_r = dc - d_kept_c, dr - d_kept_r
+                d_column = d_mu_c[:, :q, l]
+                d_column.add_(d_through_c.sum(-1))
+                d_column[:, a:].add_(d_through_r.sum(-1))
+                d_mu_r[:, l].add_(d_through_r.sum(-2))
+                dc.copy_(d_kept_c)
+                dr.copy_(d_kept_r)
+                d_mu_c[:, q, :l] = d_through_c.sum(-2)
+            column.add_(through_c.sum(-1))
+            column[:, a:].add_(through_r.sum(-1))
+            mu_r[:, l].add_(through_r.sum(-2))
+            c.copy_(kept_c)
+            r.copy_(kept_r)
+            mu_c[:, q, :l] = through_c.sum(-2)
+        pi, rest = panel.pi[l], 1 - column.sum(-1, keepdim=True)
+        if tangents is not None:
+            d_column = d_mu_c[:, :q, l]
+            d_total = d_column.sum(-1, keepdim=True)
+            d_column.addcmul_(tangents.pi[l], rest).addcmul_(pi, d_total, value=-1)
+        column.addcmul_(pi, rest)
+    out = W.new_empty(B, end, end, dtype=dtype)
+    out[:, :a, :a], out[:, a:, :a], out[:, :, a:] = G * W[:, :a, :a], mu_r, mu_c
+    if tangents is None:
+        return out, None
+    d_out = torch.empty_like(out)
+    d_out[:, :a, :a], d_out[:, a:, :a], d_out[:, :, a:] = (dG + G * dL[:, :a, :a]) * W[:, :a, :a], d_mu_r, d_mu_c
+    return out, d_out
+
+
+class Blocked(NamedTuple):
+    """The blocked elimination of ``(B, n, n)`` log-weights (:func:`_blocked`), kept for its reverse passes."""
+
+    #: ``(B,)`` the log-partition
+    log_z: torch.Tensor
+    #: ``(B,)`` where no column lost more than :data:`MAX_LOSS` nats (elsewhere the log-space elimination serves)
+    exact: torch.Tensor
+    #: the normalised weights ``(B, N, N)``, padded to ``N = 1 + P p`` nodes, then each panel's weights left
+    weights: list
+    #: the :class:`Panel` s, in elimination order (the last nodes first)
+    panels: list
+
+
+def _blocked(X, steps_dtype):
+    r"""The blocked elimination (:class:`Blocked`) of ``(B, n, n)`` float64 log-weights in elimination order.
+
+    The same elimination as :func:`_eliminate_logarithmic`, panel by panel (:class:`Panel`, ``p`` nodes a
+    panel, :func:`~sst_common.constants.panel_width`), on weights normalised once per column: every pivot and
+    weight stays a sum of positive terms, and a column's mass only shrinks, so the largest loss of scale is
+    the largest :math:`-\log` of a pivot in those units.
+    """
+    n = X.shape[-1]
+    p = panel_width(n)
+    X = _pad_to_panels(X, p)
+    N = X.shape[-1]
+    log_scale = log_sum_exp(X, -2)
+    weights = [(X - log_scale.nan_to_num(neginf=0.0)[..., None, :]).exp()]
+    panels = []
+    for a in range(N - p, 0, -p):
+        panels.append(_eliminate_panel(weights[-1], a, p, steps_dtype))
+        weights.append(panels[-1].weights)
+    log_pivots = torch.cat([panel.log_pivots for panel in panels], -1)
+    log_z = log_pivots.sum(-1) + log_scale[:, 1:].sum(-1)
+    exact = torch.isfinite(log_z) & (-log_pivots.amin(-1) <= MAX_LOSS)
+    return Blocked(log_z, exact, weights, panels)
+
+
+def _blocked_reverse(blocked, n, dX=None):
+    """Marginals ``(B, n, n)`` of a :class:`Blocked` elimination (elimination order) and, given ``dX`` (a tangent of
+    the log-weights), their tangent along it (the Hessian-vector product), else ``None``."""
+    panels, weights = blocked.panels, blocked.weights
+    N, p = weights[0].shape[-1], panels[0].log_pivots.shape[-1]
+    starts = range(N - p, 0, -p)
+    if dX is not None:
+        dLs = [F.pad(dX, (0, N - n, 0, N - n))]
+        tangents = []
+        for a, panel, W in zip(starts, panels, weights, strict=False):
+            tangents.append(_panel_tangents(panel, W, dLs[-1], a, p))
+            dLs.append(tangents[-1].log_weights)
+    mu = weights[0].new_zeros(weights[0].shape[0], 1, 1, dtype=panels[0].pi[0].dtype)
+    d_mu = None if dX is None else torch.zeros_like(mu)
+    for i in range(len(panels) - 1, -1, -1):
+        tangent = () if dX is None else (tangents[i], dLs[i], d_mu)
+        mu, d_mu = _undo_panel(panels[i], weights[i], mu, starts[i], p, *tangent)
+    return mu[:, :n, :n], None if dX is None else d_mu[:, :n, :n]
+
+
+class ExactElimination(NamedTuple):
+    """The exact elimination of ``(B, n, n)`` directed log-weights: blocked, else (per element) in log space."""
+
+    #: ``(B,)`` the log-partition
+    log_z: torch.Tensor
+    #: the :class:`Blocked` elimination of every batch element
+    blocked: Blocked
+    #: ``(R,)`` the batch elements eliminated in log space instead, and their :class:`Step` s (if kept)
+    rest: torch.Tensor
+    steps: list
+    #: ``order[m]`` is the node at elimination position ``m``
+    order: list
+
+
+def eliminate_exactly(theta, root, single_root, keep_steps=False):
+    """The :class:`ExactElimination` of ``(B, n, n)`` directed log-weights, in float64."""
+    X, order, finish = _prepared(theta, root, single_root)
+    blocked = _blocked(X, theta.dtype)
+    rest = (~blocked.exact).nonzero().squeeze(-1)
+    log_z, steps = blocked.log_z, []
+    if rest.numel():
+        log_z_rest, steps = _eliminate_logarithmic(X[rest], keep_steps, X.dtype)
+        log_z = log_z.index_put((rest,), log_z_rest)
+    return ExactElimination(finish(log_z), blocked, rest, steps, order)
 
 
 def _step_tangents(steps, dX):
@@ -320,26 +539,24 @@ def _reverse(steps, tangents=None):
     return mu, d_mu
 
 
-def _inverse_order(order):
-    return sorted(range(len(order)), key=order.__getitem__)
+def _marginals_and_tangent(elimination, v=None):
+    """The marginals of an :class:`ExactElimination` in node order and, given ``v``, their tangent along ``v``.
 
-
-def _marginals(elimination):
-    """The marginals of an :class:`Elimination` kept with its steps, in node order."""
-    mu, _ = _reverse(elimination.steps)
-    return _permute(mu, _inverse_order(elimination.order))
-
-
-def _hvp(elimination, v):
-    """The Hessian-vector product of the log-partition along ``v``: the marginals' derivative.
-
-    Forward mode through the saved steps and their reverse pass, so there is no autograd graph
-    and no second elimination. The Hessian is symmetric, so this is also the marginals' backward.
+    The tangent is the Hessian-vector product of the log-partition; the Hessian is symmetric, so it is also the
+    marginals' backward. It is the forward-mode derivative of the reverse passes, computed alongside them from
+    the saved elimination: no autograd graph and no second elimination.
     """
-    order = elimination.order
-    steps = elimination.steps
-    _, d_mu = _reverse(steps, _step_tangents(steps, _permute(v.to(steps[0].pi.dtype), order)))
-    return _permute(d_mu, _inverse_order(order))
+    order, rest = elimination.order, elimination.rest
+    n = len(order)
+    dX = None if v is None else _permute(v.double(), order)
+    mu, d_mu = _blocked_reverse(elimination.blocked, n, dX)
+    if rest.numel():
+        tangents = None if v is None else _step_tangents(elimination.steps, dX[rest])
+        mu_rest, d_mu_rest = _reverse(elimination.steps, tangents)
+        mu = mu.index_put((rest,), mu_rest.to(mu.dtype))
+        d_mu = None if v is None else d_mu.index_put((rest,), d_mu_rest.to(d_mu.dtype))
+    inverse = _inverse_order(order)
+    return _permute(mu, inverse), None if v is None else _permute(d_mu, inverse)
 
 
 _STRUCTURE = "spanning tree or arborescence"
@@ -350,18 +567,18 @@ class _MatrixTreeMarginals(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, theta, root, single_root):
-        elimination = eliminate(theta, root, single_root, keep_steps=True)
+        elimination = eliminate_exactly(theta, root, single_root, keep_steps=True)
         check_nonempty(elimination.log_z, _STRUCTURE)
         ctx.elimination = elimination
         ctx.save_for_backward(theta)
-        return _marginals(elimination).to(theta.dtype)
+        return _marginals_and_tangent(elimination)[0].to(theta.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_mu):
         (theta,) = ctx.saved_tensors
         absent = ~torch.isfinite(theta)
-        hvp = _hvp(ctx.elimination, grad_mu.masked_fill(absent, 0))
+        hvp = _marginals_and_tangent(ctx.elimination, grad_mu.masked_fill(absent, 0))[1]
         return hvp.to(grad_mu.dtype).masked_fill(absent, 0), None, None
 
 
@@ -370,7 +587,7 @@ class _LogPartition(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, theta, root, single_root):
-        log_z = eliminate(theta, root, single_root).log_z.to(theta.dtype)
+        log_z = eliminate_exactly(theta, root, single_root).log_z.to(theta.dtype)
         ctx.save_for_backward(theta, log_z)
         ctx.root, ctx.single_root = root, single_root
         return log_z

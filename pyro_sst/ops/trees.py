@@ -150,7 +150,7 @@ def _sample_arborescence(logits, root, single_root, sample_shape, generator):
     n = int(logits.shape[-1])
     theta, nan = mask_nan_elements(directed_log_weights(logits, root), 2)
     theta = theta.reshape(-1, n, n).double()
-    elimination = eliminate(theta, root, single_root, keep_steps=True, linear=False)
+    elimination = eliminate(theta, root, single_root, keep_steps=True)
     check_nonempty(elimination.log_z, _STRUCTURE)
     batch = theta.shape[0]
     element = torch.arange(batch, device=theta.device).repeat(sample_shape.numel())
