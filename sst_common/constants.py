@@ -26,15 +26,23 @@ def linear_elimination_max_loss(eps, tiny):
     return math.log(eps / tiny) - LINEAR_ELIMINATION_MARGIN
 
 
-def panel_width(n):
-    """Nodes per panel of the blocked elimination of ``n`` nodes (both backends).
+#: Panel widths of the blocked elimination, ``(most nodes, target width)`` by graph size, measured on 2 cores in
+#: float32 (relaxed trees, marginals and backward). Wider panels put more of the work in the trailing matrix
+#: products, but each panel's own steps are sequential and cost more per node than the node-by-node ones.
+#: numpyro_sst (XLA): one panel up to 17 nodes, 8 nodes a panel up to 160, 16 beyond.
+JAX_PANEL_WIDTHS = ((17, 16), (160, 8), (math.inf, 16))
+#: pyro_sst (eager torch, where every panel adds a dozen operations): one panel up to 32 nodes, 16 beyond.
+TORCH_PANEL_WIDTHS = ((32, 31), (math.inf, 16))
 
-    Wider panels put more of the work in the trailing matrix products, but each panel's own steps are
-    sequential: one panel up to 17 nodes, about 8 nodes a panel up to 160, 16 beyond (measured, float32). The
-    width is then evened out over the panels that ``n - 1`` nodes need, so that padding adds at most one node
-    per panel (padding 9 nodes to 16 took twice the time of 10).
+
+def panel_width(n, widths):
+    """Nodes per panel of the blocked elimination of ``n`` nodes, by ``widths`` (:data:`JAX_PANEL_WIDTHS`,
+    :data:`TORCH_PANEL_WIDTHS`).
+
+    The target width is evened out over the panels that ``n - 1`` nodes need, so that padding adds at most one
+    node per panel (padding 9 nodes to 16 took twice the time of 10).
     """
-    target = 16 if n <= 17 or n > 160 else 8
+    target = next(width for most, width in widths if n <= most)
     panels = max(1, -(-(n - 1) // target))
     return max(1, -(-(n - 1) // panels))
 

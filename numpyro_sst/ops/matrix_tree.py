@@ -67,6 +67,7 @@ from jax.typing import ArrayLike
 
 from sst_common.checks import check_root
 from sst_common.constants import (
+    JAX_PANEL_WIDTHS,
     SINGLE_ROOT_EMPTY_MARGIN,
     SINGLE_ROOT_MARGIN,
     linear_elimination_max_loss,
@@ -396,7 +397,7 @@ def _blocked(X, reverse=True, dX=None):
     runs alongside both.
     """
     n, B = X.shape[0], X.shape[-1]
-    p = panel_width(n)
+    p = panel_width(n, JAX_PANEL_WIDTHS)
     X = _pad_to_panels(X, p)
     N = X.shape[0]
     P = (N - 1) // p

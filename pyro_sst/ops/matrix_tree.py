@@ -68,6 +68,7 @@ from sst_common.checks import check_root
 from sst_common.constants import (
     SINGLE_ROOT_EMPTY_MARGIN,
     SINGLE_ROOT_MARGIN,
+    TORCH_PANEL_WIDTHS,
     linear_elimination_max_loss,
     panel_width,
 )
@@ -426,7 +427,7 @@ def _blocked(X, steps_dtype):
     the largest :math:`-\log` of a pivot in those units.
     """
     n = X.shape[-1]
-    p = panel_width(n)
+    p = panel_width(n, TORCH_PANEL_WIDTHS)
     X = _pad_to_panels(X, p)
     N = X.shape[-1]
     log_scale = log_sum_exp(X, -2)
