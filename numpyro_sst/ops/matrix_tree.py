@@ -1,7 +1,7 @@
 r"""Matrix-tree theorems: log-partition functions, edge marginals and their derivatives (JAX).
 
-The same elimination as :mod:`pyro_sst.ops.matrix_tree`, whose steps it takes in panels (below),
-and the same results to rounding. Every function works on
+The same elimination as :mod:`pyro_sst.ops.matrix_tree`, in the same panels (below), and the
+same results to rounding. Every function works on
 *directed* log-weights ``theta[..., i, j]`` for the edge ``i -> j`` (``i`` is the parent of
 ``j``) and an arborescence rooted at ``root``; undirected spanning trees are the arborescences of
 the symmetric digraph rooted at node 0.
@@ -531,8 +531,9 @@ def _step_tangents(steps, dX):
 def _reverse(steps):
     r"""Marginals ``(n, n, B)`` from the elimination steps, in elimination order, and those of every reduced graph.
 
-    The reverse pass of pyro_sst (:func:`pyro_sst.ops.matrix_tree._reverse`): undoing the
-    elimination of node :math:`k`, with :math:`T = \mu' (1 - f)`,
+    Undoing the elimination of node :math:`k`, which replaced :math:`w_{ij}` by
+    :math:`w'_{ij} = w_{ij} + \pi_i w_{kj}`: with the share :math:`f_{ij} = w_{ij} / w'_{ij}` and
+    :math:`T = \mu' (1 - f)`,
     :math:`\mu_{ij} = \mu'_{ij} f_{ij}`, :math:`\mu_{kj} = \sum_i T_{ij}` and
     :math:`\mu_{ik} = \pi_i (1 - \sum T) + \sum_j T_{ij}`: probabilities and expected counts only.
     Returns ``(mu, reduced)``; ``reduced`` stacks the :math:`\mu'` each step started from, which

@@ -17,6 +17,7 @@ gives NaN log-partitions, marginals, samples and modes for that batch element.
 
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -279,6 +280,37 @@ def _scatter_edges(result, keep, edge, n):
     return result.at[b, jnp.where(keep, edge % n, n)].set(edge // n)
 
 
+class _Round(NamedTuple):
+    """What a round of contraction leaves for the expansion, per element (stacked over rounds in the buffers)."""
+
+    #: ``(B,)`` the element was still contracting
+    live: jax.Array
+    #: ``(B, n)`` the nodes on a cycle this round
+    on_cycle: jax.Array
+    #: ``(B, n)`` the original edge each node's best in-edge stands for
+    edge: jax.Array
+    #: ``(B, n)`` the node each original node was contracted into before this round
+    rep: jax.Array
+
+
+class _Contraction(NamedTuple):
+    """The state of the batched contraction loop: the current graph of every element and what it has done."""
+
+    penalty: jax.Array
+    score: jax.Array
+    #: ``(B, n, n)`` the original edge ``u * n + v`` each edge of the contracted graph stands for
+    origin: jax.Array
+    rep: jax.Array
+    #: ``(B, n)`` the nodes not contracted into another
+    active: jax.Array
+    #: ``(B,)`` the elements whose best in-edges formed no cycle: their edges are written in ``result``
+    done: jax.Array
+    result: jax.Array
+    rounds: jax.Array
+    #: a :class:`_Round` of buffers with one entry per round
+    record: _Round
+
+
 def _chu_liu_edmonds_batched(penalty, score, root):
     """``(B, n)`` parent arrays of the maximum arborescences of ``(B, n, n)`` weights ``(penalty, score)``.
 
@@ -299,7 +331,7 @@ def _chu_liu_edmonds_batched(penalty, score, root):
     active = jnp.ones((B, n), bool)
     done = jnp.zeros(B, bool)
     result = jnp.full((B, n + 1), -1)
-    record = (jnp.zeros((n, B), bool), jnp.zeros((n, B, n), bool), jnp.zeros((n, B, n), int), jnp.zeros((n, B, n), int))
+    record = _Round(jnp.zeros((n, B), bool), jnp.zeros((n, B, n), bool), *(jnp.zeros((n, B, n), int),) * 2)
 
     def contract(state):
         penalty, score, origin, rep, active, done, result, r, record = state
@@ -310,8 +342,8 @@ def _chu_liu_edmonds_batched(penalty, score, root):
         result = _scatter_edges(result, finishing[:, None] & active & (nodes != root), edge, n)
         done = done | finishing
         live = ~done
-        this_round = (live, on_cycle & live[:, None], edge, rep)
-        record = tuple(buf.at[r].set(x) for buf, x in zip(record, this_round, strict=True))
+        this_round = _Round(live, on_cycle & live[:, None], edge, rep)
+        record = _Round(*(buf.at[r].set(x) for buf, x in zip(record, this_round, strict=True)))
         # An edge into a cycle node scores its gain over the cycle edge it would replace.
         into = on_cycle[:, None, :]
         penalty = jnp.where(into, penalty - jnp.take_along_axis(penalty, parent[:, None, :], -2), penalty)
@@ -328,11 +360,13 @@ def _chu_liu_edmonds_batched(penalty, score, root):
         origin = jnp.take_along_axis(origin.reshape(B, -1), jnp.minimum(pick, n * n - 1), -1).reshape(B, n, n)
         rep = jnp.take_along_axis(new, rep, -1)
         active = active & (new == nodes)
-        return penalty.reshape(B, n, n), score.reshape(B, n, n), origin, rep, active, done, result, r + 1, record
+        return _Contraction(
+            penalty.reshape(B, n, n), score.reshape(B, n, n), origin, rep, active, done, result, r + 1, record
+        )
 
-    state = (penalty, score, origin, rep, active, done, result, 0, record)
-    state = jax.lax.while_loop(lambda s: ~jnp.all(s[5]) & (s[7] < n), contract, state)
-    result, rounds, record = state[6], state[7], state[8]
+    state = _Contraction(penalty, score, origin, rep, active, done, result, jnp.array(0), record)
+    state = jax.lax.while_loop(lambda s: ~jnp.all(s.done) & (s.rounds < n), contract, state)
+    result, rounds, record = state.result, state.rounds, state.record
 
     # Each contracted cycle keeps its own edges but the one into the node its chosen in-edge enters.
     def expand(i, result):
