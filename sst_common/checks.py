@@ -42,6 +42,35 @@ def check_float(value, name, low=None, inclusive=False):
     return number
 
 
+#: floating dtypes the ops compute in, by name (float16/bfloat16 lack the batched linear algebra and the range)
+FLOAT_DTYPE_NAMES = ("float32", "float64")
+
+
+def check_array_layout(shape, dtype, name, event_dim):
+    """An array of ``shape`` and ``dtype`` must be float32/float64 with at least ``event_dim`` dims, each event
+    dim of size >= 1 (``dtype`` as the array library names it: ``torch.float32`` or ``float32``)."""
+    if str(dtype).removeprefix("torch.") not in FLOAT_DTYPE_NAMES:
+        raise ValueError(f"{name} must have dtype float32 or float64, got {dtype}")
+    if len(shape) < event_dim or any(size == 0 for size in shape[len(shape) - event_dim :]):
+        layout = "(..., d)" if event_dim == 1 else "(..., n, n)"
+        raise ValueError(f"{name} must have shape {layout} with size >= 1, got shape {tuple(shape)}")
+
+
+def check_square_layout(shape, dtype, name):
+    """An array of ``shape`` and ``dtype`` must be a float ``(..., n, n)`` array with ``n >= 1``."""
+    check_array_layout(shape, dtype, name, 2)
+    if shape[-1] != shape[-2]:
+        raise ValueError(f"{name} must have shape (..., n, n), got shape {tuple(shape)}")
+
+
+def empty_support_message(structure):
+    """What the marginals, samplers and solvers raise where no ``structure`` has finite weight."""
+    return (
+        f"logits: no {structure} has finite weight (the log-partition is -inf), so the marginals, "
+        "samples and modes are undefined; -inf logits mark absent edges or items"
+    )
+
+
 def check_noise(noise):
     if noise not in NOISES:
         raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from sst_common import elements
+from sst_common.checks import empty_support_message
 
 from .validation import raise_if
 
@@ -47,13 +48,7 @@ def fill_nan(out, mask, event_dim):
 
 def raise_if_empty(empty, structure):
     """Raise (on concrete values) where the boolean ``empty`` marks an exponential family with no support."""
-    raise_if(
-        empty,
-        lambda _: (
-            f"logits: no {structure} has finite weight (the log-partition is -inf), so the marginals, "
-            "samples and modes are undefined; -inf logits mark absent edges or items"
-        ),
-    )
+    raise_if(empty, lambda _: empty_support_message(structure))
 
 
 def check_nonempty(log_partition, structure):

@@ -9,29 +9,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = []
+from sst_common.checks import check_array_layout, check_square_layout
 
-#: floating dtypes the ops compute in
-FLOAT_DTYPES = (jnp.float32, jnp.float64)
+__all__ = []
 
 
 def check_array(x, name="logits", event_dim=1):
-    """``x`` as a float32/float64 JAX array with at least ``event_dim`` dims, each event dim of size >= 1."""
+    """``x`` as a JAX array; it must be a float32/float64 array with at least ``event_dim`` dims, each event dim of
+    size >= 1."""
     if not isinstance(x, (jax.Array, np.ndarray)):
         raise ValueError(f"{name} must be a JAX or NumPy array, got {type(x).__name__}")
-    if x.dtype not in FLOAT_DTYPES:
-        raise ValueError(f"{name} must have dtype float32 or float64, got {x.dtype}")
-    if x.ndim < event_dim or any(size == 0 for size in x.shape[x.ndim - event_dim :]):
-        layout = "(..., d)" if event_dim == 1 else "(..., n, n)"
-        raise ValueError(f"{name} must have shape {layout} with size >= 1, got shape {tuple(x.shape)}")
+    check_array_layout(x.shape, x.dtype, name, event_dim)
     return jnp.asarray(x)
 
 
 def check_square(x, name="logits"):
-    """``x`` as a float ``(..., n, n)`` array with ``n >= 1``."""
+    """``x`` as a JAX array; it must be a float ``(..., n, n)`` array with ``n >= 1``."""
     x = check_array(x, name, 2)
-    if x.shape[-1] != x.shape[-2]:
-        raise ValueError(f"{name} must have shape (..., n, n), got shape {tuple(x.shape)}")
+    check_square_layout(x.shape, x.dtype, name)
     return x
 
 

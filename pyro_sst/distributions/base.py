@@ -27,7 +27,7 @@ from sst_common.checks import INVALID_LOGITS, check_event_shape, check_noise
 
 from ..ops.logspace import fill_nan
 from ..ops.noise import sample_noise, utility_kl, utility_log_prob
-from ..ops.validation import check_tensor
+from ..ops.validation import check_array
 
 
 def validating(validate_args):
@@ -81,7 +81,7 @@ class StructuredDistribution(TorchDistribution):
         return logits.shape[logits.dim() - self.event_dim :]
 
     def _init_structure(self, logits, extra_batch_shape, validate_args, extra_name="temperature"):
-        check_tensor(logits, "logits", self.event_dim)
+        check_array(logits, "logits", self.event_dim)
         event_shape = self._event_shape_of(logits)
         self._check_event_shape(event_shape)
         logits_batch = logits.shape[: logits.dim() - self.event_dim]
@@ -256,7 +256,7 @@ class PerturbAndRelax(StructuredDistribution):
         validate_args: bool | None = None,
     ) -> None:
         check_noise(noise)
-        check_tensor(logits, "logits", self.event_dim)
+        check_array(logits, "logits", self.event_dim)
         temperature = _as_temperature(temperature, logits)
         self.noise = noise
         self.straight_through = bool(straight_through)

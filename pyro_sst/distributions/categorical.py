@@ -24,7 +24,7 @@ from torch.distributions.kl import register_kl
 
 from sst_common.checks import INVALID_CATEGORICAL_LOGITS, INVALID_PROBS, NO_CLASS, check_event_shape
 
-from ..ops.validation import check_tensor
+from ..ops.validation import check_array
 from . import constraints
 from .base import validating
 from .subsets import RelaxedTopK
@@ -37,7 +37,7 @@ def _logits_from(probs, logits, validate_args):
         raise ValueError("pass exactly one of probs or logits")
     if logits is not None:
         return logits
-    check_tensor(probs, "probs", 1)
+    check_array(probs, "probs", 1)
     if validating(validate_args):
         valid = (torch.isfinite(probs) & (probs >= 0)).all(-1) & (probs.sum(-1) > 0)
         if not bool(valid.all()):

@@ -8,7 +8,7 @@ from sst_common.checks import check_k
 
 from .. import ops
 from ..ops.subsets import RELAXATIONS, check_relaxation
-from ..ops.validation import check_tensor
+from ..ops.validation import check_array
 from . import constraints
 from .base import ExponentialFamily, PerturbAndRelax, exp_family_kl
 
@@ -32,7 +32,7 @@ class KSubsetStructure:
         return self.event_shape[-1]
 
     def _set_k(self, logits, k):
-        check_tensor(logits, "logits", 1)
+        check_array(logits, "logits", 1)
         self.k = check_k(k, logits.shape[-1])
 
     def _check_event_shape(self, event_shape):

@@ -15,6 +15,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from sst_common import elements
+from sst_common.checks import empty_support_message
 
 from .tracing import untraced
 
@@ -80,10 +81,7 @@ def log_partition_backward(grad, theta, log_z, safe_theta, marginals):
 def check_nonempty(log_partition, structure):
     """Raise where an exponential family has an empty support (``A = -inf``): its marginals are undefined."""
     if bool((log_partition == -math.inf).any()):
-        raise ValueError(
-            f"logits: no {structure} has finite weight (the log-partition is -inf), so the marginals, "
-            "samples and modes are undefined; -inf logits mark absent edges or items"
-        )
+        raise ValueError(empty_support_message(structure))
 
 
 def program_gradient(program, theta, create_graph=False):

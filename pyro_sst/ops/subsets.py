@@ -63,7 +63,7 @@ from .logspace import (
 )
 from .noise import sample_noise
 from .tracing import opaque_call, untraced
-from .validation import check_tensor
+from .validation import check_array
 
 __all__ = [
     "RELAXATIONS",
@@ -80,7 +80,7 @@ __all__ = [
 
 
 def _check_args(logits, k, name="logits"):
-    check_tensor(logits, name, 1)
+    check_array(logits, name, 1)
     return check_k(k, logits.shape[-1])
 
 
