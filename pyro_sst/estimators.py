@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch.distributions import Bernoulli, Distribution
 from torch.distributions import RelaxedBernoulli as TorchRelaxedBernoulli
 
-from sst_common.checks import check_int, check_per_structure
+from sst_common.checks import check_baseline, check_int, check_per_structure
 
 from . import ops
 from .distributions.base import ExponentialFamily, PerturbAndRelax
@@ -128,7 +128,7 @@ def score_function(
     :returns: :class:`Estimate` with ``baseline_loss`` the mean of ``(f(x) - b)^2``.
     """
     n = check_int(num_samples, "num_samples", 1)
-    _check_baseline(baseline, n)
+    check_baseline(baseline, n)
     x, log_q = _hard_samples_and_scores(dist, n)
     values = _per_structure(f, x, dist)
     b = _baseline_values(baseline, values.detach(), n)
@@ -148,16 +148,6 @@ def _hard_samples_and_scores(dist, n):
         x = bernoulli.sample((n,))
         return x, bernoulli.log_prob(x)
     raise _unsupported(dist, "score_function")
-
-
-def _check_baseline(baseline, n):
-    if isinstance(baseline, str):
-        if baseline != "loo":
-            raise ValueError(f"baseline must be None, 'loo', a float or a callable, got {baseline!r}")
-        if n < 2:
-            raise ValueError(f"num_samples must be >= 2 for baseline='loo', got {n}")
-    elif not (baseline is None or callable(baseline) or isinstance(baseline, (int, float))):
-        raise ValueError(f"baseline must be None, 'loo', a float or a callable, got {type(baseline).__name__}")
 
 
 def _baseline_values(baseline, values, n):

@@ -71,6 +71,41 @@ def empty_support_message(structure):
     )
 
 
+#: relaxations of a k-subset (``RelaxedTopK(relaxation=...)``), in the order the docs list them
+RELAXATIONS = ("exp_family", "euclidean", "categorical_entropy", "binary_entropy")
+
+
+def check_relaxation(relaxation):
+    if relaxation not in RELAXATIONS:
+        raise ValueError(f"relaxation must be one of {RELAXATIONS}, got {relaxation!r}")
+
+
+def all_options(cls):
+    """The static options of a distribution class: the ``_options`` that it and each class it derives from
+    declare, in the order of its method resolution order, each once."""
+    return tuple(dict.fromkeys(name for base in cls.__mro__ for name in base.__dict__.get("_options", ())))
+
+
+def check_same_options(q, p):
+    """KL divergences need the two distributions to live on the same structure (``straight_through`` aside)."""
+    if type(q) is not type(p) or q.event_shape != p.event_shape:
+        raise ValueError(f"kl_divergence needs two {type(q).__name__} with the same event shape")
+    for name in all_options(type(q)):
+        if name != "straight_through" and getattr(q, name) != getattr(p, name):
+            raise ValueError(f"kl_divergence needs the same {name}, got {getattr(q, name)!r} and {getattr(p, name)!r}")
+
+
+def check_baseline(baseline, num_samples):
+    """An estimator's ``baseline``: ``None``, ``"loo"`` (with at least 2 samples), a number or a callable."""
+    if isinstance(baseline, str):
+        if baseline != "loo":
+            raise ValueError(f"baseline must be None, 'loo', a float or a callable, got {baseline!r}")
+        if num_samples < 2:
+            raise ValueError(f"num_samples must be >= 2 for baseline='loo', got {num_samples}")
+    elif not (baseline is None or callable(baseline) or isinstance(baseline, (int, float))):
+        raise ValueError(f"baseline must be None, 'loo', a float or a callable, got {type(baseline).__name__}")
+
+
 def check_noise(noise):
     if noise not in NOISES:
         raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")

@@ -15,6 +15,7 @@ from numpyro.distributions.kl import kl_divergence as numpyro_kl
 
 import numpyro_sst
 import pyro_sst
+from sst_common.checks import RELAXATIONS, all_options
 
 BATCH = (2,)
 
@@ -181,12 +182,22 @@ def test_infer_shapes(backend, name):
     assert tuple(event) == tuple(dist.event_shape)
 
 
+@pytest.mark.parametrize("package", [pyro_sst, numpyro_sst], ids=lambda p: p.__name__)
+def test_static_options_are_collected_from_the_class_hierarchy(package):
+    """Each class declares its own options; a class has those of every class it derives from, once."""
+    assert all_options(package.RelaxedArborescence) == ("root", "single_root", "noise", "straight_through")
+    assert all_options(package.RelaxedTopK) == ("k", "relaxation", "noise", "straight_through")
+    assert all_options(package.GumbelSinkhorn) == ("n_iters", "tol", "backward", "noise", "straight_through")
+    assert all_options(package.SpanningTree) == () and all_options(package.KSubset) == ("k",)
+    assert tuple(package.ops.subsets.RELAXATIONS) == RELAXATIONS
+
+
 @pytest.mark.parametrize("backend,name", _cases())
 def test_expand_keeps_class_options_and_log_prob(backend, name):
     dist = _make(backend, name)
     wide = dist.expand((3,) + BATCH)
     assert type(wide) is type(dist) and tuple(wide.batch_shape) == (3,) + BATCH
-    for option in type(dist)._options if backend is Pyro else dist._all_options():
+    for option in all_options(type(dist)):
         assert getattr(wide, option) == getattr(dist, option)
     assert tuple(backend.sample(wide).shape) == (3,) + BATCH + tuple(dist.event_shape)
     value = _scored_value(backend, name, dist)
@@ -230,7 +241,7 @@ def test_jax_transforms_of_the_distribution(name):
     dist = _make(NumPyro, name)
     same = jax.jit(lambda d: d)(dist)
     assert type(same) is type(dist) and same.batch_shape == dist.batch_shape
-    for option in dist._all_options():
+    for option in all_options(type(dist)):
         assert getattr(same, option) == getattr(dist, option)
     leaves, tree = jax.tree_util.tree_flatten(dist)
     np.testing.assert_allclose(jax.tree_util.tree_unflatten(tree, leaves).log_partition, dist.log_partition, rtol=1e-6)

@@ -26,7 +26,7 @@ from numpyro.distributions.batch_util import _default_vmap_over, vmap_over
 from numpyro.distributions.distribution import ExpandedDistribution
 from numpyro.distributions.util import validate_sample
 
-from sst_common.checks import INVALID_LOGITS, check_event_shape, check_noise
+from sst_common.checks import INVALID_LOGITS, all_options, check_event_shape, check_noise, check_same_options
 
 from ..ops.noise import sample_noise, utility_kl, utility_log_prob
 from ..ops.validation import check_array, is_concrete
@@ -37,15 +37,6 @@ def validating(validate_args):
     if validate_args is None:
         return Distribution._validate_args
     return bool(validate_args)
-
-
-def check_same_options(q, p):
-    """KL divergences need the two distributions to live on the same structure."""
-    if type(q) is not type(p) or q.event_shape != p.event_shape:
-        raise ValueError(f"kl_divergence needs two {type(q).__name__} with the same event shape")
-    for name in q._all_options():
-        if name != "straight_through" and getattr(q, name) != getattr(p, name):
-            raise ValueError(f"kl_divergence needs the same {name}, got {getattr(q, name)!r} and {getattr(p, name)!r}")
 
 
 def validate_value(log_prob):
@@ -87,7 +78,7 @@ class StructuredDistribution(Distribution):
     def __init_subclass__(cls, **kwargs):
         # Options are auxiliary pytree data; numpyro gathers those of Distribution subclasses only, so each
         # class lists every option it has, including those of its structure mixin.
-        cls.pytree_aux_fields = cls._all_options()
+        cls.pytree_aux_fields = all_options(cls)
         super().__init_subclass__(**kwargs)
 
     def _init_structure(self, logits, extra_batch_shape, validate_args, extra_name="temperature"):
@@ -200,15 +191,11 @@ class StructuredDistribution(Distribution):
         ExpandedDistribution._broadcast_shape(self.batch_shape, batch_shape)  # NumPyro's error for a bad shape
         new = type(self).__new__(type(self))
         self._expand_arrays(new, batch_shape)
-        for name in self._all_options():
+        for name in all_options(type(self)):
             setattr(new, name, getattr(self, name))
         Distribution.__init__(new, batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new
-
-    @classmethod
-    def _all_options(cls):
-        return tuple(dict.fromkeys(name for base in cls.__mro__ for name in base.__dict__.get("_options", ())))
 
 
 class ExponentialFamily(StructuredDistribution):

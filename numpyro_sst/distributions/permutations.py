@@ -71,7 +71,7 @@ class GumbelSinkhorn(PermutationStructure, PerturbAndRelax):
     :param bool straight_through: hard forward value, relaxed gradient.
     """
 
-    _options = PerturbAndRelax._options + ("n_iters", "tol", "backward")
+    _options = ("n_iters", "tol", "backward")
 
     def __init__(
         self,

@@ -5,10 +5,10 @@ from jax.typing import ArrayLike
 from numpyro.distributions import constraints as numpyro_constraints
 from numpyro.distributions.kl import kl_divergence
 
-from sst_common.checks import check_k
+from sst_common.checks import check_k, check_relaxation
 
 from .. import ops
-from ..ops.subsets import RELAXATIONS, check_relaxation
+from ..ops.subsets import RELAXATIONS
 from ..ops.validation import check_array
 from . import constraints
 from .base import ExponentialFamily, PerturbAndRelax, exp_family_kl
@@ -81,7 +81,7 @@ class RelaxedTopK(KSubsetStructure, PerturbAndRelax):
     """
 
     arg_constraints = {"logits": numpyro_constraints.real_vector, "temperature": numpyro_constraints.positive}
-    _options = PerturbAndRelax._options + ("k", "relaxation")
+    _options = ("k", "relaxation")
 
     def __init__(
         self,

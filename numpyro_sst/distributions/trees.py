@@ -148,8 +148,6 @@ class RelaxedArborescence(ArborescenceStructure, PerturbAndRelax):
     other arguments.
     """
 
-    _options = PerturbAndRelax._options + ArborescenceStructure._options
-
     def __init__(
         self,
         logits: ArrayLike,

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike, DTypeLike
 
 from sst_common import enumeration
-from sst_common.checks import check_k
+from sst_common.checks import check_k, check_relaxation
 from sst_common.constants import SUBSET_DIRECT_CONVOLUTION_MAX_LENGTH, subset_tilt_bisection_steps
 
 from .logspace import fill_nan, log_partition_tangent, log_sum_exp, mask_nan_elements, undefined_where_empty
@@ -479,11 +479,6 @@ RELAXATIONS = {
     "categorical_entropy": categorical_entropy_top_k,
     "binary_entropy": binary_entropy_top_k,
 }
-
-
-def check_relaxation(relaxation):
-    if relaxation not in RELAXATIONS:
-        raise ValueError(f"relaxation must be one of {tuple(RELAXATIONS)}, got {relaxation!r}")
 
 
 def relaxed_top_k(v: ArrayLike, k: int, relaxation: str = "exp_family") -> jax.Array:

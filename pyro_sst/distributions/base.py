@@ -23,7 +23,7 @@ from pyro.distributions.torch_distribution import TorchDistribution
 from torch.distributions import constraints
 from torch.distributions.utils import lazy_property
 
-from sst_common.checks import INVALID_LOGITS, check_event_shape, check_noise
+from sst_common.checks import INVALID_LOGITS, all_options, check_event_shape, check_noise, check_same_options
 
 from ..ops.logspace import fill_nan
 from ..ops.noise import sample_noise, utility_kl, utility_log_prob
@@ -35,15 +35,6 @@ def validating(validate_args):
     if validate_args is None:
         return torch.distributions.Distribution._validate_args
     return bool(validate_args)
-
-
-def check_same_options(q, p):
-    """KL divergences need the two distributions to live on the same structure."""
-    if type(q) is not type(p) or q.event_shape != p.event_shape:
-        raise ValueError(f"kl_divergence needs two {type(q).__name__} with the same event shape")
-    for name in q._options:
-        if name != "straight_through" and getattr(q, name) != getattr(p, name):
-            raise ValueError(f"kl_divergence needs the same {name}, got {getattr(q, name)!r} and {getattr(p, name)!r}")
 
 
 def _as_temperature(temperature, logits):
@@ -177,7 +168,7 @@ class StructuredDistribution(TorchDistribution):
                 f"Cannot broadcast distribution of shape {tuple(self.batch_shape)} to shape {tuple(batch_shape)}"
             )
         self._expand_tensors(new, batch_shape)
-        for name in self._options:
+        for name in all_options(type(self)):
             setattr(new, name, getattr(self, name))
         super(StructuredDistribution, new).__init__(batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args

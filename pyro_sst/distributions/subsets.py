@@ -4,10 +4,10 @@ import torch
 from torch.distributions import constraints as torch_constraints
 from torch.distributions.kl import register_kl
 
-from sst_common.checks import check_k
+from sst_common.checks import check_k, check_relaxation
 
 from .. import ops
-from ..ops.subsets import RELAXATIONS, check_relaxation
+from ..ops.subsets import RELAXATIONS
 from ..ops.validation import check_array
 from . import constraints
 from .base import ExponentialFamily, PerturbAndRelax, exp_family_kl
@@ -81,7 +81,7 @@ class RelaxedTopK(KSubsetStructure, PerturbAndRelax):
     """
 
     arg_constraints = {"logits": torch_constraints.real_vector, "temperature": torch_constraints.positive}
-    _options = PerturbAndRelax._options + ("k", "relaxation")
+    _options = ("k", "relaxation")
 
     def __init__(
         self,

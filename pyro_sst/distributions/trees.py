@@ -159,8 +159,6 @@ class RelaxedArborescence(ArborescenceStructure, PerturbAndRelax):
     See :class:`RelaxedSpanningTree` for the other arguments.
     """
 
-    _options = PerturbAndRelax._options + ArborescenceStructure._options
-
     def __init__(
         self,
         logits: torch.Tensor,

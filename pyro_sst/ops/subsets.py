@@ -50,7 +50,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from sst_common import enumeration
-from sst_common.checks import check_k
+from sst_common.checks import check_k, check_relaxation
 from sst_common.constants import SUBSET_DIRECT_CONVOLUTION_MAX_LENGTH, subset_tilt_bisection_steps
 
 from .logspace import (
@@ -558,11 +558,6 @@ RELAXATIONS = {
     "categorical_entropy": categorical_entropy_top_k,
     "binary_entropy": binary_entropy_top_k,
 }
-
-
-def check_relaxation(relaxation):
-    if relaxation not in RELAXATIONS:
-        raise ValueError(f"relaxation must be one of {tuple(RELAXATIONS)}, got {relaxation!r}")
 
 
 def relaxed_top_k(v: torch.Tensor, k: int, relaxation: str = "exp_family") -> torch.Tensor:
