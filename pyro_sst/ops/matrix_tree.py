@@ -268,13 +268,19 @@ class Panel(NamedTuple):
     log_pivots: torch.Tensor
 
 
+def _has_rows(a):
+    """Whether a panel starting at node ``a`` has rows into the nodes before it: not where the root alone is left
+    (``a = 1``), which no edge enters."""
+    return a > 1
+
+
 def _eliminate_panel(W, a, p, steps_dtype):
     """The :class:`Panel` eliminating nodes ``a + p - 1, ..., a`` of ``(B, a + p, a + p)`` (or larger) weights; the
     steps' parent distributions and shares are kept in ``steps_dtype``."""
-    end = a + p
+    end, has_rows = a + p, _has_rows(a)
     columns, rows = W[:, :end, a:end].clone(), W[:, a:end, :a].clone()
     pis, share_columns, share_rows = [None] * p, [None] * p, [None] * p
-    pi_rest, lam_rest = W.new_empty(W.shape[0], a, p), W.new_empty(W.shape[0], p, a)
+    pi_rest, lam_rest = W.new_empty(W.shape[0], a, p), W.new_zeros(W.shape[0], p, a)
     log_pivots = W.new_empty(W.shape[0], p)
     own = torch.arange(p, device=W.device)
     for l in range(p - 1, -1, -1):  # noqa: E741
@@ -285,15 +291,19 @@ def _eliminate_panel(W, a, p, steps_dtype):
         pis[l] = pi.to(steps_dtype)
         pi_rest[:, :, l] = pi[:, :a]  # in float64: the trailing product may rest on what steps_dtype flushes
         log_pivots[:, l] = pivot[:, 0].log()
-        lam_rest[:, l] = rows[:, l]
+        if has_rows:
+            lam_rest[:, l] = rows[:, l]
         if l:
-            old_columns, old_rows = columns[:, :q, :l], rows[:, :l]
+            old_columns = columns[:, :q, :l]
             new_columns = torch.addcmul(old_columns, pi[:, :, None], columns[:, q, None, :l])
             new_columns[:, a + own[:l], own[:l]] = 0.0  # a path j -> q -> j is a self-loop: in no tree
-            new_rows = torch.addcmul(old_rows, pi[:, a:q, None], rows[:, l, None, :])
             share_columns[l] = _safe_ratio(old_columns, new_columns).to(steps_dtype)
+            columns[:, :q, :l] = new_columns
+        if l and has_rows:
+            old_rows = rows[:, :l]
+            new_rows = torch.addcmul(old_rows, pi[:, a:q, None], rows[:, l, None, :])
             share_rows[l] = _safe_ratio(old_rows, new_rows).to(steps_dtype)
-            columns[:, :q, :l], rows[:, :l] = new_columns, new_rows
+            rows[:, :l] = new_rows
     weights = torch.baddbmm(W[:, :a, :a], pi_rest, lam_rest)
     weights.diagonal(dim1=-2, dim2=-1).zero_()
     return Panel(pis, share_columns, share_rows, pi_rest, lam_rest, weights, log_pivots)
@@ -312,10 +322,10 @@ class PanelTangents(NamedTuple):
 
 def _panel_tangents(panel, W, dL, a, p):
     """The :class:`PanelTangents` of ``panel``, eliminated from ``W``, along ``dL`` (tangent of ``log W``)."""
-    end, dtype = a + p, panel.pi[0].dtype
+    end, dtype, has_rows = a + p, panel.pi[0].dtype, _has_rows(a)
     d_columns, d_rows = dL[:, :end, a:end].to(dtype, copy=True), dL[:, a:end, :a].to(dtype, copy=True)
     d_pi, d_share_columns, d_share_rows = [None] * p, [None] * p, [None] * p
-    d_log_lam, d_pi_rest = d_rows.new_empty(panel.lam_rest.shape), torch.empty_like(panel.pi_rest)
+    d_log_lam, d_pi_rest = d_rows.new_zeros(panel.lam_rest.shape), torch.empty_like(panel.pi_rest)
     own = torch.arange(p, device=W.device)
     for l in range(p - 1, -1, -1):  # noqa: E741
         q = a + l
@@ -324,18 +334,23 @@ def _panel_tangents(panel, W, dL, a, p):
         d_log_pi = d_column - (pi * d_column).sum(-1, keepdim=True)
         d_pi[l] = pi * d_log_pi
         d_pi_rest[:, :, l] = panel.pi_rest[:, :, l] * d_log_pi[:, :a]
-        d_log_lam[:, l] = d_rows[:, l]
+        if has_rows:
+            d_log_lam[:, l] = d_rows[:, l]
+        # a new weight w' = w + pi lam mixes the tangents of its two terms by their shares
         if l:
-            # a new weight w' = w + pi lam mixes the tangents of its two terms by their shares
-            s_c, s_r = panel.share_columns[l], panel.share_rows[l]
+            s_c = panel.share_columns[l]
             d_via_c = d_log_pi[:, :, None] + d_columns[:, q, None, :l]
-            d_via_r = d_log_pi[:, a:q, None] + d_rows[:, l, None, :]
-            d_diff_c, d_diff_r = d_columns[:, :q, :l] - d_via_c, d_rows[:, :l] - d_via_r
+            d_diff_c = d_columns[:, :q, :l] - d_via_c
             d_share_columns[l] = s_c * (1 - s_c) * d_diff_c
-            d_share_rows[l] = s_r * (1 - s_r) * d_diff_r
             new_columns = torch.addcmul(d_via_c, s_c, d_diff_c)
             new_columns[:, a + own[:l], own[:l]] = 0.0
-            d_columns[:, :q, :l], d_rows[:, :l] = new_columns, torch.addcmul(d_via_r, s_r, d_diff_r)
+            d_columns[:, :q, :l] = new_columns
+        if l and has_rows:
+            s_r = panel.share_rows[l]
+            d_via_r = d_log_pi[:, a:q, None] + d_rows[:, l, None, :]
+            d_diff_r = d_rows[:, :l] - d_via_r
+            d_share_rows[l] = s_r * (1 - s_r) * d_diff_r
+            d_rows[:, :l] = torch.addcmul(d_via_r, s_r, d_diff_r)
     d_lam_rest = panel.lam_rest * d_log_lam.to(W.dtype)
     d_weights = W[:, :a, :a] * dL[:, :a, :a] + d_pi_rest @ panel.lam_rest + panel.pi_rest @ d_lam_rest
     d_log_weights = _safe_ratio(d_weights, panel.weights)
@@ -352,7 +367,7 @@ def _undo_panel(panel, W, mu, a, p, tangents=None, dL=None, d_mu=None):
     a row or a column, those are what each step's node passes on. Then the panel's own steps are undone as in
     :func:`_reverse`.
     """
-    B, end, dtype = W.shape[0], a + p, panel.pi[0].dtype
+    B, end, dtype, has_rows = W.shape[0], a + p, panel.pi[0].dtype, _has_rows(a)
     G = _safe_ratio(mu, panel.weights)
     G_lam, pi_G = G @ panel.lam_rest.mT, panel.pi_rest.mT @ G
     # What each step's node receives from the nodes left, by row (its column of marginals, the panel's rows padded)
@@ -368,28 +383,35 @@ def _undo_panel(panel, W, mu, a, p, tangents=None, dL=None, d_mu=None):
         q = a + l
         column = mu_c[:, :q, l]
         if l:
-            s_c, s_r = panel.share_columns[l], panel.share_rows[l]
-            c, r = mu_c[:, :q, :l], mu_r[:, :l]
-            kept_c, kept_r = c * s_c, r * s_r
-            through_c, through_r = c - kept_c, r - kept_r
+            s_c = panel.share_columns[l]
+            c = mu_c[:, :q, :l]
+            kept_c = c * s_c
+            through_c = c - kept_c
             if tangents is not None:
-                dc, dr = d_mu_c[:, :q, :l], d_mu_r[:, :l]
+                dc = d_mu_c[:, :q, :l]
                 d_kept_c = torch.addcmul(dc * s_c, c, tangents.share_columns[l])
-                d_kept_r = torch.addcmul(dr * s_r, r, tangents.share_rows[l])
-                d_through_c, d_through_r = dc - d_kept_c, dr - d_kept_r
-                d_column = d_mu_c[:, :q, l]
-                d_column.add_(d_through_c.sum(-1))
-                d_column[:, a:].add_(d_through_r.sum(-1))
-                d_mu_r[:, l].add_(d_through_r.sum(-2))
+                d_through_c = dc - d_kept_c
+                d_mu_c[:, :q, l].add_(d_through_c.sum(-1))
                 dc.copy_(d_kept_c)
-                dr.copy_(d_kept_r)
                 d_mu_c[:, q, :l] = d_through_c.sum(-2)
             column.add_(through_c.sum(-1))
+            c.copy_(kept_c)
+            mu_c[:, q, :l] = through_c.sum(-2)
+        if l and has_rows:
+            s_r = panel.share_rows[l]
+            r = mu_r[:, :l]
+            kept_r = r * s_r
+            through_r = r - kept_r
+            if tangents is not None:
+                dr = d_mu_r[:, :l]
+                d_kept_r = torch.addcmul(dr * s_r, r, tangents.share_rows[l])
+                d_through_r = dr - d_kept_r
+                d_mu_c[:, a:q, l].add_(d_through_r.sum(-1))
+                d_mu_r[:, l].add_(d_through_r.sum(-2))
+                dr.copy_(d_kept_r)
             column[:, a:].add_(through_r.sum(-1))
             mu_r[:, l].add_(through_r.sum(-2))
-            c.copy_(kept_c)
             r.copy_(kept_r)
-            mu_c[:, q, :l] = through_c.sum(-2)
         pi, rest = panel.pi[l], 1 - column.sum(-1, keepdim=True)
         if tangents is not None:
             d_column = d_mu_c[:, :q, l]
