@@ -87,3 +87,17 @@ def _release_when_large():
     yield
     if _resident_bytes() > RESIDENT_LIMIT_BYTES:
         _release_compiled_programs()
+
+
+#: modules of end-to-end tests (the examples' smoke runs, the scale-out scripts, the wheel build): 5 to 40 seconds
+#: a test, each compiling programs no other module uses
+LONG_MODULES = ("test_examples.py", "test_scale_out.py", "test_packaging.py")
+
+
+def pytest_collection_modifyitems(items):
+    """The long end-to-end modules first: pytest-xdist hands each worker a contiguous share of the list and lets
+    an idle worker take tests from the end of another's, so long tests at the end would leave a core idle while
+    the last one finishes. Whole modules move, so every module's tests stay together (sharing compiled
+    programs)."""
+    first = [item for item in items if item.path.name in LONG_MODULES]
+    items[:] = first + [item for item in items if item.path.name not in LONG_MODULES]
