@@ -1,14 +1,17 @@
 """A hard low-temperature regime (t = 0.05, logit spread 10, n = 30, float32) for every structure: exact values, finite
-gradients. Trees are checked against the matrix-tree theorem in 160-digit arithmetic (mpmath), which no float
-inverse reaches here (the scaled Laplacians have condition numbers near e^200)."""
+gradients. Tree marginals (both backends) are checked against the matrix-tree theorem in 160-digit arithmetic
+(mpmath), which no float inverse reaches here (the scaled Laplacians have condition numbers near e^200)."""
 
 import math
 
+import jax
+import jax.numpy as jnp
 import mpmath
 import numpy as np
 import pytest
 import torch
 
+import numpyro_sst.ops as numpyro_ops
 from pyro_sst import GumbelSinkhorn, RelaxedArborescence, RelaxedSpanningTree, RelaxedTopK, ops
 
 N, T, SPREAD = 30, 0.05, 10.0
@@ -59,25 +62,50 @@ def _exact_arborescence_marginals(theta, root, single_root):
     return mu
 
 
+def _pyro_marginals(theta, root, single_root, spanning_tree):
+    """``(float32 marginals, float64 marginals)`` of float32 ``theta`` by pyro_sst."""
+    theta = torch.as_tensor(theta)
+    if spanning_tree:
+        return ops.spanning_tree_marginals(theta).numpy(), ops.spanning_tree_marginals(theta.double()).numpy()
+    marginals = lambda t: ops.arborescence_marginals(t, root, single_root).numpy()  # noqa: E731
+    return marginals(theta), marginals(theta.double())
+
+
+def _jax_marginals(theta, root, single_root, spanning_tree):
+    """The same by numpyro_sst: float32 as JAX runs by default (30 nodes are four panels there), float64 under x64."""
+
+    def marginals(t):
+        if spanning_tree:
+            return np.asarray(numpyro_ops.spanning_tree_marginals(t))
+        return np.asarray(numpyro_ops.arborescence_marginals(t, root, single_root))
+
+    mu32 = marginals(jnp.asarray(theta, jnp.float32))
+    with jax.enable_x64(True):
+        return mu32, marginals(jnp.asarray(np.asarray(theta, np.float64)))
+
+
+BACKENDS = {"pyro_sst": _pyro_marginals, "numpyro_sst": _jax_marginals}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("root,single_root", [(0, False), (4, True)])
-def test_arborescence_marginals_at_low_temperature_are_exact(root, single_root):
-    logits, theta = _utilities((3, N, N), seed=1)
-    mu = ops.arborescence_marginals(theta, root, single_root)
-    assert mu.dtype == torch.float32
+def test_arborescence_marginals_at_low_temperature_are_exact(root, single_root, backend):
+    _, theta = _utilities((3, N, N), seed=1)
+    mu, mu64 = BACKENDS[backend](theta.numpy(), root, single_root, spanning_tree=False)
+    assert mu.dtype == np.float32
     # One element in 160 digits (a second each); the float64 path covers the batch.
-    np.testing.assert_allclose(mu[0].numpy(), _exact_arborescence_marginals(theta[0], root, single_root), atol=1e-4)
-    np.testing.assert_allclose(
-        mu.numpy(), ops.arborescence_marginals(theta.double(), root, single_root).numpy(), atol=1e-4
-    )
+    np.testing.assert_allclose(mu[0], _exact_arborescence_marginals(theta[0], root, single_root), atol=1e-4)
+    np.testing.assert_allclose(mu, mu64, atol=1e-4)
 
 
-def test_spanning_tree_marginals_at_low_temperature_are_exact():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_spanning_tree_marginals_at_low_temperature_are_exact(backend):
     _, theta = _utilities((3, N, N), seed=2)
     theta = ops.symmetrize_upper(theta)
-    mu = ops.spanning_tree_marginals(theta)
+    mu, mu64 = BACKENDS[backend](theta.numpy(), 0, False, spanning_tree=True)
     directed = _exact_arborescence_marginals(theta[0], 0, False)
-    np.testing.assert_allclose(mu[0].numpy(), directed + directed.T, atol=1e-4)
-    np.testing.assert_allclose(mu.numpy(), ops.spanning_tree_marginals(theta.double()).numpy(), atol=1e-4)
+    np.testing.assert_allclose(mu[0], directed + directed.T, atol=1e-4)
+    np.testing.assert_allclose(mu, mu64, atol=1e-4)
 
 
 @pytest.mark.parametrize(
