@@ -253,10 +253,11 @@ class Panel(NamedTuple):
     by the node's place ``l`` in the panel (node ``a + l``, the ``p - l``-th eliminated).
     """
 
-    #: ``(B, a + l)`` each step's parent distribution :math:`\pi` over the nodes left
+    #: ``(B, a + l)`` each step's parent distribution :math:`\pi` over the nodes left (these three lists hold
+    #: ``None`` where the steps are not kept)
     pi: list
     #: ``(B, a + l, l)`` / ``(B, l, a)`` each step's share of the panel's columns / rows that was there before
-    #: (``None`` for ``l = 0``)
+    #: (``None`` for ``l = 0``, and for the rows where only the root is left)
     share_columns: list
     share_rows: list
     #: ``(B, a, p)`` the steps' parent distributions on the nodes before the panel, ``(B, p, a)`` their out-weights
@@ -274,11 +275,12 @@ def _has_rows(a):
     return a > 1
 
 
-def _eliminate_panel(W, a, p, steps_dtype):
-    """The :class:`Panel` eliminating nodes ``a + p - 1, ..., a`` of ``(B, a + p, a + p)`` (or larger) weights; the
-    steps' parent distributions and shares are kept in ``steps_dtype``."""
+def _eliminate_panel(W, a, p, steps_dtype, keep_steps):
+    """The :class:`Panel` eliminating nodes ``a + p - 1, ..., a`` of ``(B, a + p, a + p)`` (or larger) weights; with
+    ``keep_steps`` the steps' parent distributions and shares, in ``steps_dtype`` (else only what the nodes left
+    and the log-partition need)."""
     end, has_rows = a + p, _has_rows(a)
-    columns, rows = W[:, :end, a:end].clone(), W[:, a:end, :a].clone()
+    columns, rows = W[:, :end, a:end].clone(), W[:, a:end, :a].clone() if has_rows else None
     pis, share_columns, share_rows = [None] * p, [None] * p, [None] * p
     pi_rest, lam_rest = W.new_empty(W.shape[0], a, p), W.new_zeros(W.shape[0], p, a)
     log_pivots = W.new_empty(W.shape[0], p)
@@ -288,7 +290,8 @@ def _eliminate_panel(W, a, p, steps_dtype):
         column = columns[:, :q, l]
         pivot = column.sum(-1, keepdim=True)
         pi = _safe_ratio(column, pivot)
-        pis[l] = pi.to(steps_dtype)
+        if keep_steps:
+            pis[l] = pi.to(steps_dtype)
         pi_rest[:, :, l] = pi[:, :a]  # in float64: the trailing product may rest on what steps_dtype flushes
         log_pivots[:, l] = pivot[:, 0].log()
         if has_rows:
@@ -297,12 +300,14 @@ def _eliminate_panel(W, a, p, steps_dtype):
             old_columns = columns[:, :q, :l]
             new_columns = torch.addcmul(old_columns, pi[:, :, None], columns[:, q, None, :l])
             new_columns[:, a + own[:l], own[:l]] = 0.0  # a path j -> q -> j is a self-loop: in no tree
-            share_columns[l] = _safe_ratio(old_columns, new_columns).to(steps_dtype)
+            if keep_steps:
+                share_columns[l] = _safe_ratio(old_columns, new_columns).to(steps_dtype)
             columns[:, :q, :l] = new_columns
         if l and has_rows:
             old_rows = rows[:, :l]
             new_rows = torch.addcmul(old_rows, pi[:, a:q, None], rows[:, l, None, :])
-            share_rows[l] = _safe_ratio(old_rows, new_rows).to(steps_dtype)
+            if keep_steps:
+                share_rows[l] = _safe_ratio(old_rows, new_rows).to(steps_dtype)
             rows[:, :l] = new_rows
     weights = torch.baddbmm(W[:, :a, :a], pi_rest, lam_rest)
     weights.diagonal(dim1=-2, dim2=-1).zero_()
@@ -323,9 +328,10 @@ class PanelTangents(NamedTuple):
 def _panel_tangents(panel, W, dL, a, p):
     """The :class:`PanelTangents` of ``panel``, eliminated from ``W``, along ``dL`` (tangent of ``log W``)."""
     end, dtype, has_rows = a + p, panel.pi[0].dtype, _has_rows(a)
-    d_columns, d_rows = dL[:, :end, a:end].to(dtype, copy=True), dL[:, a:end, :a].to(dtype, copy=True)
+    d_columns = dL[:, :end, a:end].to(dtype, copy=True)
+    d_rows = dL[:, a:end, :a].to(dtype, copy=True) if has_rows else None
     d_pi, d_share_columns, d_share_rows = [None] * p, [None] * p, [None] * p
-    d_log_lam, d_pi_rest = d_rows.new_zeros(panel.lam_rest.shape), torch.empty_like(panel.pi_rest)
+    d_log_lam, d_pi_rest = d_columns.new_zeros(panel.lam_rest.shape), torch.empty_like(panel.pi_rest)
     own = torch.arange(p, device=W.device)
     for l in range(p - 1, -1, -1):  # noqa: E741
         q = a + l
@@ -434,13 +440,17 @@ class Blocked(NamedTuple):
     log_z: torch.Tensor
     #: ``(B,)`` where no column lost more than :data:`MAX_LOSS` nats (elsewhere the log-space elimination serves)
     exact: torch.Tensor
-    #: the normalised weights ``(B, N, N)``, padded to ``N = 1 + P p`` nodes, then each panel's weights left
-    weights: list
+    #: the normalised weights ``(B, N, N)``, padded to ``N = 1 + P p`` nodes
+    normalised: torch.Tensor
     #: the :class:`Panel` s, in elimination order (the last nodes first)
     panels: list
 
+    def panel_inputs(self):
+        """The weights each panel was eliminated from: the normalised ones, then each panel's weights left."""
+        return [self.normalised] + [panel.weights for panel in self.panels[:-1]]
 
-def _blocked(X, steps_dtype):
+
+def _blocked(X, steps_dtype, keep_steps):
     r"""The blocked elimination (:class:`Blocked`) of ``(B, n, n)`` float64 log-weights in elimination order.
 
     The same elimination as :func:`_eliminate_logarithmic`, panel by panel (:class:`Panel`, ``p`` nodes a
@@ -453,21 +463,21 @@ def _blocked(X, steps_dtype):
     X = _pad_to_panels(X, p)
     N = X.shape[-1]
     log_scale = log_sum_exp(X, -2)
-    weights = [(X - log_scale.nan_to_num(neginf=0.0)[..., None, :]).exp()]
+    normalised = weights = (X - log_scale.nan_to_num(neginf=0.0)[..., None, :]).exp()
     panels = []
     for a in range(N - p, 0, -p):
-        panels.append(_eliminate_panel(weights[-1], a, p, steps_dtype))
-        weights.append(panels[-1].weights)
+        panels.append(_eliminate_panel(weights, a, p, steps_dtype, keep_steps))
+        weights = panels[-1].weights
     log_pivots = torch.cat([panel.log_pivots for panel in panels], -1)
     log_z = log_pivots.sum(-1) + log_scale[:, 1:].sum(-1)
     exact = torch.isfinite(log_z) & (-log_pivots.amin(-1) <= MAX_LOSS)
-    return Blocked(log_z, exact, weights, panels)
+    return Blocked(log_z, exact, normalised, panels)
 
 
 def _blocked_reverse(blocked, n, dX=None):
     """Marginals ``(B, n, n)`` of a :class:`Blocked` elimination (elimination order) and, given ``dX`` (a tangent of
     the log-weights), their tangent along it (the Hessian-vector product), else ``None``."""
-    panels, weights = blocked.panels, blocked.weights
+    panels, weights = blocked.panels, blocked.panel_inputs()
     N, p = weights[0].shape[-1], panels[0].log_pivots.shape[-1]
     starts = range(N - p, 0, -p)
     if dX is not None:
@@ -501,7 +511,7 @@ class ExactElimination(NamedTuple):
 def eliminate_exactly(theta, root, single_root, keep_steps=False):
     """The :class:`ExactElimination` of ``(B, n, n)`` directed log-weights, in float64."""
     X, order, finish = _prepared(theta, root, single_root)
-    blocked = _blocked(X, theta.dtype)
+    blocked = _blocked(X, theta.dtype, keep_steps)
     rest = (~blocked.exact).nonzero().squeeze(-1)
     log_z, steps = blocked.log_z, []
     if rest.numel():
