@@ -56,9 +56,8 @@ def check_array_layout(shape, dtype, name, event_dim):
         raise ValueError(f"{name} must have shape {layout} with size >= 1, got shape {tuple(shape)}")
 
 
-def check_square_layout(shape, dtype, name):
-    """An array of ``shape`` and ``dtype`` must be a float ``(..., n, n)`` array with ``n >= 1``."""
-    check_array_layout(shape, dtype, name, 2)
+def check_square_shape(shape, name):
+    """An array of ``shape`` (checked by :func:`check_array_layout` with ``event_dim=2``) must be ``(..., n, n)``."""
     if shape[-1] != shape[-2]:
         raise ValueError(f"{name} must have shape (..., n, n), got shape {tuple(shape)}")
 

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sst_common.checks import check_array_layout, check_square_layout
+from sst_common.checks import check_array_layout, check_square_shape
 
 __all__ = []
 
@@ -26,7 +26,7 @@ def check_array(x, name="logits", event_dim=1):
 def check_square(x, name="logits"):
     """``x`` as a JAX array; it must be a float ``(..., n, n)`` array with ``n >= 1``."""
     x = check_array(x, name, 2)
-    check_square_layout(x.shape, x.dtype, name)
+    check_square_shape(x.shape, name)
     return x
 
 

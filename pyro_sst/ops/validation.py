@@ -5,7 +5,7 @@ Every check raises :class:`ValueError` naming the argument and the allowed range
 
 import torch
 
-from sst_common.checks import check_array_layout, check_square_layout
+from sst_common.checks import check_array_layout, check_square_shape
 
 from .tracing import quiet_trace_time_checks
 
@@ -24,5 +24,5 @@ def check_array(x, name="logits", event_dim=1):
 def check_square(x, name="logits"):
     """``x``, which must be a float ``(..., n, n)`` tensor with ``n >= 1``."""
     check_array(x, name, 2)
-    check_square_layout(x.shape, x.dtype, name)
+    check_square_shape(x.shape, name)
     return x
