@@ -1,18 +1,14 @@
 r"""Shared machinery: the structured exponential family and the perturb-and-relax trick (NumPyro).
 
-The same design as :mod:`pyro_sst.distributions.base`. A structure is a 0/1 array
-:math:`x \in \mathcal{X}` with the shape of the ``logits`` :math:`\theta`; each structure class (a
-mixin such as :class:`~numpyro_sst.distributions.trees.SpanningTreeStructure`) supplies only
-``_log_partition``, ``_marginals``, ``solve`` (argmax), ``_exact_sample``, ``_enumerate`` and
-``support``, and, where not every entry of :math:`\theta` is a free parameter (trees),
-``_free_mask`` and ``_canonical(x)``.
-
-:class:`StructuredDistribution` gives :math:`\log q(x) = \langle\theta, x\rangle - A(\theta)`, the
-marginals :math:`\mu = \nabla A`, the mode, ``expand`` and shape inference; :class:`PerturbAndRelax`
-adds the stochastic softmax trick and :class:`ExponentialFamily` the exact exponential-family
-sampler. Instances are pytrees whose leaves are the arrays (``logits``, ``temperature``); the
-options (``k``, ``root``, ``noise``, ...) are static auxiliary data, so an instance passes through
-``jax.jit``, ``jax.vmap`` and ``lax.map`` and is rebuilt with the same options.
+:class:`StructuredDistribution` joins a structure of :mod:`sst_common.structures` (which supplies the
+log-partition, marginals, argmax, exact sampler and enumeration, and which entries of ``logits`` are
+free parameters) to NumPyro's ``Distribution``: it gives
+:math:`\log q(x) = \langle\theta, x\rangle - A(\theta)`, the marginals :math:`\mu = \nabla A`, the mode,
+``expand`` and shape inference; :class:`PerturbAndRelax` adds the stochastic softmax trick and
+:class:`ExponentialFamily` the exact exponential-family sampler. Instances are pytrees whose leaves are
+the arrays (``logits``, ``temperature``); the options (``k``, ``root``, ``noise``, ...) are static
+auxiliary data, so an instance passes through ``jax.jit``, ``jax.vmap`` and ``lax.map`` and is rebuilt
+with the same options.
 """
 
 import functools
@@ -27,7 +23,9 @@ from numpyro.distributions.distribution import ExpandedDistribution
 from numpyro.distributions.util import validate_sample
 
 from sst_common.checks import INVALID_LOGITS, all_options, check_event_shape, check_noise, check_same_options
+from sst_common.structures import Structure
 
+from .. import ops
 from ..ops.noise import sample_noise, utility_kl, utility_log_prob
 from ..ops.validation import check_array, is_concrete
 
@@ -66,26 +64,27 @@ def _as_temperature(temperature, logits):
     return t
 
 
-class StructuredDistribution(Distribution):
+class StructuredDistribution(Structure, Distribution):
     """Base of every structured distribution: exponential-family algebra, shapes and pytree layout."""
 
-    arg_constraints = {"logits": constraints.independent(constraints.real, 2)}
+    _ops = ops
+    #: the other arguments' constraints; ``logits`` is added per class with the structure's event dims
+    arg_constraints = {}
     pytree_data_fields = ("logits",)
-    event_dim = 2
-    #: names of the static options (pytree auxiliary data; ``expand`` copies them)
-    _options = ()
 
     def __init_subclass__(cls, **kwargs):
+        logits = constraints.independent(constraints.real, cls._event_ndim)
+        cls.arg_constraints = {"logits": logits, **{k: v for k, v in cls.arg_constraints.items() if k != "logits"}}
         # Options are auxiliary pytree data; numpyro gathers those of Distribution subclasses only, so each
         # class lists every option it has, including those of its structure mixin.
         cls.pytree_aux_fields = all_options(cls)
         super().__init_subclass__(**kwargs)
 
     def _init_structure(self, logits, extra_batch_shape, validate_args, extra_name="temperature"):
-        logits = check_array(logits, "logits", self.event_dim)
-        event_shape = tuple(logits.shape[logits.ndim - self.event_dim :])
+        logits = check_array(logits, "logits", self._event_ndim)
+        event_shape = tuple(logits.shape[logits.ndim - self._event_ndim :])
         self._check_event_shape(event_shape)
-        logits_batch = tuple(logits.shape[: logits.ndim - self.event_dim])
+        logits_batch = tuple(logits.shape[: logits.ndim - self._event_ndim])
         try:
             batch_shape = tuple(jnp.broadcast_shapes(logits_batch, tuple(extra_batch_shape)))
         except ValueError:
@@ -123,29 +122,15 @@ class StructuredDistribution(Distribution):
 
     @property
     def _free_mask(self):
-        """Which entries of ``logits`` are parameters (default: all of them): a NumPy constant, never traced."""
-        return np.ones(self.event_shape, bool)
+        """``_free_entries`` as a NumPy constant of shape ``event_shape`` (never traced)."""
+        idx = np.arange(self.event_shape[-1])
+        free = self._free_entries(idx[:, None], idx)
+        return np.ones(self.event_shape, bool) if free is None else free
 
-    def _canonical(self, x):
-        """``x`` with the non-free entries filled in (default: unchanged)."""
-        return x
-
-    def _check_event_shape(self, event_shape):
-        if event_shape[-1] != event_shape[-2]:
-            raise ValueError(f"logits must have shape (..., n, n), got event shape {event_shape}")
+    def _zero_where_not_free(self, x):
+        return jnp.where(self._free_mask, x, 0)
 
     # ------------------------------------------------------------------ algebra
-    def _sum_event(self, x):
-        return x.sum(tuple(range(-self.event_dim, 0)))
-
-    def _score(self, value):
-        """``<theta, value>`` over the free entries, broadcasting over leading dims.
-
-        Entries where ``value`` is 0 add 0, also where the logit is ``-inf`` (an absent edge or item), with
-        zero gradients there.
-        """
-        return self._sum_event(_product_where_nonzero(self.logits, value, self._free_mask))
-
     @property
     def log_partition(self) -> jax.Array:
         r""":math:`A(\theta) = \log \sum_{x \in \mathcal X} e^{\langle\theta, x\rangle}`, shape ``batch_shape``."""
@@ -166,15 +151,12 @@ class StructuredDistribution(Distribution):
         r""":math:`\langle\theta, x\rangle - A(\theta)`, summed over the free entries."""
         return self._score(value) - self.log_partition
 
-    def _exp_family_entropy(self):
-        return self.log_partition - self._score(self.marginals)
-
     # ------------------------------------------------------------------ shapes
     @classmethod
     def infer_shapes(cls, logits: ArrayLike, *args, **arg_shapes) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """``(batch_shape, event_shape)`` from the shapes of the arguments (the default assumes a scalar event)."""
-        event_shape = tuple(logits[len(logits) - cls.event_dim :])
-        batch_shape = tuple(logits[: len(logits) - cls.event_dim])
+        event_shape = tuple(logits[len(logits) - cls._event_ndim :])
+        batch_shape = tuple(logits[: len(logits) - cls._event_ndim])
         for name, shape in arg_shapes.items():
             if name in cls.arg_constraints and name != "logits" and shape is not None:
                 batch_shape = tuple(jnp.broadcast_shapes(batch_shape, tuple(shape)))
@@ -221,7 +203,7 @@ class ExponentialFamily(StructuredDistribution):
 
     def sample(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
         """Exact sample of shape ``sample_shape + batch_shape + event_shape`` from the key ``key``."""
-        return self._exact_sample(key, tuple(sample_shape))
+        return self._exact_sample(tuple(sample_shape), key)
 
     def enumerate_support(self, expand: bool = True) -> jax.Array:
         """All structures, shape ``(N,) + batch_shape + event_shape`` (small sizes only)."""
@@ -255,10 +237,7 @@ class PerturbAndRelax(StructuredDistribution):
     the relaxed samples (data processing inequality).
     """
 
-    arg_constraints = {
-        "logits": constraints.independent(constraints.real, 2),
-        "temperature": constraints.positive,
-    }
+    arg_constraints = {"temperature": constraints.positive}
     pytree_data_fields = ("temperature",)
     reparametrized_params = ["logits", "temperature"]
     _options = ("noise", "straight_through")
@@ -272,7 +251,7 @@ class PerturbAndRelax(StructuredDistribution):
         validate_args: bool | None = None,
     ) -> None:
         check_noise(noise)
-        logits = check_array(logits, "logits", self.event_dim)
+        logits = check_array(logits, "logits", self._event_ndim)
         temperature = _as_temperature(temperature, logits)
         self.noise = noise
         self.straight_through = bool(straight_through)
@@ -284,7 +263,7 @@ class PerturbAndRelax(StructuredDistribution):
         new.temperature = jnp.broadcast_to(self.temperature, batch_shape)
 
     def _per_event(self, t):
-        return t.reshape(t.shape + (1,) * self.event_dim)
+        return t.reshape(t.shape + (1,) * self._event_ndim)
 
     # ------------------------------------------------------------- the trick
     def sample_utilities(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
@@ -299,7 +278,7 @@ class PerturbAndRelax(StructuredDistribution):
         ``utilities.shape[:-event_dim]``.
         """
         log_p = utility_log_prob(self.noise, utilities, self.logits)
-        return self._sum_event(jnp.where(self._free_mask, log_p, 0))
+        return self._sum_event(self._zero_where_not_free(log_p))
 
     def relax(self, utilities: ArrayLike) -> jax.Array:
         r"""The relaxed sample for given utilities, e.g. :math:`\mu(U / t)` (differentiable).
@@ -343,21 +322,7 @@ class PerturbAndRelax(StructuredDistribution):
         ):
             raise ValueError("kl_divergence needs equal temperatures; the utility KL does not bound it otherwise")
         kl = utility_kl(self.noise, self.logits, other.logits)
-        return self._sum_event(jnp.where(self._free_mask, kl, 0))
-
-
-def _product_where_nonzero(x, y, mask):
-    """``x * y`` on ``mask`` where ``y != 0``, else 0: no ``inf * 0`` (or ``nan``) in the value or the gradient."""
-    present = (y != 0) & mask
-    return jnp.where(present, jnp.where(present, x, 0) * y, 0)
-
-
-def exp_family_kl(q, p):
-    r""":math:`\mathrm{KL}(q\|p) = A(\theta_p) - A(\theta_q) + \langle\theta_q - \theta_p, \mu(\theta_q)\rangle`."""
-    check_same_options(q, p)
-    # Entries absent from q (marginal 0) add 0, whatever p says; absent from p only: +inf.
-    diff_times_mu = _product_where_nonzero(q.logits - p.logits, q.marginals, q._free_mask)
-    return p.log_partition - q.log_partition + q._sum_event(diff_times_mu)
+        return self._sum_event(self._zero_where_not_free(kl))
 
 
 @vmap_over.register

@@ -2,13 +2,13 @@ r"""Permutations: Gumbel-Sinkhorn (the SST over the Birkhoff polytope), NumPyro.
 
 import warnings
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 from numpyro.distributions.kl import kl_divergence
 
 from sst_common.checks import check_sinkhorn_args
+from sst_common.structures import PermutationStructure
 
 from .. import ops
 from ..ops.validation import is_concrete, raise_if
@@ -16,28 +16,6 @@ from . import constraints
 from .base import PerturbAndRelax
 
 __all__ = ["GumbelSinkhorn"]
-
-
-class PermutationStructure:
-    r"""Permutations of ``n``: ``x[i, j] = 1`` iff row ``i`` goes to column ``j``.
-
-    :math:`A(\theta) = \log\operatorname{perm}(e^{\theta})`: exact for ``n <= 12``, the Bethe
-    approximation beyond (:func:`numpyro_sst.ops.log_permanent`).
-    """
-
-    @property
-    def num_items(self) -> int:
-        return self.event_shape[-1]
-
-    def _log_partition(self, logits):
-        return ops.log_permanent(logits)
-
-    def _marginals(self, logits):
-        return ops.permutation_marginals(logits)
-
-    def solve(self, utilities: ArrayLike) -> jax.Array:
-        """Maximum-weight assignment of ``utilities`` (batched Hungarian in ``lax`` loops)."""
-        return ops.max_assignment(utilities)
 
 
 _NO_PERMUTATION = (

@@ -1,59 +1,16 @@
 r"""k-subsets: the relaxed top-k (SST) and the exact exponential family over k-subsets (NumPyro)."""
 
-import jax
 from jax.typing import ArrayLike
-from numpyro.distributions import constraints as numpyro_constraints
 from numpyro.distributions.kl import kl_divergence
 
-from sst_common.checks import check_k, check_relaxation
+from sst_common.checks import check_relaxation
+from sst_common.structures import KSubsetStructure, exp_family_kl
 
-from .. import ops
 from ..ops.subsets import RELAXATIONS
-from ..ops.validation import check_array
 from . import constraints
-from .base import ExponentialFamily, PerturbAndRelax, exp_family_kl
+from .base import ExponentialFamily, PerturbAndRelax
 
 __all__ = ["KSubset", "RelaxedTopK"]
-
-
-class KSubsetStructure:
-    r"""k-subsets of ``d`` items.
-
-    Value: ``(..., d)`` k-hot vector. :math:`A(\theta) = \log e_k(e^{\theta})`, the elementary
-    symmetric polynomial, by the inside pass of :func:`numpyro_sst.ops.log_elementary_symmetric`;
-    the marginals are its exact gradient.
-    """
-
-    event_dim = 1
-    arg_constraints = {"logits": numpyro_constraints.real_vector}
-    _options = ("k",)
-
-    @property
-    def num_items(self) -> int:
-        return self.event_shape[-1]
-
-    def _set_k(self, logits, k):
-        logits = check_array(logits, "logits", 1)
-        self.k = check_k(k, logits.shape[-1])
-
-    def _check_event_shape(self, event_shape):
-        """Any ``d``; ``k`` was checked against it."""
-
-    def _log_partition(self, logits):
-        return ops.log_elementary_symmetric(logits, self.k)
-
-    def _marginals(self, logits):
-        return ops.subset_marginals(logits, self.k)
-
-    def solve(self, utilities: ArrayLike) -> jax.Array:
-        """Top-k of ``utilities`` as a k-hot vector (ties to the lowest index)."""
-        return ops.top_k_mask(utilities, self.k)
-
-    def _exact_sample(self, key, sample_shape):
-        return ops.sample_k_subset(key, self.logits, self.k, sample_shape)
-
-    def _enumerate(self):
-        return ops.enumerate_k_subsets(self.num_items, self.k)
 
 
 class RelaxedTopK(KSubsetStructure, PerturbAndRelax):
@@ -80,7 +37,6 @@ class RelaxedTopK(KSubsetStructure, PerturbAndRelax):
     :param bool straight_through: hard forward value, relaxed gradient.
     """
 
-    arg_constraints = {"logits": numpyro_constraints.real_vector, "temperature": numpyro_constraints.positive}
     _options = ("k", "relaxation")
 
     def __init__(

@@ -1,99 +1,14 @@
 r"""Spanning trees and arborescences: relaxed (SST) and exact exponential-family classes (NumPyro)."""
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 from jax.typing import ArrayLike
 from numpyro.distributions.kl import kl_divergence
 
-from sst_common.checks import check_root
+from sst_common.structures import ArborescenceStructure, SpanningTreeStructure, exp_family_kl
 
-from .. import ops
-from ..ops.validation import check_square
 from . import constraints
-from .base import ExponentialFamily, PerturbAndRelax, exp_family_kl
+from .base import ExponentialFamily, PerturbAndRelax
 
 __all__ = ["Arborescence", "RelaxedArborescence", "RelaxedSpanningTree", "SpanningTree"]
-
-
-class SpanningTreeStructure:
-    r"""Undirected spanning trees of :math:`K_n`.
-
-    Value: ``(..., n, n)`` symmetric 0/1 matrix with zero diagonal, :math:`\sum_{i<j} x_{ij} = n - 1`.
-    Only the strict upper triangle of ``logits`` is read; :math:`A(\theta)` is Kirchhoff's
-    log-determinant of the weighted Laplacian minor. :func:`numpyro_sst.ops.edge_logits_to_matrix`
-    converts Pyro-style colex edge logits.
-    """
-
-    @property
-    def num_nodes(self) -> int:
-        return self.event_shape[-1]
-
-    @property
-    def _free_mask(self):
-        return np.triu(np.ones((self.num_nodes, self.num_nodes), bool), 1)
-
-    def _canonical(self, x):
-        return ops.symmetrize_upper(x)
-
-    def _log_partition(self, logits):
-        return ops.spanning_tree_log_partition(logits)
-
-    def _marginals(self, logits):
-        return ops.spanning_tree_marginals(logits)
-
-    def solve(self, utilities: ArrayLike) -> jax.Array:
-        """Maximum spanning tree of ``utilities`` (batched Prim)."""
-        return ops.max_spanning_tree(utilities)
-
-    def _exact_sample(self, key, sample_shape):
-        return ops.sample_spanning_tree(key, self.logits, sample_shape)
-
-    def _enumerate(self):
-        return ops.enumerate_spanning_trees(self.num_nodes)
-
-
-class ArborescenceStructure:
-    r"""Arborescences (directed spanning trees) rooted at ``root``.
-
-    Value: ``(..., n, n)`` with ``x[i, j] = 1`` iff ``i`` is the parent of ``j``; non-root columns
-    sum to 1, the root column is 0. :math:`A(\theta)` by Tutte's directed matrix-tree theorem; with
-    ``single_root=True`` the root has exactly one child (Koo et al., 2007).
-    """
-
-    _options = ("root", "single_root")
-
-    @property
-    def num_nodes(self) -> int:
-        return self.event_shape[-1]
-
-    def _set_root(self, logits, root, single_root):
-        logits = check_square(logits)
-        self.root, self.single_root = check_root(logits.shape[-1], root, single_root), bool(single_root)
-
-    @property
-    def _free_mask(self):
-        idx = np.arange(self.num_nodes)
-        return (idx[:, None] != idx) & (idx != self.root)
-
-    def _canonical(self, x):
-        return jnp.where(self._free_mask, x, 0)
-
-    def _log_partition(self, logits):
-        return ops.arborescence_log_partition(logits, self.root, self.single_root)
-
-    def _marginals(self, logits):
-        return ops.arborescence_marginals(logits, self.root, self.single_root)
-
-    def solve(self, utilities: ArrayLike) -> jax.Array:
-        """Maximum arborescence of ``utilities`` (batched Chu-Liu-Edmonds)."""
-        return ops.max_arborescence(self._canonical(utilities), self.root, self.single_root)
-
-    def _exact_sample(self, key, sample_shape):
-        return ops.sample_arborescence(key, self.logits, self.root, self.single_root, sample_shape)
-
-    def _enumerate(self):
-        return ops.enumerate_arborescences(self.num_nodes, self.root, self.single_root)
 
 
 class RelaxedSpanningTree(SpanningTreeStructure, PerturbAndRelax):

@@ -138,3 +138,9 @@ def gradient_marginals(
     """
     check_nonempty(program(jax.lax.stop_gradient(logits)), structure)
     return jax.grad(lambda t: program(t).sum())(logits)
+
+
+def product_where_nonzero(x, y, mask):
+    """``x * y`` on ``mask`` where ``y != 0``, else 0: no ``inf * 0`` (or ``nan``) in the value or the gradient."""
+    present = (y != 0) & mask
+    return jnp.where(present, jnp.where(present, x, 0) * y, 0)

@@ -1,20 +1,10 @@
 r"""Shared machinery: the structured exponential family and the perturb-and-relax trick.
 
-A structure is a 0/1 array :math:`x \in \mathcal{X}` with the shape of the
-``logits`` :math:`\theta`. Each structure class (a mixin such as
-:class:`~pyro_sst.distributions.trees.SpanningTreeStructure`) supplies only:
-
-* ``_log_partition``, ``_marginals``, ``solve`` (argmax), ``_exact_sample``,
-  ``_enumerate`` and ``support``;
-* where not every entry of :math:`\theta` is a free parameter (trees):
-  ``_free_mask``, which entries are parameters (each counted once), and
-  ``_canonical(x)``, the array with the non-free entries filled in (mirrored for
-  undirected trees, zeroed otherwise). The defaults read every entry.
-
-:class:`StructuredDistribution` then gives
-:math:`\log q(x) = \langle\theta, x\rangle - A(\theta)`, the marginals
-:math:`\mu = \nabla A`, the mode, ``expand`` and shape inference;
-:class:`PerturbAndRelax` adds the stochastic softmax trick and
+:class:`StructuredDistribution` joins a structure of :mod:`sst_common.structures` (which supplies the
+log-partition, marginals, argmax, exact sampler and enumeration, and which entries of ``logits`` are
+free parameters) to Pyro's ``TorchDistribution``: it gives
+:math:`\log q(x) = \langle\theta, x\rangle - A(\theta)`, the marginals :math:`\mu = \nabla A`, the mode,
+``expand`` and shape inference; :class:`PerturbAndRelax` adds the stochastic softmax trick and
 :class:`ExponentialFamily` the exact exponential-family sampler.
 """
 
@@ -24,7 +14,9 @@ from torch.distributions import constraints
 from torch.distributions.utils import lazy_property
 
 from sst_common.checks import INVALID_LOGITS, all_options, check_event_shape, check_noise, check_same_options
+from sst_common.structures import Structure
 
+from .. import ops
 from ..ops.logspace import fill_nan
 from ..ops.noise import sample_noise, utility_kl, utility_log_prob
 from ..ops.validation import check_array
@@ -60,22 +52,26 @@ def _broadcasts_to(shape, target):
         return False
 
 
-class StructuredDistribution(TorchDistribution):
+class StructuredDistribution(Structure, TorchDistribution):
     """Base of every structured distribution: exponential-family algebra and shapes."""
 
-    arg_constraints = {"logits": constraints.independent(constraints.real, 2)}
-    event_dim = 2
-    #: names of the non-tensor options that ``expand`` copies (set by subclasses)
-    _options = ()
+    _ops = ops
+    #: the other arguments' constraints; ``logits`` is added per class with the structure's event dims
+    arg_constraints = {}
+
+    def __init_subclass__(cls, **kwargs):
+        logits = constraints.independent(constraints.real, cls._event_ndim)
+        cls.arg_constraints = {"logits": logits, **{k: v for k, v in cls.arg_constraints.items() if k != "logits"}}
+        super().__init_subclass__(**kwargs)
 
     def _event_shape_of(self, logits):
-        return logits.shape[logits.dim() - self.event_dim :]
+        return logits.shape[logits.dim() - self._event_ndim :]
 
     def _init_structure(self, logits, extra_batch_shape, validate_args, extra_name="temperature"):
-        check_array(logits, "logits", self.event_dim)
+        check_array(logits, "logits", self._event_ndim)
         event_shape = self._event_shape_of(logits)
         self._check_event_shape(event_shape)
-        logits_batch = logits.shape[: logits.dim() - self.event_dim]
+        logits_batch = logits.shape[: logits.dim() - self._event_ndim]
         try:
             batch_shape = torch.broadcast_shapes(logits_batch, extra_batch_shape)
         except RuntimeError:
@@ -95,29 +91,15 @@ class StructuredDistribution(TorchDistribution):
 
     @lazy_property
     def _free_mask(self):
-        """Which entries of ``logits`` are parameters (default: all of them)."""
-        return torch.ones(self.event_shape, dtype=torch.bool, device=self.logits.device)
+        """``_free_entries`` as a boolean tensor of shape ``event_shape``."""
+        idx = torch.arange(self.event_shape[-1], device=self.logits.device)
+        free = self._free_entries(idx[:, None], idx)
+        return torch.ones(self.event_shape, dtype=torch.bool, device=self.logits.device) if free is None else free
 
-    def _canonical(self, x):
-        """``x`` with the non-free entries filled in (default: unchanged)."""
-        return x
-
-    def _check_event_shape(self, event_shape):
-        if event_shape[-1] != event_shape[-2]:
-            raise ValueError(f"logits must have shape (..., n, n), got event shape {tuple(event_shape)}")
+    def _zero_where_not_free(self, x):
+        return torch.where(self._free_mask, x, torch.zeros_like(x))
 
     # ------------------------------------------------------------------ algebra
-    def _sum_event(self, x):
-        return x.sum(tuple(range(-self.event_dim, 0)))
-
-    def _score(self, value):
-        """``<theta, value>`` over the free entries, broadcasting over leading dims.
-
-        Entries where ``value`` is 0 add 0, also where the logit is ``-inf`` (an absent edge or item), with
-        zero gradients there.
-        """
-        return self._sum_event(_product_where_nonzero(self.logits, value, self._free_mask))
-
     @lazy_property
     def log_partition(self) -> torch.Tensor:
         r""":math:`A(\theta) = \log \sum_{x \in \mathcal X} e^{\langle\theta, x\rangle}`, shape ``batch_shape``."""
@@ -140,16 +122,13 @@ class StructuredDistribution(TorchDistribution):
             self._validate_sample(value)
         return self._score(value) - self.log_partition
 
-    def _exp_family_entropy(self):
-        return self.log_partition - self._score(self.marginals)
-
     # ------------------------------------------------------------------ shapes
     @classmethod
     def infer_shapes(cls, logits: torch.Tensor, **arg_shapes) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Batch and event shapes from argument shapes: the event is the last ``event_dim`` dims of ``logits``,
         the other arguments broadcast with the rest."""
-        event_shape = torch.Size(logits[len(logits) - cls.event_dim :])
-        batch_shape = torch.Size(logits[: len(logits) - cls.event_dim])
+        event_shape = torch.Size(logits[len(logits) - cls._event_ndim :])
+        batch_shape = torch.Size(logits[: len(logits) - cls._event_ndim])
         for name, shape in arg_shapes.items():
             if name in cls.arg_constraints:
                 batch_shape = torch.broadcast_shapes(batch_shape, shape)
@@ -235,7 +214,7 @@ class PerturbAndRelax(StructuredDistribution):
     relaxed samples (data processing inequality).
     """
 
-    arg_constraints = {"logits": constraints.independent(constraints.real, 2), "temperature": constraints.positive}
+    arg_constraints = {"temperature": constraints.positive}
     has_rsample = True
 
     def __init__(
@@ -247,7 +226,7 @@ class PerturbAndRelax(StructuredDistribution):
         validate_args: bool | None = None,
     ) -> None:
         check_noise(noise)
-        check_array(logits, "logits", self.event_dim)
+        check_array(logits, "logits", self._event_ndim)
         temperature = _as_temperature(temperature, logits)
         self.noise = noise
         self.straight_through = bool(straight_through)
@@ -262,7 +241,7 @@ class PerturbAndRelax(StructuredDistribution):
         new.temperature = self.temperature.expand(batch_shape)
 
     def _per_event(self, t):
-        return t.reshape(t.shape + (1,) * self.event_dim)
+        return t.reshape(t.shape + (1,) * self._event_ndim)
 
     # ------------------------------------------------------------- the trick
     def sample_utilities(self, sample_shape: tuple[int, ...] = torch.Size()) -> torch.Tensor:
@@ -278,7 +257,7 @@ class PerturbAndRelax(StructuredDistribution):
         ``utilities.shape[:-event_dim]``.
         """
         log_p = utility_log_prob(self.noise, utilities, self.logits)
-        return self._sum_event(torch.where(self._free_mask, log_p, torch.zeros_like(log_p)))
+        return self._sum_event(self._zero_where_not_free(log_p))
 
     def relax(self, utilities: torch.Tensor) -> torch.Tensor:
         r"""The relaxed sample for given utilities, e.g. :math:`\mu(U / t)` (differentiable).
@@ -287,7 +266,7 @@ class PerturbAndRelax(StructuredDistribution):
         """
         scores = utilities / self._per_event(self.temperature)
         nan = self._sum_event(torch.isnan(scores) & self._free_mask) > 0
-        return fill_nan(self._relax(scores.masked_fill(self._per_event(nan), 0)), nan, self.event_dim)
+        return fill_nan(self._relax(scores.masked_fill(self._per_event(nan), 0)), nan, self._event_ndim)
 
     def _relax(self, scores):
         """The regularised argmax of ``scores = U / t`` (default: the exponential-family marginals)."""
@@ -317,18 +296,4 @@ class PerturbAndRelax(StructuredDistribution):
         if not bool((self.temperature == other.temperature).all()):
             raise ValueError("kl_divergence needs equal temperatures; the utility KL does not bound it otherwise")
         kl = utility_kl(self.noise, self.logits, other.logits)
-        return self._sum_event(torch.where(self._free_mask, kl, torch.zeros_like(kl)))
-
-
-def _product_where_nonzero(x, y, mask):
-    """``x * y`` on ``mask`` where ``y != 0``, else 0: no ``inf * 0`` (or ``nan``) in the value or the gradient."""
-    present = (y != 0) & mask
-    return torch.where(present, torch.where(present, x, 0) * y, 0)
-
-
-def exp_family_kl(q, p):
-    r""":math:`\mathrm{KL}(q\|p) = A(\theta_p) - A(\theta_q) + \langle\theta_q - \theta_p, \mu(\theta_q)\rangle`."""
-    check_same_options(q, p)
-    # Entries absent from q (marginal 0) add 0, whatever p says; absent from p only: +inf.
-    diff_times_mu = _product_where_nonzero(q.logits - p.logits, q.marginals, q._free_mask)
-    return p.log_partition - q.log_partition + q._sum_event(diff_times_mu)
+        return self._sum_event(self._zero_where_not_free(kl))

@@ -6,6 +6,7 @@ import torch
 from torch.distributions.kl import register_kl
 
 from sst_common.checks import check_sinkhorn_args
+from sst_common.structures import PermutationStructure
 
 from .. import ops
 from ..ops.logspace import fill_nan
@@ -13,28 +14,6 @@ from . import constraints
 from .base import PerturbAndRelax
 
 __all__ = ["GumbelSinkhorn"]
-
-
-class PermutationStructure:
-    r"""Permutations of ``n``: ``x[i, j] = 1`` iff row ``i`` goes to column ``j``.
-
-    :math:`A(\theta) = \log\operatorname{perm}(e^{\theta})`: exact for ``n <= 12``,
-    the Bethe approximation beyond (:func:`pyro_sst.ops.log_permanent`).
-    """
-
-    @property
-    def num_items(self) -> int:
-        return self.event_shape[-1]
-
-    def _log_partition(self, logits):
-        return ops.log_permanent(logits)
-
-    def _marginals(self, logits):
-        return ops.permutation_marginals(logits)
-
-    def solve(self, utilities: torch.Tensor) -> torch.Tensor:
-        """Maximum-weight assignment of ``utilities`` (Hungarian, scipy, per batch element)."""
-        return ops.max_assignment(utilities)
 
 
 _NO_PERMUTATION = (

@@ -157,3 +157,9 @@ def gradient_marginals(
     where ``A = -inf`` (no ``structure`` has finite weight).
     """
     return _GradientMarginals.apply(program, structure, logits)
+
+
+def product_where_nonzero(x, y, mask):
+    """``x * y`` on ``mask`` where ``y != 0``, else 0: no ``inf * 0`` (or ``nan``) in the value or the gradient."""
+    present = (y != 0) & mask
+    return torch.where(present, torch.where(present, x, 0) * y, 0)
