@@ -33,6 +33,16 @@ def x64():
         yield
 
 
+@pytest.fixture(params=["pyro", "numpyro"])
+def backend(request):
+    """Each backend in turn (``tests/backends.py``), JAX with float64 enabled for the test, as torch has it."""
+    from backends import BACKENDS
+
+    chosen = BACKENDS[request.param]
+    with chosen.precision("float64"):
+        yield chosen
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _compilation_cache(tmp_path_factory):
     """A JAX compilation cache on disk for this run only: a program dropped with the caches of one test module

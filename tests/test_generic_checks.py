@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 import torch.distributions
+from backends import BACKENDS, NumPyro, Pyro
 from numpyro.distributions.batch_util import vmap_over
-from numpyro.distributions.kl import kl_divergence as numpyro_kl
 
 import numpyro_sst
 import pyro_sst
@@ -44,101 +44,6 @@ CASES = {
 }
 
 
-class Pyro:
-    name = "pyro"
-    module = pyro_sst
-    kl_divergence = staticmethod(torch.distributions.kl_divergence)
-
-    @staticmethod
-    def array(x):
-        return x if torch.is_tensor(x) else torch.as_tensor(np.asarray(x), dtype=torch.float64)
-
-    @staticmethod
-    def numpy(x):
-        return x.detach().numpy()
-
-    @staticmethod
-    def sample(dist, sample_shape=(), seed=0):
-        """A sample with fixed noise (``rsample`` where the class has it)."""
-        torch.manual_seed(seed)
-        return dist.rsample(sample_shape) if dist.has_rsample else dist.sample(sample_shape)
-
-    @staticmethod
-    def hard_sample(dist, sample_shape=(), seed=0):
-        torch.manual_seed(seed)
-        return dist.hard_sample(sample_shape)
-
-    @staticmethod
-    def relaxed_and_hard(dist, sample_shape=(), seed=0):
-        torch.manual_seed(seed)
-        return dist.relaxed_and_hard(sample_shape)
-
-    @staticmethod
-    def in_support(dist, x):
-        return bool(dist.support.check(x).all())
-
-    @staticmethod
-    def gradient(function, x):
-        x = torch.tensor(x, dtype=torch.float64, requires_grad=True)
-        function(x).backward()
-        return x.grad.numpy()
-
-    @staticmethod
-    def value(function, x):
-        return float(function(torch.tensor(x, dtype=torch.float64)))
-
-    @staticmethod
-    def jitted(function, *args):
-        """``function`` traced once (``torch.jit.trace``) at ``args``, as Pyro's JitTrace_ELBO does."""
-        return torch.jit.trace(function, args, check_trace=False)
-
-
-class NumPyro:
-    name = "numpyro"
-    module = numpyro_sst
-    kl_divergence = staticmethod(numpyro_kl)
-
-    @staticmethod
-    def array(x):
-        dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
-        return x if isinstance(x, jax.Array) else jnp.asarray(x, dtype)
-
-    @staticmethod
-    def numpy(x):
-        return np.asarray(x)
-
-    @staticmethod
-    def sample(dist, sample_shape=(), seed=0):
-        return dist.sample(jax.random.PRNGKey(seed), sample_shape)
-
-    @staticmethod
-    def hard_sample(dist, sample_shape=(), seed=0):
-        return dist.hard_sample(jax.random.PRNGKey(seed), sample_shape)
-
-    @staticmethod
-    def relaxed_and_hard(dist, sample_shape=(), seed=0):
-        return dist.relaxed_and_hard(jax.random.PRNGKey(seed), sample_shape)
-
-    @staticmethod
-    def in_support(dist, x):
-        return bool(dist.support(x).all())
-
-    @staticmethod
-    def gradient(function, x):
-        return np.asarray(jax.grad(function)(jnp.asarray(x, jnp.float64)))
-
-    @staticmethod
-    def value(function, x):
-        return float(function(jnp.asarray(x, jnp.float64)))
-
-    @staticmethod
-    def jitted(function, *args):
-        return jax.jit(function)
-
-
-BACKENDS = {"pyro": Pyro, "numpyro": NumPyro}
-
-
 def _logits(event_shape, seed=1):
     return np.random.default_rng(seed).normal(size=BATCH + event_shape)
 
@@ -163,6 +68,8 @@ def test_shapes_support_and_samples(backend, name):
     _, event_shape, relaxed, _ = CASES[name]
     assert tuple(dist.batch_shape) == BATCH and tuple(dist.event_shape) == event_shape
     assert dist.has_rsample == relaxed
+    # event_dim is the distributions' derived property; the logits' constraint covers the same trailing dims
+    assert dist.event_dim == len(event_shape) == dist.arg_constraints["logits"].event_dim
     x = backend.sample(dist, (3,))
     assert tuple(x.shape) == (3,) + BATCH + event_shape == tuple(dist.shape((3,)))
     assert backend.in_support(dist, x)

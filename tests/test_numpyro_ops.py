@@ -209,14 +209,6 @@ def test_float32_singular_minor_in_a_large_batch_is_exact():
     np.testing.assert_allclose(np.asarray(x).mean(0), reference[2], atol=0.05)
 
 
-def test_nan_input_gives_nan_for_its_batch_element_only():
-    theta = np.random.RandomState(0).normal(size=(2, 4, 4)).astype(np.float32)
-    theta[0, 0, 1] = np.nan
-    mu = N.spanning_tree_marginals(jnp.asarray(theta))
-    assert bool(jnp.isnan(mu[0]).all()) and bool(jnp.isfinite(mu[1]).all())
-    np.testing.assert_allclose(mu[1], N.spanning_tree_marginals(jnp.asarray(theta[1])), atol=1e-6)
-
-
 # ------------------------------------------------------------------------------------------ samplers
 def _total_variation(family, samples):
     return family.total_variation(np.asarray(samples, np.float64))

@@ -1,0 +1,131 @@
+"""The two backends behind one interface, so that a test is written once and run on both (the ``backend`` fixture
+of ``conftest.py``): arrays in and out, seeded draws, support checks, gradients and tracing."""
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import torch.distributions
+from numpyro.distributions.kl import kl_divergence as numpyro_kl
+
+import numpyro_sst
+import pyro_sst
+
+
+class Pyro:
+    name = "pyro"
+    module = pyro_sst
+    ops = pyro_sst.ops
+    kl_divergence = staticmethod(torch.distributions.kl_divergence)
+
+    @staticmethod
+    def precision(dtype):
+        """A context in which arrays of ``dtype`` (``"float32"`` or ``"float64"``) can be made."""
+        return contextlib.nullcontext()
+
+    @staticmethod
+    def array(x, dtype="float64"):
+        return x if torch.is_tensor(x) else torch.as_tensor(np.asarray(x), dtype=getattr(torch, dtype))
+
+    @staticmethod
+    def numpy(x):
+        return x.detach().numpy()
+
+    @staticmethod
+    def draw(sampler, *args, seed=0):
+        """``sampler(*args)``, an exact sampler of ``ops``, with its randomness fixed by ``seed``."""
+        return sampler(*args, generator=torch.Generator().manual_seed(seed))
+
+    @staticmethod
+    def sample(dist, sample_shape=(), seed=0):
+        """A sample with fixed noise (``rsample`` where the class has it)."""
+        torch.manual_seed(seed)
+        return dist.rsample(sample_shape) if dist.has_rsample else dist.sample(sample_shape)
+
+    @staticmethod
+    def hard_sample(dist, sample_shape=(), seed=0):
+        torch.manual_seed(seed)
+        return dist.hard_sample(sample_shape)
+
+    @staticmethod
+    def relaxed_and_hard(dist, sample_shape=(), seed=0):
+        torch.manual_seed(seed)
+        return dist.relaxed_and_hard(sample_shape)
+
+    @staticmethod
+    def in_support(dist, x):
+        return bool(dist.support.check(x).all())
+
+    @staticmethod
+    def gradient(function, x):
+        x = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+        function(x).backward()
+        return x.grad.numpy()
+
+    @staticmethod
+    def value(function, x):
+        return float(function(torch.tensor(x, dtype=torch.float64)))
+
+    @staticmethod
+    def jitted(function, *args):
+        """``function`` traced once (``torch.jit.trace``) at ``args``, as Pyro's JitTrace_ELBO does."""
+        return torch.jit.trace(function, args, check_trace=False)
+
+
+class NumPyro:
+    name = "numpyro"
+    module = numpyro_sst
+    ops = numpyro_sst.ops
+    kl_divergence = staticmethod(numpyro_kl)
+
+    @staticmethod
+    def precision(dtype):
+        return jax.enable_x64(dtype == "float64")
+
+    @staticmethod
+    def array(x, dtype=None):
+        """``x`` as a JAX array of ``dtype`` (default: float64 where JAX has it enabled, else float32)."""
+        if dtype is None:
+            dtype = "float64" if jax.config.jax_enable_x64 else "float32"
+        return x if isinstance(x, jax.Array) else jnp.asarray(x, dtype)
+
+    @staticmethod
+    def numpy(x):
+        return np.asarray(x)
+
+    @staticmethod
+    def draw(sampler, *args, seed=0):
+        return sampler(jax.random.PRNGKey(seed), *args)
+
+    @staticmethod
+    def sample(dist, sample_shape=(), seed=0):
+        return dist.sample(jax.random.PRNGKey(seed), sample_shape)
+
+    @staticmethod
+    def hard_sample(dist, sample_shape=(), seed=0):
+        return dist.hard_sample(jax.random.PRNGKey(seed), sample_shape)
+
+    @staticmethod
+    def relaxed_and_hard(dist, sample_shape=(), seed=0):
+        return dist.relaxed_and_hard(jax.random.PRNGKey(seed), sample_shape)
+
+    @staticmethod
+    def in_support(dist, x):
+        return bool(dist.support(x).all())
+
+    @staticmethod
+    def gradient(function, x):
+        return np.asarray(jax.grad(function)(jnp.asarray(x, jnp.float64)))
+
+    @staticmethod
+    def value(function, x):
+        return float(function(jnp.asarray(x, jnp.float64)))
+
+    @staticmethod
+    def jitted(function, *args):
+        return jax.jit(function)
+
+
+BACKENDS = {"pyro": Pyro, "numpyro": NumPyro}
