@@ -44,7 +44,8 @@ from numpyro.handlers import replay, seed
 from numpyro.infer.elbo import ELBO
 from numpyro.infer.util import log_density
 
-from sst_common.checks import check_baseline, check_int, check_per_structure
+from sst_common.checks import check_baseline, check_int, unsupported_distribution, values_per_structure
+from sst_common.elements import with_leading_axis
 
 from . import ops
 from .distributions.base import ExponentialFamily, PerturbAndRelax
@@ -67,27 +68,13 @@ class Estimate(NamedTuple):
     baseline_loss: Optional[jax.Array] = None
 
 
-def _per_structure(f, structures, dist, name="f"):
-    """``f(structures)``, checked to hold one value per structure (a ``ValueError`` naming ``name`` otherwise)."""
-    return check_per_structure(f(structures), structures, len(dist.event_shape), name)
-
-
 def _centred(x):
     """Value 0, gradient that of ``x``."""
     return x - jax.lax.stop_gradient(x)
 
 
-def _unsupported(dist, what):
-    note = f" with noise={dist.noise!r} (needs 'gumbel')" if getattr(dist, "noise", "gumbel") != "gumbel" else ""
-    return ValueError(f"dist: {what} does not support {type(dist).__name__}{note}")
-
-
 def _is_gumbel_subset(dist):
     return isinstance(dist, RelaxedTopK) and dist.noise == "gumbel"
-
-
-def _leading(values, batch_ndim):
-    return values.reshape(values.shape[:1] + (1,) * batch_ndim + values.shape[1:])
 
 
 def exact_expectation(f: Reward, dist: Distribution) -> jax.Array:
@@ -99,7 +86,7 @@ def exact_expectation(f: Reward, dist: Distribution) -> jax.Array:
     no closed form: use the exponential-family classes for exact references.
     """
     values, log_probs = _support(dist)
-    return (jnp.exp(log_probs) * _per_structure(f, values, dist)).sum(0)
+    return (jnp.exp(log_probs) * values_per_structure(f, values, dist)).sum(0)
 
 
 def _support(dist):
@@ -108,13 +95,15 @@ def _support(dist):
         return values, dist.log_prob(values)
     if _is_gumbel_subset(dist):
         values = ops.enumerate_k_subsets(dist.event_shape[-1], dist.k, dtype=dist.logits.dtype)
-        values = jnp.broadcast_to(_leading(values, len(dist.batch_shape)), values.shape[:1] + dist.logits.shape)
+        values = jnp.broadcast_to(
+            with_leading_axis(values, len(dist.batch_shape)), values.shape[:1] + dist.logits.shape
+        )
         return values, ops.gumbel_top_k_log_prob(dist.logits, values, dist.k)
     if isinstance(dist, RelaxedBernoulliLogits):
-        values = _leading(jnp.array([0.0, 1.0], dist.logits.dtype), dist.logits.ndim)
+        values = with_leading_axis(jnp.array([0.0, 1.0], dist.logits.dtype), dist.logits.ndim)
         values = jnp.broadcast_to(values, (2,) + dist.logits.shape)
         return values, _bernoulli_log_prob(dist.logits, values)
-    raise _unsupported(dist, "exact_expectation")
+    raise unsupported_distribution(dist, "exact_expectation")
 
 
 def _bernoulli_log_prob(logits, values):
@@ -139,7 +128,7 @@ def score_function(
     n = check_int(num_samples, "num_samples", 1)
     check_baseline(baseline, n)
     x, log_q = _hard_samples_and_scores(key, dist, n)
-    values = _per_structure(f, x, dist)
+    values = values_per_structure(f, x, dist)
     fixed = jax.lax.stop_gradient(values)
     b = _baseline_values(baseline, fixed, n)
     surrogate = values + (fixed - jax.lax.stop_gradient(b)) * _centred(log_q)
@@ -158,7 +147,7 @@ def _hard_samples_and_scores(key, dist, n):
         x = jax.random.bernoulli(key, jax.nn.sigmoid(jax.lax.stop_gradient(dist.logits)), shape)
         x = x.astype(dist.logits.dtype)
         return x, _bernoulli_log_prob(dist.logits, x)
-    raise _unsupported(dist, "score_function")
+    raise unsupported_distribution(dist, "score_function")
 
 
 def _baseline_values(baseline, values, n):
@@ -208,8 +197,8 @@ def _relaxed(dist, z, temperature):
 def _relax_estimate(key, f, dist, control_variate, num_samples):
     n = check_int(num_samples, "num_samples", 1)
     z, hard, z_tilde, log_p_hard, log_p_order = _conditional_draws(key, dist, n)
-    f_hard = _per_structure(f, hard, dist)
-    c_z = _per_structure(control_variate, z, dist, "control_variate")
+    f_hard = values_per_structure(f, hard, dist)
+    c_z = values_per_structure(control_variate, z, dist, "control_variate")
     c_tilde = control_variate(z_tilde)
     # No path to the logits: the coefficient of the score terms (it still depends on c's own parameters).
     c_fixed = control_variate(jax.lax.stop_gradient(z_tilde))
@@ -232,7 +221,7 @@ def _conditional_draws(key, dist, n):
         return z, hard, z_tilde, ops.gumbel_top_k_log_prob(logits, hard, dist.k), log_p_order
     if isinstance(dist, RelaxedBernoulliLogits):
         return _conditional_logistic(key, jnp.broadcast_to(dist.logits, (n,) + dist.logits.shape))
-    raise _unsupported(dist, "rebar and relax")
+    raise unsupported_distribution(dist, "rebar and relax")
 
 
 def _conditional_logistic(key, theta):

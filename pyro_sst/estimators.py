@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from torch.distributions import Bernoulli, Distribution
 from torch.distributions import RelaxedBernoulli as TorchRelaxedBernoulli
 
-from sst_common.checks import check_baseline, check_int, check_per_structure
+from sst_common.checks import check_baseline, check_int, unsupported_distribution, values_per_structure
+from sst_common.elements import with_leading_axis
 
 from . import ops
 from .distributions.base import ExponentialFamily, PerturbAndRelax
@@ -61,30 +62,13 @@ class Estimate(NamedTuple):
     baseline_loss: Optional[torch.Tensor] = None
 
 
-def _per_structure(f, structures, dist, name="f"):
-    """``f(structures)``, checked to hold one value per structure (a ``ValueError`` naming ``name`` otherwise)."""
-    return check_per_structure(f(structures), structures, len(dist.event_shape), name)
-
-
 def _centred(x):
     """Value 0, gradient that of ``x``."""
     return x - x.detach()
 
 
-def _unsupported(dist, what):
-    return ValueError(f"dist: {what} does not support {type(dist).__name__}{_noise_note(dist)}")
-
-
-def _noise_note(dist):
-    return f" with noise={dist.noise!r} (needs 'gumbel')" if getattr(dist, "noise", "gumbel") != "gumbel" else ""
-
-
 def _is_gumbel_subset(dist):
     return isinstance(dist, RelaxedTopK) and dist.noise == "gumbel"
-
-
-def _leading(values, batch_ndim):
-    return values.reshape(values.shape[:1] + (1,) * batch_ndim + values.shape[1:])
 
 
 def exact_expectation(f: Reward, dist: Distribution) -> torch.Tensor:
@@ -96,7 +80,7 @@ def exact_expectation(f: Reward, dist: Distribution) -> torch.Tensor:
     no closed form: use the exponential-family classes for exact references.
     """
     values, log_probs = _support(dist)
-    return (log_probs.exp() * _per_structure(f, values, dist)).sum(0)
+    return (log_probs.exp() * values_per_structure(f, values, dist)).sum(0)
 
 
 def _support(dist):
@@ -105,13 +89,13 @@ def _support(dist):
         return values, dist.log_prob(values)
     if _is_gumbel_subset(dist):
         values = ops.enumerate_k_subsets(dist.num_items, dist.k, dtype=dist.logits.dtype, device=dist.logits.device)
-        values = _leading(values, len(dist.batch_shape)).expand((-1,) + dist.batch_shape + dist.event_shape)
+        values = with_leading_axis(values, len(dist.batch_shape)).expand((-1,) + dist.batch_shape + dist.event_shape)
         return values, ops.gumbel_top_k_log_prob(dist.logits, values, dist.k)
     if isinstance(dist, TorchRelaxedBernoulli):
         values = torch.tensor([0.0, 1.0], dtype=dist.logits.dtype, device=dist.logits.device)
-        values = _leading(values, dist.logits.dim()).expand((2,) + dist.logits.shape)
+        values = with_leading_axis(values, dist.logits.dim()).expand((2,) + dist.logits.shape)
         return values, Bernoulli(logits=dist.logits).log_prob(values)
-    raise _unsupported(dist, "exact_expectation")
+    raise unsupported_distribution(dist, "exact_expectation")
 
 
 def score_function(
@@ -130,7 +114,7 @@ def score_function(
     n = check_int(num_samples, "num_samples", 1)
     check_baseline(baseline, n)
     x, log_q = _hard_samples_and_scores(dist, n)
-    values = _per_structure(f, x, dist)
+    values = values_per_structure(f, x, dist)
     b = _baseline_values(baseline, values.detach(), n)
     surrogate = values + (values.detach() - b.detach()) * _centred(log_q)
     return Estimate(surrogate.mean(0), ((values.detach() - b) ** 2).mean(0))
@@ -147,7 +131,7 @@ def _hard_samples_and_scores(dist, n):
         bernoulli = Bernoulli(logits=dist.logits)
         x = bernoulli.sample((n,))
         return x, bernoulli.log_prob(x)
-    raise _unsupported(dist, "score_function")
+    raise unsupported_distribution(dist, "score_function")
 
 
 def _baseline_values(baseline, values, n):
@@ -196,8 +180,8 @@ def _relaxed(dist, z, temperature):
 def _relax_estimate(f, dist, control_variate, num_samples):
     n = check_int(num_samples, "num_samples", 1)
     z, hard, z_tilde, log_p_hard, log_p_order = _conditional_draws(dist, n)
-    f_hard = _per_structure(f, hard, dist)
-    c_z = _per_structure(control_variate, z, dist, "control_variate")
+    f_hard = values_per_structure(f, hard, dist)
+    c_z = values_per_structure(control_variate, z, dist, "control_variate")
     c_tilde = control_variate(z_tilde)
     # No path to the logits: the coefficient of the score terms (it still depends on c's own parameters).
     c_fixed = control_variate(z_tilde.detach())
@@ -220,7 +204,7 @@ def _conditional_draws(dist, n):
         return z, hard, z_tilde, ops.gumbel_top_k_log_prob(logits, hard, dist.k), log_p_order
     if isinstance(dist, TorchRelaxedBernoulli):
         return _conditional_logistic(dist.logits.expand((n,) + dist.logits.shape))
-    raise _unsupported(dist, "rebar and relax")
+    raise unsupported_distribution(dist, "rebar and relax")
 
 
 def _conditional_logistic(theta):

@@ -163,6 +163,18 @@ def check_event_shape(value, event_shape):
         raise ValueError(f"value must have shape ({layout}) (event shape {event_shape}), got shape {shape}")
 
 
+def unsupported_distribution(dist, what):
+    """The ``ValueError`` of an estimator (``what``) given a distribution it has no method for."""
+    note = f" with noise={dist.noise!r} (needs 'gumbel')" if getattr(dist, "noise", "gumbel") != "gumbel" else ""
+    return ValueError(f"dist: {what} does not support {type(dist).__name__}{note}")
+
+
+def values_per_structure(f, structures, dist, name="f"):
+    """``f(structures)`` for structures of ``dist``, checked to hold one value per structure (a ``ValueError``
+    naming ``name`` otherwise)."""
+    return check_per_structure(f(structures), structures, len(dist.event_shape), name)
+
+
 def check_per_structure(values, structures, event_ndim, name="f"):
     """Raise unless ``values`` (what ``name`` returned for ``structures``) has one entry per structure.
 

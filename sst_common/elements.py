@@ -14,3 +14,9 @@ def nan_in_nan_out(function, x, event_dim, out_event_dims, *, mask_nan_elements,
     if isinstance(out, tuple):
         return tuple(fill_nan(o, nan, dim) for o, dim in zip(out, out_event_dims, strict=True))
     return fill_nan(out, nan, out_event_dims)
+
+
+def with_leading_axis(values, batch_ndim):
+    """``values`` of shape ``(N, *event)`` reshaped to ``(N, 1, ..., 1, *event)``, with ``batch_ndim`` ones, so
+    that they broadcast against a batch of distributions."""
+    return values.reshape(values.shape[:1] + (1,) * batch_ndim + values.shape[1:])
