@@ -115,13 +115,14 @@ class NumPyro:
     def in_support(dist, x):
         return bool(dist.support(x).all())
 
+    # jit: one compiled program per function (eager JAX compiles and dispatches every operation apart)
     @staticmethod
     def gradient(function, x):
-        return np.asarray(jax.grad(function)(jnp.asarray(x, jnp.float64)))
+        return np.asarray(jax.jit(jax.grad(function))(jnp.asarray(x, jnp.float64)))
 
     @staticmethod
     def value(function, x):
-        return float(function(jnp.asarray(x, jnp.float64)))
+        return float(jax.jit(function)(jnp.asarray(x, jnp.float64)))
 
     @staticmethod
     def jitted(function, *args):
