@@ -99,9 +99,9 @@ def _release_when_large():
         _release_compiled_programs()
 
 
-#: modules of end-to-end tests (the examples' smoke runs, the scale-out scripts, the wheel build): 5 to 40 seconds
-#: a test, each compiling programs no other module uses
-LONG_MODULES = ("test_examples.py", "test_scale_out.py", "test_packaging.py")
+#: modules of end-to-end tests (the examples' smoke runs, the scale-out scripts, the wheel build, the docs site): 5 to
+#: 40 seconds a test, each compiling programs no other module uses
+LONG_MODULES = ("test_examples.py", "test_scale_out.py", "test_packaging.py", "test_docs.py")
 
 
 def pytest_collection_modifyitems(items):
