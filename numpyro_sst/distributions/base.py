@@ -154,7 +154,8 @@ class StructuredDistribution(Structure, Distribution):
     # ------------------------------------------------------------------ shapes
     @classmethod
     def infer_shapes(cls, logits: ArrayLike, *args, **arg_shapes) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """``(batch_shape, event_shape)`` from the shapes of the arguments (the default assumes a scalar event)."""
+        """``(batch_shape, event_shape)`` from the shapes of the arguments: the event is the last ``event_dim`` dims
+        of ``logits``, the other arguments broadcast with the rest."""
         event_shape = tuple(logits[len(logits) - cls._event_ndim :])
         batch_shape = tuple(logits[: len(logits) - cls._event_ndim])
         for name, shape in arg_shapes.items():
