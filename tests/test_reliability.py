@@ -28,9 +28,6 @@ from pyro_sst import (
 )
 
 RELAXATIONS = list(ops.RELAXATIONS)
-#: tests written for both backends that run on pyro_sst only, to keep the suite's time: each costs 3 to 16 s of JAX
-#: compilation, and numpyro_sst's contract here is checked by test_matrix_tree_exact.py and test_absent_entries.py
-pyro_only = pytest.mark.parametrize("backend", [Pyro], ids=["pyro"])
 REPRODUCER = [[0.0, 0, 5.5], [160, 0, 179], [-24, 0, 0]]
 
 
@@ -70,7 +67,6 @@ def test_single_root_reproducer_matches_enumeration(backend, dtype):
         assert (B.numpy(x)[:, 1].sum(-1) == 1).all() and B.in_support(dist, x)
 
 
-@pyro_only
 @pytest.mark.parametrize("root_shift", [0.0, 25.0, 100.0, 400.0])
 @pytest.mark.parametrize("root", [0, 3])
 def test_single_root_with_heavy_root_row_matches_enumeration(backend, root_shift, root):
@@ -90,7 +86,6 @@ def test_single_root_with_heavy_root_row_matches_enumeration(backend, root_shift
     np.testing.assert_allclose(out_degree, np.ones(64), atol=1e-4, rtol=0)
 
 
-@pyro_only
 @pytest.mark.parametrize("single_root", [False, True])
 def test_batch_elements_are_independent(backend, single_root):
     """A batch mixing easy elements with ones that need the exact fallback gives the unbatched results."""
@@ -122,7 +117,6 @@ def _nan_batch(event_shape):
     return logits
 
 
-@pyro_only
 @pytest.mark.parametrize(
     "make",
     [
@@ -176,7 +170,6 @@ def test_nan_on_ignored_entries_is_ignored(backend):
 # ------------------------------------------------------------------ 3. -inf: absent edges, empty supports
 
 
-@pyro_only
 def test_masked_but_connected_graph_is_exact(backend):
     B, theta = backend, randn(5, 5, seed=9)
     theta[0, 3] = theta[1, 3] = theta[2, 4] = theta[4, 1] = -math.inf
@@ -192,7 +185,6 @@ def test_masked_but_connected_graph_is_exact(backend):
         assert ref.total_variation(B.numpy(samples)) < 0.03
 
 
-@pyro_only
 def test_disconnected_tree_has_log_partition_minus_inf_and_clear_errors(backend):
     B, theta = backend, randn(4, 4, seed=10)
     theta[:, 3] = theta[3, :] = -math.inf  # node 3 has no edge
@@ -210,7 +202,6 @@ def test_disconnected_tree_has_log_partition_minus_inf_and_clear_errors(backend)
         B.sample(B.module.RelaxedSpanningTree(theta, 0.5, validate_args=False))
 
 
-@pyro_only
 def test_single_root_infeasible_is_minus_inf(backend):
     """Nodes 1 and 2 can only hang from the root: every arborescence has two root edges."""
     B, theta = backend, randn(4, 4, seed=11)
