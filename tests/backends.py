@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 import torch.distributions
+from jax.test_util import check_grads
 from numpyro.distributions.kl import kl_divergence as numpyro_kl
 
 import numpyro_sst
@@ -59,10 +60,16 @@ class Pyro:
         return bool(dist.support.check(x).all())
 
     @staticmethod
-    def gradient(function, x):
-        x = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    def gradient(function, x, dtype="float64"):
+        x = torch.tensor(x, dtype=getattr(torch, dtype), requires_grad=True)
         function(x).backward()
         return x.grad.numpy()
+
+    @staticmethod
+    def check_derivatives(function, x, atol):
+        """First derivatives of ``function`` at float64 ``x`` against central finite differences."""
+        x = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(function, (x,), atol=atol)
 
     @staticmethod
     def value(function, x):
@@ -117,8 +124,13 @@ class NumPyro:
 
     # jit: one compiled program per function (eager JAX compiles and dispatches every operation apart)
     @staticmethod
-    def gradient(function, x):
-        return np.asarray(jax.jit(jax.grad(function))(jnp.asarray(x, jnp.float64)))
+    def gradient(function, x, dtype="float64"):
+        return np.asarray(jax.jit(jax.grad(function))(jnp.asarray(x, dtype)))
+
+    @staticmethod
+    def check_derivatives(function, x, atol):
+        """Forward and reverse mode of ``function`` at float64 ``x`` against central finite differences."""
+        check_grads(jax.jit(function), (jnp.asarray(x, jnp.float64),), order=1, modes=["fwd", "rev"], atol=atol)
 
     @staticmethod
     def value(function, x):
