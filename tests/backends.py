@@ -66,10 +66,11 @@ class Pyro:
         return x.grad.numpy()
 
     @staticmethod
-    def check_derivatives(function, x, atol):
-        """First derivatives of ``function`` at float64 ``x`` against central finite differences."""
+    def check_derivatives(function, x, atol=1e-5, order=1):
+        """Derivatives of ``function`` at float64 ``x`` up to ``order`` (1 or 2) against finite differences."""
         x = torch.tensor(x, dtype=torch.float64, requires_grad=True)
         assert torch.autograd.gradcheck(function, (x,), atol=atol)
+        assert order == 1 or torch.autograd.gradgradcheck(function, (x,), atol=atol)
 
     @staticmethod
     def value(function, x):
@@ -128,9 +129,9 @@ class NumPyro:
         return np.asarray(jax.jit(jax.grad(function))(jnp.asarray(x, dtype)))
 
     @staticmethod
-    def check_derivatives(function, x, atol):
-        """Forward and reverse mode of ``function`` at float64 ``x`` against central finite differences."""
-        check_grads(jax.jit(function), (jnp.asarray(x, jnp.float64),), order=1, modes=["fwd", "rev"], atol=atol)
+    def check_derivatives(function, x, atol=1e-5, order=1):
+        """Forward and reverse mode of ``function`` at float64 ``x`` up to ``order`` against finite differences."""
+        check_grads(jax.jit(function), (jnp.asarray(x, jnp.float64),), order=order, modes=["fwd", "rev"], atol=atol)
 
     @staticmethod
     def value(function, x):
