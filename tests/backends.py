@@ -60,10 +60,13 @@ class Pyro:
         return bool(dist.support.check(x).all())
 
     @staticmethod
-    def gradient(function, x, dtype="float64"):
+    def gradient(function, x, *args, dtype="float64", has_aux=False, optimize=False):
+        """The gradient of ``function(x, *args)`` in ``x``, all arrays of ``dtype``; with ``has_aux`` the function
+        returns ``(value, aux)`` and so does this, ``(gradient, aux)``. ``optimize``: see :class:`NumPyro`."""
         x = torch.tensor(x, dtype=getattr(torch, dtype), requires_grad=True)
-        function(x).backward()
-        return x.grad.numpy()
+        out = function(x, *(torch.tensor(a, dtype=x.dtype) for a in args))
+        (out[0] if has_aux else out).backward()
+        return (x.grad.numpy(), out[1].detach().numpy()) if has_aux else x.grad.numpy()
 
     @staticmethod
     def check_derivatives(function, x, atol=1e-5, order=1):
@@ -125,8 +128,13 @@ class NumPyro:
 
     # jit: one compiled program per function (eager JAX compiles and dispatches every operation apart)
     @staticmethod
-    def gradient(function, x, dtype="float64"):
-        return np.asarray(jax.jit(jax.grad(function))(jnp.asarray(x, dtype)))
+    def gradient(function, x, *args, dtype="float64", has_aux=False, optimize=False):
+        """``optimize``: compiled with LLVM's optimisations, which the suite turns off (``conftest.py``) since most
+        of its programs run once: for the few that compute for seconds."""
+        arrays = [jnp.asarray(a, dtype) for a in (x, *args)]
+        lowered = jax.jit(jax.grad(function, has_aux=has_aux)).lower(*arrays)
+        out = lowered.compile({"xla_backend_optimization_level": 2} if optimize else None)(*arrays)
+        return jax.tree.map(np.asarray, out)
 
     @staticmethod
     def check_derivatives(function, x, atol=1e-5, order=1):

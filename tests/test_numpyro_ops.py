@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from jax.test_util import check_grads
-from reference import ExpFamily, arborescence_family, k_subsets, permutations
+from reference import ExpFamily, arborescence_family, permutations
 from scipy.optimize import linear_sum_assignment
 
 import numpyro_sst.ops as N
@@ -39,15 +39,6 @@ def test_elimination_fallback_is_exact_at_huge_spreads(root, single_root):
     theta32 = jnp.asarray(theta, jnp.float32)
     grad = jax.grad(lambda t: (N.arborescence_marginals(t, root, single_root) ** 2).sum())(theta32)
     assert bool(jnp.isfinite(grad).all())
-
-
-@pytest.mark.parametrize("d,k", [(6, 0), (6, 1), (7, 3), (7, 5), (6, 6)])
-def test_subsets_match_enumeration(d, k, x64):
-    theta = np.random.RandomState(d + k).normal(size=(d,)) * 3
-    ref = ExpFamily(k_subsets(d, k), theta)
-    np.testing.assert_allclose(N.log_elementary_symmetric(f64(theta), k), ref.log_partition, rtol=1e-12)
-    np.testing.assert_allclose(N.subset_marginals(f64(theta), k), ref.marginals, atol=1e-12)
-    np.testing.assert_allclose(N.top_k_mask(f64(theta), k), ref.mode)
 
 
 @pytest.mark.parametrize("scale", [1.0, 30.0, 1000.0])
@@ -134,15 +125,6 @@ def test_float32_singular_minor_in_a_large_batch_is_exact():
 
 
 # ------------------------------------------------------------------------------------------ samplers
-def test_k_subset_sampler_is_exact_and_batched():
-    theta = np.random.RandomState(4).normal(size=(2, 6))
-    for k in (2, 4):
-        samples = np.asarray(N.sample_k_subset(KEY, jnp.asarray(theta, jnp.float32), k, (20000,)), np.float64)
-        for b in range(2):
-            # ~0.5 x sqrt(N_support / 20000) for an exact sampler
-            assert ExpFamily(k_subsets(6, k), theta[b]).total_variation(samples[:, b]) < 0.02
-
-
 def test_samplers_are_deterministic_per_key_and_jittable():
     theta = jax.random.normal(KEY, (3, 5, 5))
     a = N.sample_spanning_tree(KEY, theta, (4,))
@@ -178,10 +160,8 @@ def test_marginal_tangents_match_enumeration_at_large_spreads(scale, x64):
 
 
 @pytest.mark.parametrize("k", [1, 3, 5])
-def test_check_grads_subsets_and_relaxations(k, x64):
+def test_check_grads_relaxations(k, x64):
     theta = f64(np.random.RandomState(k).normal(size=(2, 7)))
-    check_grads(jax.jit(lambda t: N.log_elementary_symmetric(t, k)), (theta,), order=2, modes=["fwd", "rev"])
-    check_grads(jax.jit(lambda t: N.subset_marginals(t, k)), (theta,), order=1, modes=["fwd", "rev"])
     for name in ("euclidean", "categorical_entropy", "binary_entropy"):
         relaxed = jax.jit(lambda t, name=name: N.relaxed_top_k(t, k, name))
         check_grads(relaxed, (theta,), order=1, modes=["rev"], eps=1e-6)

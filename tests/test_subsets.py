@@ -1,4 +1,6 @@
-"""k-subsets: ops and distributions against brute-force enumeration."""
+"""k-subsets: ops and distributions against brute-force enumeration. The tests that take ``backend`` run on both
+(float64 unless a test says otherwise); the rest are pyro_sst's (numpyro_sst's distributions:
+test_numpyro_distributions.py)."""
 
 import math
 import warnings
@@ -21,55 +23,65 @@ def family(theta, k):
     return ExpFamily(k_subsets(theta.shape[-1], k), theta)
 
 
-@pytest.mark.parametrize("d,k", [(9, 4), (9, 0), (9, 9), (1, 1), (5, 1), (7, 6)])
-def test_log_partition_and_marginals_match_enumeration(d, k):
-    theta = torch.randn(3, d, dtype=torch.float64, generator=torch.Generator().manual_seed(d + k)) * 3
-    log_z = ops.log_elementary_symmetric(theta, k)
-    mu = ops.subset_marginals(theta, k)
-    for b in range(3):
-        ref = family(theta[b].numpy(), k)
-        assert abs(log_z[b].item() - ref.log_partition) < 1e-10
-        np.testing.assert_allclose(mu[b].numpy(), ref.marginals, atol=1e-10)
-
-
-def test_log_partition_is_stable_at_large_spreads_in_float32():
-    theta = torch.randn(2, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 1000
-    log_z = ops.log_elementary_symmetric(theta.float(), 4)
-    for b in range(2):
-        ref = family(theta[b].numpy(), 4).log_partition
-        assert abs(log_z[b].item() - ref) < 1e-6 * abs(ref)
-    assert torch.isfinite(ops.subset_marginals(theta.float(), 4)).all()
-
-
-def test_marginals_backward_is_exact():
-    theta = torch.randn(2, 7, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: ops.subset_marginals(t, 3), (theta,))
-    assert torch.autograd.gradgradcheck(lambda t: ops.log_elementary_symmetric(t, 3), (theta,))
-    # The Jacobian of the marginals is the covariance of the k-hot vector.
-    ref = family(theta[0].detach().numpy(), 3)
+def _covariance(ref):
+    """The covariance of the k-hot vector under an enumerated family: the Jacobian of the marginals."""
     centred = ref.support - ref.marginals
-    covariance = (ref.probs[:, None, None] * centred[:, :, None] * centred[:, None, :]).sum(0)
-    jac = torch.autograd.functional.jacobian(lambda t: ops.subset_marginals(t, 3), theta[0].detach())
-    np.testing.assert_allclose(jac.numpy(), covariance, atol=1e-10)
+    return (ref.probs[:, None, None] * centred[:, :, None] * centred[:, None, :]).sum(0)
+
+
+@pytest.mark.parametrize("d,k", [(9, 4), (9, 0), (9, 9), (1, 1), (5, 1), (7, 6), (7, 3), (7, 5)])
+def test_log_partition_marginals_and_mode_match_enumeration(backend, d, k):
+    B = backend
+    theta = torch.randn(3, d, dtype=torch.float64, generator=torch.Generator().manual_seed(d + k)).numpy() * 3
+    log_z = B.numpy(B.ops.log_elementary_symmetric(B.array(theta), k))
+    mu = B.numpy(B.ops.subset_marginals(B.array(theta), k))
+    mode = B.numpy(B.ops.top_k_mask(B.array(theta), k))
+    for b in range(3):
+        ref = family(theta[b], k)
+        assert abs(log_z[b] - ref.log_partition) < 1e-10
+        np.testing.assert_allclose(mu[b], ref.marginals, atol=1e-10)
+        np.testing.assert_array_equal(mode[b], ref.mode)
+
+
+def test_log_partition_is_stable_at_large_spreads_in_float32(backend):
+    B = backend
+    theta = torch.randn(2, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).numpy() * 1000
+    with B.precision("float32"):
+        log_z = B.numpy(B.ops.log_elementary_symmetric(B.array(theta, "float32"), 4))
+        mu = B.numpy(B.ops.subset_marginals(B.array(theta, "float32"), 4))
+    for b in range(2):
+        ref = family(theta[b], 4).log_partition
+        assert abs(log_z[b] - ref) < 1e-6 * abs(ref)
+    assert mu.dtype == np.float32 and np.isfinite(mu).all()
+
+
+def test_marginals_derivatives_are_exact(backend):
+    """Finite differences (marginals, and the log-partition to second order), and the Jacobian of the marginals
+    against the enumerated covariance of the k-hot vector."""
+    B = backend
+    theta = torch.randn(2, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(3)).numpy()
+    B.check_derivatives(lambda t: B.ops.subset_marginals(t, 3), theta)
+    B.check_derivatives(lambda t: B.ops.log_elementary_symmetric(t, 3), theta, order=2)
+    v = np.random.default_rng(4).normal(size=7)
+    jvp = B.gradient(lambda t: (B.ops.subset_marginals(t, 3) * B.array(v)).sum(), theta[0])
+    np.testing.assert_allclose(jvp, _covariance(family(theta[0], 3)) @ v, atol=1e-10)
 
 
 @pytest.mark.parametrize("k", [3, 6])  # 6 of 9 runs on the complement
-def test_batch_mixing_small_and_huge_spreads_matches_enumeration(k):
+def test_batch_mixing_small_and_huge_spreads_matches_enumeration(backend, k):
     """Spreads of 2 and 2000 in one batch: values, marginals and the HVP against enumeration."""
-    gen = torch.Generator().manual_seed(k)
-    theta = torch.randn(2, 9, dtype=torch.float64, generator=gen) * torch.tensor([[2.0], [2000.0]], dtype=torch.float64)
-    theta.requires_grad_()
-    log_z, mu = ops.log_elementary_symmetric(theta, k), ops.subset_marginals(theta, k)
-    v = torch.randn(2, 9, dtype=torch.float64, generator=gen)
-    (hvp,) = torch.autograd.grad(mu, theta, v)
+    B, gen = backend, torch.Generator().manual_seed(k)
+    theta = (torch.randn(2, 9, dtype=torch.float64, generator=gen) * torch.tensor([[2.0], [2000.0]])).numpy()
+    v = torch.randn(2, 9, dtype=torch.float64, generator=gen).numpy()
+    log_z = B.numpy(B.ops.log_elementary_symmetric(B.array(theta), k))
+    mu = B.numpy(B.ops.subset_marginals(B.array(theta), k))
+    hvp = B.gradient(lambda t: (B.ops.subset_marginals(t, k) * B.array(v)).sum(), theta)
     for b in range(2):
-        ref = family(theta[b].detach().numpy(), k)
-        assert abs(log_z[b].item() - ref.log_partition) < 1e-10 * max(1.0, abs(ref.log_partition))
-        np.testing.assert_allclose(mu[b].detach().numpy(), ref.marginals, atol=1e-10)
-        centred = ref.support - ref.marginals
-        covariance = (ref.probs[:, None, None] * centred[:, :, None] * centred[:, None, :]).sum(0)
-        np.testing.assert_allclose(hvp[b].numpy(), covariance @ v[b].numpy(), atol=1e-10)
-    assert torch.autograd.gradcheck(lambda t: ops.subset_marginals(t, k), (theta,))
+        ref = family(theta[b], k)
+        assert abs(log_z[b] - ref.log_partition) < 1e-10 * max(1.0, abs(ref.log_partition))
+        np.testing.assert_allclose(mu[b], ref.marginals, atol=1e-10)
+        np.testing.assert_allclose(hvp[b], _covariance(ref) @ v[b], atol=1e-10)
+    B.check_derivatives(lambda t: B.ops.subset_marginals(t, k), theta)
 
 
 def _subset_marginals_in(backend, logits, k):
@@ -113,24 +125,24 @@ def test_marginals_at_large_d_match_the_sequential_dp(backend, dtype, scale):
     np.testing.assert_allclose(mu.sum(-1), 700, rtol=atol)
 
 
-def test_exact_sampler_matches_enumeration():
-    theta = torch.randn(6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    samples = ops.sample_k_subset(theta, 2, (40000,), generator=torch.Generator().manual_seed(2))
-    assert samples.shape == (40000, 6)
-    assert torch.all(samples.sum(-1) == 2)
-    assert family(theta.numpy(), 2).total_variation(samples.numpy()) < 0.02
+def test_exact_sampler_matches_enumeration(backend):
+    B = backend
+    theta = torch.randn(6, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).numpy()
+    samples = B.numpy(B.draw(B.ops.sample_k_subset, B.array(theta), 2, (40000,), seed=2))
+    assert samples.shape == (40000, 6) and (samples.sum(-1) == 2).all()
+    assert family(theta, 2).total_variation(samples) < 0.02
 
 
-def test_exact_sampler_is_batched_and_deterministic():
-    theta = torch.randn(3, 4, 11)
-    a = ops.sample_k_subset(theta, 5, (2,), generator=torch.Generator().manual_seed(0))
-    b = ops.sample_k_subset(theta, 5, (2,), generator=torch.Generator().manual_seed(0))
-    assert a.shape == (2, 3, 4, 11) and torch.equal(a, b)
-    assert torch.all(a.sum(-1) == 5) and torch.all((a == 0) | (a == 1))
+def test_exact_sampler_is_batched_and_deterministic(backend):
+    B = backend
+    theta = torch.randn(3, 4, 11, generator=torch.Generator().manual_seed(5)).numpy()
+    a, b = (B.numpy(B.draw(B.ops.sample_k_subset, B.array(theta), 5, (2,), seed=0)) for _ in range(2))
+    assert a.shape == (2, 3, 4, 11) and (a == b).all()
+    assert (a.sum(-1) == 5).all() and ((a == 0) | (a == 1)).all()
     # A logit far above the rest is always drawn.
-    theta = torch.zeros(11)
+    theta = np.zeros(11)
     theta[3] = 50.0
-    assert torch.all(ops.sample_k_subset(theta, 2, (100,))[:, 3] == 1)
+    assert (B.numpy(B.draw(B.ops.sample_k_subset, B.array(theta), 2, (100,), seed=1))[:, 3] == 1).all()
 
 
 def test_top_k_mask_matches_argsort_and_breaks_ties_by_index():
