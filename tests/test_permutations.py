@@ -1,4 +1,5 @@
-"""Permutations: Sinkhorn, assignment, log-permanent and GumbelSinkhorn against brute force and scipy."""
+"""Permutations: Sinkhorn, assignment, log-permanent and GumbelSinkhorn against brute force and scipy. The tests that
+take ``backend`` run on both (float64 unless a test says otherwise); the rest are pyro_sst's."""
 
 import math
 import warnings
@@ -29,106 +30,136 @@ def bethe_objective(gamma, theta):
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 7])
-def test_log_permanent_and_marginals_match_enumeration(n):
-    theta = torch.randn(2, n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(n)) * 2
-    log_z, mu = ops.log_permanent(theta), ops.permutation_marginals(theta)
+def test_log_permanent_marginals_and_mode_match_enumeration(backend, n):
+    B = backend
+    theta = torch.randn(2, n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(n)).numpy() * 2
+    log_z = B.numpy(B.ops.log_permanent(B.array(theta)))
+    mu = B.numpy(B.ops.permutation_marginals(B.array(theta)))
+    mode = B.numpy(B.ops.max_assignment(B.array(theta)))
     for b in range(2):
-        ref = family(theta[b].numpy())
-        assert abs(log_z[b].item() - ref.log_partition) < 1e-10
-        np.testing.assert_allclose(mu[b].numpy(), ref.marginals, atol=1e-10)
+        ref = family(theta[b])
+        assert abs(log_z[b] - ref.log_partition) < 1e-10
+        np.testing.assert_allclose(mu[b], ref.marginals, atol=1e-10)
+        np.testing.assert_array_equal(mode[b], ref.mode)
 
 
-def test_exact_log_permanent_has_no_cancellation_at_large_spreads():
-    theta = torch.randn(7, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 100
-    ref = family(theta.numpy()).log_partition
-    assert abs(ops.log_permanent(theta).item() - ref) < 1e-10 * abs(ref)
-    assert abs(ops.log_permanent(theta.float()).item() - ref) < 1e-6 * abs(ref)
+def test_exact_log_permanent_has_no_cancellation_at_large_spreads(backend):
+    B = backend
+    theta = torch.randn(7, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).numpy() * 100
+    ref = family(theta).log_partition
+    assert abs(float(B.ops.log_permanent(B.array(theta))) - ref) < 1e-10 * abs(ref)
+    with B.precision("float32"):
+        assert abs(float(B.ops.log_permanent(B.array(theta, "float32"))) - ref) < 1e-6 * abs(ref)
 
 
-def test_permutation_marginals_gradcheck():
-    theta = torch.randn(2, 4, 4, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(ops.permutation_marginals, (theta,))
+def test_permutation_marginals_match_finite_differences(backend):
+    theta = torch.randn(2, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).numpy()
+    backend.check_derivatives(backend.ops.permutation_marginals, theta)
 
 
 @pytest.mark.parametrize("n,scale", [(4, 1.0), (6, 3.0), (7, 10.0)])
-def test_bethe_log_permanent_is_a_bounded_optimum(n, scale):
-    theta = torch.randn(n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(n)) * scale
-    value, gamma = ops.bethe_log_permanent(theta)
-    exact = family(theta.numpy()).log_partition
-    assert exact - 0.5 * n * math.log(2) <= value.item() <= exact + 1e-9  # Gurvits; Anari and Rezaei
-    torch.testing.assert_close(gamma.sum(-1), torch.ones(n, dtype=torch.float64))
-    torch.testing.assert_close(gamma.sum(-2), torch.ones(n, dtype=torch.float64))
-    g, th = gamma.numpy(), theta.numpy()
-    best = bethe_objective(g, th)
-    assert abs(best - value.item()) < 1e-9
+def test_bethe_log_permanent_is_a_bounded_optimum(backend, n, scale):
+    B = backend
+    theta = torch.randn(n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(n)).numpy() * scale
+    value, gamma = (B.numpy(x) for x in B.ops.bethe_log_permanent(B.array(theta)))
+    exact = family(theta).log_partition
+    assert exact - 0.5 * n * math.log(2) <= value <= exact + 1e-9  # Gurvits; Anari and Rezaei
+    np.testing.assert_allclose(gamma.sum(-1), 1.0, atol=1e-10)
+    np.testing.assert_allclose(gamma.sum(-2), 1.0, atol=1e-10)
+    best = bethe_objective(gamma, theta)
+    assert abs(best - value) < 1e-9
     for p in permutations(n)[:: max(1, math.factorial(n) // 200)]:  # mixing towards vertices never helps
-        assert bethe_objective(0.99 * g + 0.01 * p, th) <= best + 1e-12
-    (grad,) = torch.autograd.grad(ops.bethe_log_permanent(theta.requires_grad_())[0], theta)
-    torch.testing.assert_close(grad, gamma)
+        assert bethe_objective(0.99 * gamma + 0.01 * p, theta) <= best + 1e-12
+    grad = B.gradient(lambda t: B.ops.bethe_log_permanent(t)[0], theta)
+    np.testing.assert_allclose(grad, gamma, atol=1e-7)
 
 
-def test_log_permanent_method_switch_and_errors():
-    theta = torch.randn(13, 13)
-    bethe = ops.log_permanent(theta)
-    torch.testing.assert_close(bethe, ops.bethe_log_permanent(theta)[0])
-    torch.testing.assert_close(ops.permutation_marginals(theta).sum(-1), torch.ones(13))
+def test_log_permanent_method_switch_and_errors(backend):
+    B = backend
+    theta = B.array(torch.randn(13, 13, generator=torch.Generator().manual_seed(2)).numpy())
+    np.testing.assert_allclose(B.numpy(B.ops.log_permanent(theta)), B.numpy(B.ops.bethe_log_permanent(theta)[0]))
+    np.testing.assert_allclose(B.numpy(B.ops.permutation_marginals(theta)).sum(-1), 1.0, atol=1e-6)
     with pytest.raises(ValueError, match="n <= 12"):
-        ops.log_permanent(theta, method="exact")
+        B.ops.log_permanent(theta, method="exact")
     with pytest.raises(ValueError, match="method"):
-        ops.log_permanent(theta, method="ryser")
+        B.ops.log_permanent(theta, method="ryser")
 
 
 # ----------------------------------------------------------------------------- Sinkhorn
 
 
-def test_sinkhorn_is_doubly_stochastic_within_tolerance():
-    x = torch.randn(3, 2, 8, 8, dtype=torch.float64) * 3
-    p, residual = ops.sinkhorn(x, n_iters=10_000, tol=1e-9)
-    assert residual.shape == (3, 2) and bool((residual <= 1e-9).all())
-    assert (p.sum(-1) - 1).abs().max() <= 1e-9 and (p.sum(-2) - 1).abs().max() < 1e-12
-    torch.testing.assert_close(residual, (p.sum(-1) - 1).abs().amax(-1))
+def test_sinkhorn_is_doubly_stochastic_within_tolerance(backend):
+    B = backend
+    x = torch.randn(3, 2, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3)).numpy() * 3
+    p, residual = (B.numpy(y) for y in B.ops.sinkhorn(B.array(x), n_iters=10_000, tol=1e-9))
+    assert residual.shape == (3, 2) and (residual <= 1e-9).all()
+    assert np.abs(p.sum(-1) - 1).max() <= 1e-9 and np.abs(p.sum(-2) - 1).max() < 1e-12
+    np.testing.assert_allclose(residual, np.abs(p.sum(-1) - 1).max(-1), atol=1e-15)
     # The iteration cap is respected and reported through the residual.
-    _, capped = ops.sinkhorn(x * 10, n_iters=2, tol=1e-9)
-    assert bool((capped > 1e-9).any())
+    _, capped = B.ops.sinkhorn(B.array(x * 10), n_iters=2, tol=1e-9)
+    assert (B.numpy(capped) > 1e-9).any()
     # S(X) is the scaling of exp(X): p / exp(x) has rank one.
-    ratio = p / x.exp()
-    torch.testing.assert_close(ratio * ratio[..., :1, :1], ratio[..., :, :1] * ratio[..., :1, :])
+    ratio = p / np.exp(x)
+    np.testing.assert_allclose(ratio * ratio[..., :1, :1], ratio[..., :, :1] * ratio[..., :1, :], rtol=1e-10)
 
 
-def test_sinkhorn_implicit_and_unrolled_gradients_agree():
+def test_sinkhorn_implicit_and_unrolled_gradients_agree(backend):
+    B, gen = backend, torch.Generator().manual_seed(0)
+    x = torch.randn(2, 6, 6, dtype=torch.float64, generator=gen).numpy()
+    weights = torch.randn(2, 6, 6, dtype=torch.float64, generator=gen).numpy()
+    grads = {
+        backward: B.gradient(lambda t, b=backward: (B.ops.sinkhorn(t, 5000, 1e-13, b)[0] * B.array(weights)).sum(), x)
+        for backward in ("unrolled", "implicit")
+    }
+    assert np.abs(grads["unrolled"] - grads["implicit"]).max() < 1e-6
+
+
+def test_sinkhorn_derivatives_match_finite_differences():
+    """(numpyro_sst: test_numpyro_ops.py::test_check_grads_sinkhorn_and_permanent, reverse mode for the implicit
+    backward, which has no forward mode.)"""
     x = torch.randn(2, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0), requires_grad=True)
-    weights = torch.randn(2, 6, 6, dtype=torch.float64)
-    grads = {}
-    for backward in ("unrolled", "implicit"):
-        p, _ = ops.sinkhorn(x, n_iters=5000, tol=1e-13, backward=backward)
-        (grads[backward],) = torch.autograd.grad((p * weights).sum(), x)
-    assert (grads["unrolled"] - grads["implicit"]).abs().max() < 1e-6
     for backward in ("unrolled", "implicit"):
         assert torch.autograd.gradcheck(lambda t, b=backward: ops.sinkhorn(t, 5000, 1e-13, b)[0], (x,))
 
 
-def test_sinkhorn_float32_large():
-    gen = torch.Generator().manual_seed(0)
-    x = (torch.randn(2, 200, 200, generator=gen) * 10 / 0.1).requires_grad_()
+def test_sinkhorn_float32_large(backend):
+    B, gen = backend, torch.Generator().manual_seed(0)
+    x = (torch.randn(2, 200, 200, generator=gen) * 10 / 0.1).numpy()
+    cotangent = torch.randn(x.shape, generator=gen).numpy()
     for backward in ("unrolled", "implicit"):
-        p, _ = ops.sinkhorn(x, n_iters=50, tol=1e-6, backward=backward)
-        (grad,) = torch.autograd.grad((p * torch.randn(p.shape, generator=gen)).sum(), x)
-        assert torch.isfinite(p).all() and torch.isfinite(grad).all()
+
+        def loss(t, c, backward=backward):
+            p = B.ops.sinkhorn(t, n_iters=50, tol=1e-6, backward=backward)[0]
+            return (p * c).sum(), p
+
+        with B.precision("float32"):
+            grad, p = B.gradient(loss, x, cotangent, dtype="float32", has_aux=True)
+        assert p.dtype == np.float32 and np.isfinite(p).all() and np.isfinite(grad).all()
 
 
 # ----------------------------------------------------------------------------- assignment
 
 
-def test_max_assignment_matches_scipy():
-    w = torch.randn(2, 3, 7, 7, dtype=torch.float64)
-    x = ops.max_assignment(w)
-    assert x.shape == w.shape
-    assert torch.all(x.sum(-1) == 1) and torch.all(x.sum(-2) == 1)
+def test_max_assignment_matches_scipy(backend):
+    B = backend
+    w = torch.randn(2, 3, 7, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(4)).numpy()
+    x = B.numpy(B.ops.max_assignment(B.array(w)))
+    assert x.shape == w.shape and (x.sum(-1) == 1).all() and (x.sum(-2) == 1).all()
     for idx in np.ndindex(2, 3):
-        rows, cols = linear_sum_assignment(w[idx].numpy(), maximize=True)
-        np.testing.assert_array_equal(x[idx].numpy().argmax(-1)[rows], cols)
-    ref = family(w[0, 0].numpy())
-    np.testing.assert_array_equal(x[0, 0].numpy(), ref.mode)
+        rows, cols = linear_sum_assignment(w[idx], maximize=True)
+        np.testing.assert_array_equal(x[idx].argmax(-1)[rows], cols)
+
+
+def test_max_assignment_with_forbidden_entries_matches_scipy(backend):
+    B, rng = backend, np.random.RandomState(2)
+    w = rng.normal(size=(25, 8, 8))
+    w[rng.uniform(size=w.shape) < 0.3] = -np.inf
+    w = np.where(np.eye(8, dtype=bool), 0.0, w)  # the identity stays feasible
+    x = B.numpy(B.ops.max_assignment(B.array(w)))
+    for b in range(25):
+        rows, cols = linear_sum_assignment(np.where(np.isfinite(w[b]), w[b], -1e9), maximize=True)
+        assert (x[b][~np.isfinite(w[b])] == 0).all()
+        assert np.where(x[b] > 0, w[b], 0).sum() == pytest.approx(w[b][rows, cols].sum(), abs=1e-9)
 
 
 def test_batched_hungarian_matches_scipy(monkeypatch):
