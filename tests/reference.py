@@ -128,6 +128,12 @@ class ExpFamily:
         self.max_score = self.scores.max()
         self.entropy = -xlogy(self.probs, self.probs).sum()
 
+    def assert_matches(self, log_partition, marginals, mode, atol=1e-10):
+        """The log-partition, marginals and mode of one element (NumPy) match the enumeration within ``atol``."""
+        assert abs(float(log_partition) - self.log_partition) < atol
+        np.testing.assert_allclose(marginals, self.marginals, atol=atol)
+        np.testing.assert_array_equal(mode, self.mode)
+
     def index_of(self, values):
         """Position of each value in the support (values: (S, ...) 0/1 arrays), by a table of their bytes."""
         positions = {row.tobytes(): i for i, row in enumerate(self._as_bytes(self.support))}
