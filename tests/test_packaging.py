@@ -1,8 +1,10 @@
 """Packaging: a missing backend is named with the extra that installs it; the license and type markers ship; the
 wheel and sdist build, and the wheel alone runs the README's quick starts."""
 
+import ast
 import inspect
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -28,6 +30,30 @@ def test_a_missing_backend_names_its_extra(package, hidden, extra):
     assert result.returncode != 0
     message = result.stderr.strip().splitlines()[-1]
     assert message.startswith("ImportError:") and hidden in message and extra in message, message
+
+
+#: the module a distribution installs, where the two names differ
+MODULE_OF = {"pyro-ppl": "pyro"}
+
+
+@pytest.mark.parametrize("package,extra", [("pyro_sst", "pyro"), ("numpyro_sst", "numpyro")])
+def test_every_module_a_backend_imports_is_installed_by_its_extra(package, extra):
+    """Every third-party module that the backend's code imports (at the top or inside a function) is a core
+    dependency or in the backend's extra of pyproject.toml."""
+    lists = dict(re.findall(r"^([\w-]+) = (\[.*\])$", (ROOT / "pyproject.toml").read_text(), re.MULTILINE))
+    requirements = ast.literal_eval(lists["dependencies"]) + ast.literal_eval(lists[extra])  # (no tomllib in 3.10)
+    names = {re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0] for requirement in requirements}
+    installed = {MODULE_OF.get(name, name) for name in names}
+    imported = set()
+    for path in (ROOT / package).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported.add(node.module.split(".")[0])
+    ours = {package, "sst_common"}
+    missing = imported - set(sys.stdlib_module_names) - ours - installed
+    assert not missing, f"{package} imports {sorted(missing)}, which [{extra}] does not install"
 
 
 def test_license_and_type_markers():
