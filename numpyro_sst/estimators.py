@@ -46,10 +46,10 @@ from numpyro.infer.util import log_density
 
 from sst_common.checks import check_baseline, check_int, unsupported_distribution, values_per_structure
 from sst_common.elements import with_leading_axis
+from sst_common.structures import is_gumbel_top_k
 
 from . import ops
 from .distributions.base import ExponentialFamily, PerturbAndRelax
-from .distributions.subsets import RelaxedTopK
 
 #: a function of structures ``(..., *event_shape)`` to values ``(...)``
 Reward = Callable[[jax.Array], jax.Array]
@@ -73,10 +73,6 @@ def _centred(x):
     return x - jax.lax.stop_gradient(x)
 
 
-def _is_gumbel_subset(dist):
-    return isinstance(dist, RelaxedTopK) and dist.noise == "gumbel"
-
-
 def exact_expectation(f: Reward, dist: Distribution) -> jax.Array:
     r""":math:`\mathbb{E}_q[f(x)] = \sum_x q(x) f(x)` by enumerating the support; its gradient is exact.
 
@@ -93,8 +89,8 @@ def _support(dist):
     if isinstance(dist, ExponentialFamily):
         values = dist.enumerate_support()
         return values, dist.log_prob(values)
-    if _is_gumbel_subset(dist):
-        values = ops.enumerate_k_subsets(dist.event_shape[-1], dist.k, dtype=dist.logits.dtype)
+    if is_gumbel_top_k(dist):
+        values = ops.enumerate_k_subsets(dist.num_items, dist.k, dtype=dist.logits.dtype)
         values = jnp.broadcast_to(
             with_leading_axis(values, len(dist.batch_shape)), values.shape[:1] + dist.logits.shape
         )
@@ -213,7 +209,7 @@ def _relax_estimate(key, f, dist, control_variate, num_samples):
 
 def _conditional_draws(key, dist, n):
     """``(z, b, z_tilde, log p(b), log p(ordering | b))``: ``z_tilde`` equals ``z``, reparameterised given ``b``."""
-    if _is_gumbel_subset(dist):
+    if is_gumbel_top_k(dist):
         z = dist.sample_utilities(key, (n,))
         hard = dist.solve(jax.lax.stop_gradient(z))
         logits = jnp.broadcast_to(dist.logits, z.shape)

@@ -40,10 +40,10 @@ from torch.distributions import RelaxedBernoulli as TorchRelaxedBernoulli
 
 from sst_common.checks import check_baseline, check_int, unsupported_distribution, values_per_structure
 from sst_common.elements import with_leading_axis
+from sst_common.structures import is_gumbel_top_k
 
 from . import ops
 from .distributions.base import ExponentialFamily, PerturbAndRelax
-from .distributions.subsets import RelaxedTopK
 
 #: a function of structures ``(..., *event_shape)`` to values ``(...)``
 Reward = Callable[[torch.Tensor], torch.Tensor]
@@ -67,10 +67,6 @@ def _centred(x):
     return x - x.detach()
 
 
-def _is_gumbel_subset(dist):
-    return isinstance(dist, RelaxedTopK) and dist.noise == "gumbel"
-
-
 def exact_expectation(f: Reward, dist: Distribution) -> torch.Tensor:
     r""":math:`\mathbb{E}_q[f(x)] = \sum_x q(x) f(x)` by enumerating the support; its gradient is exact.
 
@@ -87,7 +83,7 @@ def _support(dist):
     if isinstance(dist, ExponentialFamily):
         values = dist.enumerate_support()
         return values, dist.log_prob(values)
-    if _is_gumbel_subset(dist):
+    if is_gumbel_top_k(dist):
         values = ops.enumerate_k_subsets(dist.num_items, dist.k, dtype=dist.logits.dtype, device=dist.logits.device)
         values = with_leading_axis(values, len(dist.batch_shape)).expand((-1,) + dist.batch_shape + dist.event_shape)
         return values, ops.gumbel_top_k_log_prob(dist.logits, values, dist.k)
@@ -196,7 +192,7 @@ def _relax_estimate(f, dist, control_variate, num_samples):
 
 def _conditional_draws(dist, n):
     """``(z, b, z_tilde, log p(b), log p(ordering | b))``: ``z_tilde`` equals ``z``, reparameterised given ``b``."""
-    if _is_gumbel_subset(dist):
+    if is_gumbel_top_k(dist):
         z = dist.sample_utilities((n,))
         hard = dist.solve(z.detach())
         logits = dist.logits.expand(z.shape)

@@ -26,6 +26,7 @@ __all__ = [
     "SpanningTreeStructure",
     "Structure",
     "exp_family_kl",
+    "is_gumbel_top_k",
 ]
 
 
@@ -188,6 +189,12 @@ class KSubsetStructure(Structure):
 
     def _enumerate(self):
         return self._ops.enumerate_k_subsets(self.num_items, self.k)
+
+
+def is_gumbel_top_k(dist) -> bool:
+    """Whether ``dist``'s hard samples are the top-k of Gumbel-perturbed logits, whose law has a closed form
+    (``ops.gumbel_top_k_log_prob``): a relaxed k-subset with Gumbel noise."""
+    return isinstance(dist, KSubsetStructure) and getattr(dist, "noise", None) == "gumbel"
 
 
 class PermutationStructure(Structure):
