@@ -10,7 +10,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 # input). Measured on the second-order gradient check of the arborescence log-partition (15 programs, one core):
 # about 16 s with XLA's defaults, 14 s at LLVM's optimisation level 0, 6.5 s with the loop fusions emitted by
 # XLA's LLVM emitters instead of its MLIR fusion emitters, 5 s with each program's LLVM module compiled in one
-# piece (XLA splits it for a thread pool that a one-core worker does not have). The whole suite: 8:42 -> 5:51.
+# piece (XLA splits it for a thread pool that a one-core worker does not have); the whole suite, in two thirds of
+# its time at level 0 alone. Programs that compute for seconds run slower at level 0 (backends.gradient(optimize)).
 _xla_flags = [
     os.environ.get("XLA_FLAGS", ""),
     "--xla_backend_optimization_level=0",
