@@ -91,7 +91,7 @@ def test_sinkhorn_is_doubly_stochastic_within_tolerance(backend):
     p, residual = (B.numpy(y) for y in B.ops.sinkhorn(B.array(x), n_iters=10_000, tol=1e-9))
     assert residual.shape == (3, 2) and (residual <= 1e-9).all()
     assert np.abs(p.sum(-1) - 1).max() <= 1e-9 and np.abs(p.sum(-2) - 1).max() < 1e-12
-    np.testing.assert_allclose(residual, np.abs(p.sum(-1) - 1).max(-1), atol=1e-15)
+    np.testing.assert_allclose(residual, np.abs(p.sum(-1) - 1).max(-1), atol=1e-14)  # a few roundings of 1
     # The iteration cap is respected and reported through the residual.
     _, capped = B.ops.sinkhorn(B.array(x * 10), n_iters=2, tol=1e-9)
     assert (B.numpy(capped) > 1e-9).any()
