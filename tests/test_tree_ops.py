@@ -25,8 +25,8 @@ def random_logits(n, scale=2.0, seed=0, batch=()):
 
 
 def symmetric(logits):
-    """The upper triangle mirrored: the logits a spanning tree reads."""
-    return np.triu(logits, 1) + np.swapaxes(np.triu(logits, 1), -1, -2)
+    """``ops.symmetrize_upper`` of NumPy logits: the upper triangle mirrored, what a spanning tree reads."""
+    return ops.symmetrize_upper(torch.from_numpy(logits)).numpy()
 
 
 # ------------------------------------------------------------------------------------------ exact values
