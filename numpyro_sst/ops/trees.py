@@ -244,15 +244,17 @@ def _cycles(parent, candidates):
     n = parent.shape[-1]
     nodes = jnp.arange(n)
     jump = jnp.where(candidates, parent, nodes)
-    power = jump
-    for _ in range(_doublings(n)):
-        power = jnp.take_along_axis(power, power, -1)  # parent^(2^m): every node has reached its cycle
+    # lax loops, not unrolled: XLA would otherwise fuse the doublings into every (B, n, n) consumer of the labels
+    # and repeat them per entry
+    power = jax.lax.fori_loop(0, _doublings(n), lambda _, p: jnp.take_along_axis(p, p, -1), jump)
     b = jnp.arange(parent.shape[0])[:, None]
     on_cycle = jnp.zeros_like(candidates).at[b, power].set(True) & candidates
-    label = jnp.where(on_cycle, nodes, n)
-    for _ in range(_doublings(n)):
-        label = jnp.minimum(label, jnp.take_along_axis(label, jump, -1))
-        jump = jnp.take_along_axis(jump, jump, -1)
+
+    def halve(_, state):
+        label, jump = state
+        return jnp.minimum(label, jnp.take_along_axis(label, jump, -1)), jnp.take_along_axis(jump, jump, -1)
+
+    label, _ = jax.lax.fori_loop(0, _doublings(n), halve, (jnp.where(on_cycle, nodes, n), jump))
     return on_cycle, label
 
 
