@@ -11,6 +11,7 @@ approximation beyond (a lower bound within a factor :math:`2^{n/2}`).
 """
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -247,81 +248,138 @@ def _assignment_fails(absent):
     )
 
 
+class _Augmenting(NamedTuple):
+    """Per batch element, the state of the Hungarian loop: duals, matching and the current row's search.
+
+    Arrays over rows or columns are ``(n, B)``, batch last, so that the reductions over them run across the
+    batch in vector lanes.
+    """
+
+    #: ``(n, B)`` row and column potentials
+    u: jax.Array
+    v: jax.Array
+    #: ``(n, B)`` the matching so far (``-1``: unmatched)
+    col4row: jax.Array
+    row4col: jax.Array
+    #: ``(B,)`` the row being assigned (``n``: finished)
+    current: jax.Array
+    #: ``(B,)`` the element is following its augmenting path back (else searching for one)
+    walking: jax.Array
+    #: ``(n, B)`` Dijkstra's tentative distance of each column and the row it came from
+    shortest: jax.Array
+    path: jax.Array
+    seen_rows: jax.Array
+    seen_cols: jax.Array
+    #: ``(B,)`` the row being scanned, or while walking the column being matched
+    position: jax.Array
+    #: ``(B,)`` the distance of the last column reached
+    min_value: jax.Array
+    #: ``(B,)`` no finite assignment exists
+    failed: jax.Array
+
+
 @jax.jit
 def _hungarian_batched(cost):
     """``((B, n) column of each row, (B,) infeasible)``, minimising ``cost`` (``+inf`` = forbidden).
 
-    One row at a time; every batch element runs the same steps under masks. An element with no
-    finite assignment stops (``infeasible``) and is left alone from then on.
+    Each element assigns its rows in order, alternating a Dijkstra search for the shortest augmenting path
+    (one column per step) and the walk back along it (one column per step), in one ``lax.while_loop``
+    whose steps every element takes under masks. Elements do not wait for each other between rows, so
+    the loop runs as many steps as the longest element needs, not the sum of each row's longest search.
+    An element with no finite assignment stops (``infeasible``).
     """
     B, n = cost.shape[0], cost.shape[-1]
     b = jnp.arange(B)
-    cols = jnp.arange(n)
+    cols = jnp.arange(n)[:, None]
+    row_of = jax.vmap(lambda c, i: jax.lax.dynamic_index_in_dim(c, i, 0, keepdims=False))
 
-    def assign_row(current, state):
-        u, v, col4row, row4col, failed = state
+    def at(x, i):
+        """``x[i[b], b]`` for each element ``b``."""
+        return x[i, b]
 
-        def search(s):
-            shortest, path, seen_rows, seen_cols, row, min_value, sink, searching, failed = s
-            seen_rows = seen_rows.at[b, row].set(seen_rows[b, row] | searching)
-            reduced = min_value[:, None] + cost[b, row] - u[b, row][:, None] - v
-            better = searching[:, None] & ~seen_cols & (reduced < shortest)
-            path = jnp.where(better, row[:, None], path)
-            shortest = jnp.where(better, reduced, shortest)
-            candidates = jnp.where(seen_cols, jnp.inf, shortest)
-            lowest = candidates.min(-1)
-            stuck = searching & ~(lowest < jnp.inf)
-            tied = candidates == lowest[:, None]
-            free_tied = tied & (row4col < 0)
-            col = jnp.where(free_tied.any(-1), jnp.argmax(free_tied, -1), jnp.argmax(tied, -1))
-            searching = searching & ~stuck
-            min_value = jnp.where(searching, lowest, min_value)
-            seen_cols = seen_cols.at[b, col].set(seen_cols[b, col] | searching)
-            owner = row4col[b, col]
-            found = searching & (owner < 0)
-            sink = jnp.where(found, col, sink)
-            row = jnp.where(searching & ~found, owner, row)
-            return shortest, path, seen_rows, seen_cols, row, min_value, sink, searching & ~found, failed | stuck
-
-        start = (
-            jnp.full((B, n), jnp.inf, cost.dtype),
-            jnp.full((B, n), -1),
-            jnp.zeros((B, n), bool),
-            jnp.zeros((B, n), bool),
-            jnp.full(B, current, int),
-            jnp.zeros(B, cost.dtype),
-            jnp.full(B, -1),
-            ~failed,
-            failed,
+    def search(s):
+        """One column of the Dijkstra search from the row ``s.current`` (elements not walking)."""
+        searching = ~s.walking & (s.current < n) & ~s.failed
+        row = s.position
+        seen_rows = s.seen_rows | (searching & (cols == row))
+        reduced = s.min_value + row_of(cost, row).T - at(s.u, row) - s.v
+        better = searching & ~s.seen_cols & (reduced < s.shortest)
+        path = jnp.where(better, row, s.path)
+        shortest = jnp.where(better, reduced, s.shortest)
+        candidates = jnp.where(s.seen_cols, jnp.inf, shortest)
+        lowest = candidates.min(0)
+        stuck = searching & ~(lowest < jnp.inf)
+        searching = searching & ~stuck
+        # among the nearest columns, a free one first, then the lowest
+        col = jnp.where(candidates == lowest, (s.row4col >= 0) * n + cols, 2 * n).min(0) % n
+        min_value = jnp.where(searching, lowest, s.min_value)
+        seen_cols = s.seen_cols | (searching & (cols == col))
+        owner = at(s.row4col, col)
+        found = searching & (owner < 0)
+        # Found a free column: update the duals, then walk back from it.
+        u = s.u + (found & (cols == s.current)) * min_value
+        others = found & seen_rows & (cols != s.current)
+        u = jnp.where(others, u + min_value - jnp.take_along_axis(shortest, s.col4row.clip(0), 0), u)
+        v = jnp.where(found & seen_cols, s.v - (min_value - shortest), s.v)
+        position = jnp.where(found, col, jnp.where(searching, owner, s.position))
+        return s._replace(
+            u=u,
+            v=v,
+            walking=s.walking | found,
+            shortest=shortest,
+            path=path,
+            seen_rows=seen_rows,
+            seen_cols=seen_cols,
+            position=position,
+            min_value=min_value,
+            failed=s.failed | stuck,
         )
-        shortest, path, seen_rows, seen_cols, _, min_value, sink, _, now_failed = jax.lax.while_loop(
-            lambda s: jnp.any(s[7]), search, start
+
+    def walk(s, walking):
+        """One column of the walk back along the augmenting path (elements ``walking``); at its end the
+        element starts its next row."""
+        col = s.position
+        row = at(s.path, col)
+        row4col = s.row4col.at[col, b].set(jnp.where(walking, row, at(s.row4col, col)))
+        previous = at(s.col4row, row)
+        col4row = s.col4row.at[row, b].set(jnp.where(walking, col, previous))
+        arrived = walking & (row == s.current)
+        current = s.current + arrived
+        return s._replace(
+            col4row=col4row,
+            row4col=row4col,
+            current=current,
+            walking=s.walking & ~arrived,
+            shortest=jnp.where(arrived, jnp.inf, s.shortest),
+            path=jnp.where(arrived, -1, s.path),
+            seen_rows=s.seen_rows & ~arrived,
+            seen_cols=s.seen_cols & ~arrived,
+            position=jnp.where(arrived, current, jnp.where(walking, previous, col)),
+            min_value=jnp.where(arrived, 0.0, s.min_value),
         )
-        going = ~now_failed
-        u_next = u.at[:, current].add(min_value)
-        others = seen_rows & (cols != current)
-        assigned_shortest = jnp.take_along_axis(shortest, col4row.clip(0), -1)
-        u_next = jnp.where(others, u_next + min_value[:, None] - assigned_shortest, u_next)
-        u = jnp.where(going[:, None], u_next, u)
-        v = jnp.where(going[:, None] & seen_cols, v - (min_value[:, None] - shortest), v)
 
-        def walk(s):
-            col, col4row, row4col, walking = s
-            row = path[b, col]
-            row4col = row4col.at[b, col].set(jnp.where(walking, row, row4col[b, col]))
-            previous = col4row[b, row]
-            col4row = col4row.at[b, row].set(jnp.where(walking, col, previous))
-            walking = walking & (row != current)
-            return jnp.where(walking, previous, col), col4row, row4col, walking
+    def step(s):
+        walking = s.walking  # an element that finds its path this step starts walking at the next
+        return walk(search(s), walking)
 
-        _, col4row, row4col, _ = jax.lax.while_loop(
-            lambda s: jnp.any(s[3]), walk, (jnp.maximum(sink, 0), col4row, row4col, going)
-        )
-        return u, v, col4row, row4col, now_failed
-
-    state = (jnp.zeros((B, n), cost.dtype), jnp.zeros((B, n), cost.dtype), jnp.full((B, n), -1), jnp.full((B, n), -1))
-    _, _, col4row, _, failed = jax.lax.fori_loop(0, n, assign_row, (*state, jnp.zeros(B, bool)))
-    return col4row, failed
+    unmatched = jnp.full((n, B), -1)
+    start = _Augmenting(
+        u=jnp.zeros((n, B), cost.dtype),
+        v=jnp.zeros((n, B), cost.dtype),
+        col4row=unmatched,
+        row4col=unmatched,
+        current=jnp.zeros(B, int),
+        walking=jnp.zeros(B, bool),
+        shortest=jnp.full((n, B), jnp.inf, cost.dtype),
+        path=unmatched,
+        seen_rows=jnp.zeros((n, B), bool),
+        seen_cols=jnp.zeros((n, B), bool),
+        position=jnp.zeros(B, int),
+        min_value=jnp.zeros(B, cost.dtype),
+        failed=jnp.zeros(B, bool),
+    )
+    final = jax.lax.while_loop(lambda s: jnp.any((s.current < n) & ~s.failed), step, start)
+    return final.col4row.T, final.failed
 
 
 @jax.jit
