@@ -229,6 +229,20 @@ def test_solvers_break_ties_deterministically(backend):
     assert (a[0] == a[2]).all() and (a.sum(-2)[0] == (np.arange(6) != 2)).all()
 
 
+def test_batched_chu_liu_edmonds_breaks_ties_the_same_way_in_both_backends():
+    """Integer weights tie often; both backends keep, between two contracted nodes, the edge largest in the order
+    (penalty, score, -original edge), so they return the same arborescences, single-root ones included."""
+    import jax.numpy as jnp
+
+    import numpyro_sst
+
+    theta = torch.randint(0, 3, (16, 12, 12), generator=torch.Generator().manual_seed(23)).double().numpy()
+    for root, single_root in ((0, False), (5, True)):
+        x = ops.max_arborescence(torch.tensor(theta), root, single_root).numpy()
+        y = np.asarray(numpyro_sst.ops.max_arborescence(jnp.asarray(theta, jnp.float32), root, single_root))
+        np.testing.assert_array_equal(x, y)
+
+
 # ------------------------------------------------------------------------------------------ samplers
 
 

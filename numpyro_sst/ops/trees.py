@@ -230,8 +230,11 @@ def _prim(weights):
 
 def _lex_argmax_rows(penalty, score):
     """Per column, the row maximising ``(penalty, score)`` lexicographically (``(B, n, n) -> (B, n)``)."""
-    top = penalty.max(-2, keepdims=True)
-    return jnp.argmax(jnp.where(penalty == top, score, -jnp.inf), -2)
+    top = penalty == penalty.max(-2, keepdims=True)
+    score = jnp.where(top, score, -jnp.inf)
+    win = top & (score == score.max(-2, keepdims=True))
+    # three plain reductions: XLA's variadic argmax reduction is several times slower on the CPU
+    return jnp.where(win, jnp.arange(penalty.shape[-2])[:, None], penalty.shape[-2]).min(-2)
 
 
 def _doublings(n):
@@ -258,22 +261,28 @@ def _cycles(parent, candidates):
     return on_cycle, label
 
 
-def _group_lex_max(penalty, score, group, size):
-    """Lexicographic max of ``(penalty, score)`` over the entries of each ``group`` (flat ``(B, m)`` each).
+def _merge_rows(penalty, score, origin, label):
+    """Merge the rows of ``(B, n, n)`` edges that share a ``(B, n)`` label into the label's row.
 
-    Returns ``(penalty, score, argmax)`` of shape ``(B, size)``; the argmax is the lowest winning
-    entry (``m`` where a group is empty).
+    Per column, the entry of the merged rows that is largest in the order ``(penalty, score, -origin)``; rows
+    that are no label are left empty (``-inf``). Scatters and gathers whole rows (XLA moves them as slices).
     """
-    b = jnp.arange(group.shape[0])[:, None]
-    m = group.shape[-1]
-    best_p = jnp.full((group.shape[0], size), -jnp.inf, penalty.dtype).at[b, group].max(penalty)
-    top = penalty == jnp.take_along_axis(best_p, group, -1)
+    b = jnp.arange(label.shape[0])[:, None]
+    size = origin.shape[-1] ** 2
+    best_p = jnp.full_like(penalty, -jnp.inf).at[b, label].max(penalty)
+    top = penalty == best_p[b, label]
     score = jnp.where(top, score, -jnp.inf)
-    best_s = jnp.full_like(best_p, -jnp.inf).at[b, group].max(score)
-    win = top & (score == jnp.take_along_axis(best_s, group, -1))
-    entries = jnp.where(win, jnp.arange(m), m)
-    pick = jnp.full((group.shape[0], size), m).at[b, group].min(entries)
-    return best_p, best_s, pick
+    best_s = jnp.full_like(score, -jnp.inf).at[b, label].max(score)
+    win = top & (score == best_s[b, label])
+    best_o = jnp.full_like(origin, size).at[b, label].min(jnp.where(win, origin, size))
+    return best_p, best_s, jnp.minimum(best_o, size - 1)
+
+
+def _merge(penalty, score, origin, label):
+    """Contract the ``(B, n, n)`` edges onto the ``(B, n)`` node labels: the edge kept between two labels is the
+    largest in the order ``(penalty, score, -origin)`` among the edges between their nodes."""
+    merged = _merge_rows(*(x.swapaxes(-1, -2) for x in (penalty, score, origin)), label)
+    return _merge_rows(*(x.swapaxes(-1, -2) for x in merged), label)
 
 
 def _scatter_edges(result, keep, edge, n):
@@ -352,19 +361,12 @@ def _chu_liu_edmonds_batched(penalty, score, root):
         score = jnp.where(into, score - jnp.take_along_axis(score, parent[:, None, :], -2), score)
         new = jnp.where(on_cycle, label, nodes)
         inside = new[:, :, None] == new[:, None, :]
-        group = (new[:, :, None] * n + new[:, None, :]).reshape(B, -1)
-        penalty, score, pick = _group_lex_max(
-            jnp.where(inside, -jnp.inf, penalty).reshape(B, -1),
-            jnp.where(inside, -jnp.inf, score).reshape(B, -1),
-            group,
-            n * n,
+        penalty, score, origin = _merge(
+            jnp.where(inside, -jnp.inf, penalty), jnp.where(inside, -jnp.inf, score), origin, new
         )
-        origin = jnp.take_along_axis(origin.reshape(B, -1), jnp.minimum(pick, n * n - 1), -1).reshape(B, n, n)
         rep = jnp.take_along_axis(new, rep, -1)
         active = active & (new == nodes)
-        return _Contraction(
-            penalty.reshape(B, n, n), score.reshape(B, n, n), origin, rep, active, done, result, r + 1, record
-        )
+        return _Contraction(penalty, score, origin, rep, active, done, result, r + 1, record)
 
     state = _Contraction(penalty, score, origin, rep, active, done, result, jnp.array(0), record)
     state = jax.lax.while_loop(lambda s: ~jnp.all(s.done) & (s.rounds < n), contract, state)

@@ -308,23 +308,23 @@ def _cycles(parent, candidates):
     return on_cycle, label
 
 
-def _group_lex_max(penalty, score, group, size):
-    """Lexicographic max of ``(penalty, score)`` over the entries of each ``group`` (flat ``(B, m)`` each).
+def _merge(penalty, score, origin, label):
+    """Contract the ``(B, n, n)`` edges onto the ``(B, n)`` node labels: the edge kept between two labels is the
+    largest in the order ``(penalty, score, -origin)`` among the edges between their nodes.
 
-    Returns ``(penalty, score, argmax)`` of shape ``(B, size)``; the argmax is the lowest winning entry
-    (``m`` where a group is empty).
+    One reduction per key over flat groups ``label[i] * n + label[j]`` (torch's CPU scatter is fastest along
+    the last dimension); pairs that are no two labels are left empty (``-inf``).
     """
-    shape = (group.shape[0], size)
-    best_p = torch.full(shape, -math.inf, dtype=penalty.dtype, device=penalty.device)
-    best_p = best_p.scatter_reduce(-1, group, penalty, "amax")
+    B, n = label.shape
+    group = (label[:, :, None] * n + label[:, None, :]).reshape(B, -1)
+    penalty, score, origin = penalty.reshape(B, -1), score.reshape(B, -1), origin.reshape(B, -1)
+    best_p = torch.full_like(penalty, -math.inf).scatter_reduce(-1, group, penalty, "amax")
     top = penalty == best_p.gather(-1, group)
     score = torch.where(top, score, -math.inf)
-    best_s = torch.full_like(best_p, -math.inf).scatter_reduce(-1, group, score, "amax")
+    best_s = torch.full_like(score, -math.inf).scatter_reduce(-1, group, score, "amax")
     win = top & (score == best_s.gather(-1, group))
-    m = group.shape[-1]
-    entries = torch.where(win, torch.arange(m, device=group.device), m)
-    pick = torch.full(shape, m, dtype=torch.long, device=group.device).scatter_reduce(-1, group, entries, "amin")
-    return best_p, best_s, pick
+    best_o = torch.full_like(origin, n * n).scatter_reduce(-1, group, torch.where(win, origin, n * n), "amin")
+    return best_p.reshape(B, n, n), best_s.reshape(B, n, n), best_o.clamp(max=n * n - 1).reshape(B, n, n)
 
 
 def _scatter_edges(result, keep, edge, n):
@@ -369,22 +369,15 @@ def _chu_liu_edmonds_batched(penalty, score, root):
             if not live.numel():
                 break
         rounds.append((live, parent, on_cycle, origin, rep))
-        b = live.numel()
         # An edge into a cycle node scores its gain over the cycle edge it would replace.
         into = on_cycle[:, None, :]
         penalty = torch.where(into, penalty - penalty.gather(-2, parent[:, None, :]), penalty)
         score = torch.where(into, score - score.gather(-2, parent[:, None, :]), score)
         new = torch.where(on_cycle, label, nodes)
         inside = new[:, :, None] == new[:, None, :]
-        group = (new[:, :, None] * n + new[:, None, :]).reshape(b, -1)
-        penalty, score, pick = _group_lex_max(
-            penalty.masked_fill(inside, -math.inf).reshape(b, -1),
-            score.masked_fill(inside, -math.inf).reshape(b, -1),
-            group,
-            n * n,
+        penalty, score, origin = _merge(
+            penalty.masked_fill(inside, -math.inf), score.masked_fill(inside, -math.inf), origin, new
         )
-        penalty, score = penalty.reshape(b, n, n), score.reshape(b, n, n)
-        origin = origin.reshape(b, -1).gather(-1, pick.clamp(max=n * n - 1)).reshape(b, n, n)
         rep = new.gather(-1, rep)
         active = active & (new == nodes)
     # Each contracted cycle keeps its own edges but the one into the node its chosen in-edge enters.
