@@ -100,11 +100,13 @@ def sample_arborescence(
 
 def _root_component(parent, cut):
     """``(N, n)``: whether the path from each node to the root (node 0) crosses no ``cut`` edge (pointer doubling)."""
-    ancestor = parent
-    for _ in range(_doublings(parent.shape[-1])):
-        cut = cut | jnp.take_along_axis(cut, ancestor, -1)
-        ancestor = jnp.take_along_axis(ancestor, ancestor, -1)
-    return ~cut
+
+    def double(_, state):
+        cut, ancestor = state
+        return cut | jnp.take_along_axis(cut, ancestor, -1), jnp.take_along_axis(ancestor, ancestor, -1)
+
+    # a lax loop, not unrolled: XLA would otherwise fuse the doublings into the consumer of the mask
+    return ~jax.lax.fori_loop(0, _doublings(parent.shape[-1]), double, (cut, parent))[0]
 
 
 #: The sampler draws its coins and Gumbel noise for a block of steps at once (one large draw runs far faster
