@@ -270,6 +270,8 @@ class _Augmenting(NamedTuple):
     path: jax.Array
     seen_rows: jax.Array
     seen_cols: jax.Array
+    #: ``(n, B)`` the distance at which each seen row was reached (that of the column it owns)
+    row_distance: jax.Array
     #: ``(B,)`` the row being scanned, or while walking the column being matched
     position: jax.Array
     #: ``(B,)`` the distance of the last column reached
@@ -301,7 +303,9 @@ def _hungarian_batched(cost):
         """One column of the Dijkstra search from the row ``s.current`` (elements not walking)."""
         searching = ~s.walking & (s.current < n) & ~s.failed
         row = s.position
-        seen_rows = s.seen_rows | (searching & (cols == row))
+        scanned = searching & (cols == row)
+        seen_rows = s.seen_rows | scanned
+        row_distance = jnp.where(scanned, s.min_value, s.row_distance)
         reduced = s.min_value + row_of(cost, row).T - at(s.u, row) - s.v
         better = searching & ~s.seen_cols & (reduced < s.shortest)
         path = jnp.where(better, row, s.path)
@@ -319,7 +323,7 @@ def _hungarian_batched(cost):
         # Found a free column: update the duals, then walk back from it.
         u = s.u + (found & (cols == s.current)) * min_value
         others = found & seen_rows & (cols != s.current)
-        u = jnp.where(others, u + min_value - jnp.take_along_axis(shortest, s.col4row.clip(0), 0), u)
+        u = jnp.where(others, u + min_value - row_distance, u)
         v = jnp.where(found & seen_cols, s.v - (min_value - shortest), s.v)
         position = jnp.where(found, col, jnp.where(searching, owner, s.position))
         return s._replace(
@@ -330,6 +334,7 @@ def _hungarian_batched(cost):
             path=path,
             seen_rows=seen_rows,
             seen_cols=seen_cols,
+            row_distance=row_distance,
             position=position,
             min_value=min_value,
             failed=s.failed | stuck,
@@ -374,6 +379,7 @@ def _hungarian_batched(cost):
         path=unmatched,
         seen_rows=jnp.zeros((n, B), bool),
         seen_cols=jnp.zeros((n, B), bool),
+        row_distance=jnp.zeros((n, B), cost.dtype),
         position=jnp.zeros(B, int),
         min_value=jnp.zeros(B, cost.dtype),
         failed=jnp.zeros(B, bool),
