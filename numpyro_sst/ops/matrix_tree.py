@@ -67,6 +67,7 @@ from jax.typing import ArrayLike
 
 from sst_common.checks import check_root
 from sst_common.constants import (
+    JAX_LOGARITHMIC_CHUNK,
     JAX_PANEL_WIDTHS,
     SINGLE_ROOT_EMPTY_MARGIN,
     SINGLE_ROOT_MARGIN,
@@ -220,6 +221,28 @@ def _eliminate_logarithmic(X, keep_steps, steps_dtype):
     carry = (X - _no_neg_inf(log_scale)[None], log_scale, zeros)
     (_, _, total), steps = jax.lax.scan(eliminate, carry, jnp.arange(n - 1, 0, -1))
     return total, steps
+
+
+def _in_chunks(function, *arrays):
+    """``function`` of batch-last arrays, run on chunks of at most ``JAX_LOGARITHMIC_CHUNK`` batch elements in turn
+    (``lax.map``); its outputs are batch-last too. A last chunk that is not full is filled with copies of the first
+    elements (valid inputs), whose results are dropped."""
+    B = arrays[0].shape[-1]
+    size = min(B, JAX_LOGARITHMIC_CHUNK)
+    count = -(-B // size)
+    if count == 1:
+        return function(*arrays)
+    fill = count * size - B
+
+    def split(x):
+        x = jnp.concatenate([x, x[..., :fill]], -1)
+        return jnp.moveaxis(x.reshape(x.shape[:-1] + (count, size)), -2, 0)
+
+    def join(y):
+        y = jnp.moveaxis(y, 0, -2)
+        return y.reshape(y.shape[:-2] + (count * size,))[..., :B]
+
+    return jax.tree.map(join, jax.lax.map(lambda chunk: function(*chunk), tuple(split(x) for x in arrays)))
 
 
 def _prepared(theta, root, single_root):
@@ -583,7 +606,11 @@ def _log_partition_value(theta, root, single_root):
     """The log-partition of ``(B, n, n)`` directed log-weights, in the wide dtype: blocked, else in log space."""
     X, _, finish = _prepared(theta, root, single_root)
     log_z, exact, _, _ = _blocked(X, reverse=False)
-    return finish(by_tiers(exact, log_z, lambda: _eliminate_logarithmic(X, False, X.dtype)[0]))
+
+    def logarithmic(X):
+        return _eliminate_logarithmic(X, False, X.dtype)[0]
+
+    return finish(by_tiers(exact, log_z, lambda: _in_chunks(logarithmic, X)))
 
 
 def _marginals_value(theta, root, single_root):
@@ -591,11 +618,11 @@ def _marginals_value(theta, root, single_root):
     X, order, finish = _prepared(theta, root, single_root)
     log_z, exact, mu, _ = _blocked(X)
 
-    def logarithmic():
+    def logarithmic(X):
         log_z, steps = _eliminate_logarithmic(X, True, X.dtype)
         return log_z, _reverse(steps)[0]
 
-    log_z, mu = by_tiers(exact, (log_z, mu), logarithmic, batch_axes=(0, 2))
+    log_z, mu = by_tiers(exact, (log_z, mu), lambda: _in_chunks(logarithmic, X), batch_axes=(0, 2))
     return _node_layout_or_nan(mu, finish(log_z), order).astype(theta.dtype)
 
 
@@ -608,12 +635,12 @@ def _hessian_product_value(theta, v, *, root, single_root):
     dX = _to_elimination_layout(jnp.where(finite, v, 0).astype(X.dtype), order)
     log_z, exact, _, d_mu = _blocked(X, dX=dX)
 
-    def logarithmic():
+    def logarithmic(X, dX):
         log_z, steps = _eliminate_logarithmic(X, True, X.dtype)
         reduced = _reverse(steps)[1]
         return log_z, _reverse_tangents(steps, reduced, _step_tangents(steps, dX))
 
-    log_z, d_mu = by_tiers(exact, (log_z, d_mu), logarithmic, batch_axes=(0, 2))
+    log_z, d_mu = by_tiers(exact, (log_z, d_mu), lambda: _in_chunks(logarithmic, X, dX), batch_axes=(0, 2))
     d_mu = _node_layout_or_nan(d_mu, finish(log_z), order)
     return jnp.where(finite, d_mu, 0).astype(theta.dtype).reshape(shape)
 
