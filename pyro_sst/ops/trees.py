@@ -17,6 +17,7 @@ arborescences, the root column) are never read, so they may hold anything.
 
 import functools
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -332,6 +333,19 @@ def _scatter_edges(result, keep, edge, n):
     result.scatter_(-1, torch.where(keep, edge % n, n), edge // n)
 
 
+class _Round(NamedTuple):
+    """What a round of contraction leaves for the expansion, for the elements still contracting."""
+
+    #: ``(b,)`` the batch elements still contracting
+    live: torch.Tensor
+    #: ``(b, n)`` the nodes on a cycle this round
+    on_cycle: torch.Tensor
+    #: ``(b, n)`` the original edge each node's best in-edge stands for
+    edge: torch.Tensor
+    #: ``(b, n)`` the node each original node was contracted into before this round
+    rep: torch.Tensor
+
+
 def _chu_liu_edmonds_batched(penalty, score, root):
     """``(B, n)`` parent arrays of the maximum arborescences of ``(B, n, n)`` weights ``(penalty, score)``.
 
@@ -368,7 +382,7 @@ def _chu_liu_edmonds_batched(penalty, score, root):
             penalty, score, origin, rep, active = penalty[going], score[going], origin[going], rep[going], active[going]
             if not live.numel():
                 break
-        rounds.append((live, parent, on_cycle, origin, rep))
+        rounds.append(_Round(live, on_cycle, origin.gather(-2, parent[:, None, :]).squeeze(-2), rep))
         # An edge into a cycle node scores its gain over the cycle edge it would replace.
         into = on_cycle[:, None, :]
         penalty = torch.where(into, penalty - penalty.gather(-2, parent[:, None, :]), penalty)
@@ -381,11 +395,10 @@ def _chu_liu_edmonds_batched(penalty, score, root):
         rep = new.gather(-1, rep)
         active = active & (new == nodes)
     # Each contracted cycle keeps its own edges but the one into the node its chosen in-edge enters.
-    for live, parent, on_cycle, origin, rep in reversed(rounds):
+    for live, on_cycle, edge, rep in reversed(rounds):
         sub = result[live]
         entered = torch.zeros(live.numel(), n + 1, dtype=torch.bool, device=score.device)
         entered.scatter_(-1, torch.where(sub[:, :n] >= 0, rep, n), True)
-        edge = origin.gather(-2, parent[:, None, :]).squeeze(-2)
         _scatter_edges(sub, on_cycle & ~entered[:, :n], edge, n)
         result[live] = sub
     return result[:, :n]
