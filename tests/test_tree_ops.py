@@ -231,12 +231,13 @@ def test_solvers_break_ties_deterministically(backend):
 
 def test_batched_chu_liu_edmonds_breaks_ties_the_same_way_in_both_backends():
     """Integer weights tie often; both backends keep, between two contracted nodes, the edge largest in the order
-    (penalty, score, -original edge), so they return the same arborescences, single-root ones included."""
+    (penalty, score, -original edge), so they return the same arborescences, single-root ones included. A batch
+    of 300: numpyro_sst moves the elements still contracting to a batch of 75 as the others finish."""
     import jax.numpy as jnp
 
     import numpyro_sst
 
-    theta = torch.randint(0, 3, (16, 12, 12), generator=torch.Generator().manual_seed(23)).double().numpy()
+    theta = torch.randint(0, 3, (300, 12, 12), generator=torch.Generator().manual_seed(23)).double().numpy()
     for root, single_root in ((0, False), (5, True)):
         x = ops.max_arborescence(torch.tensor(theta), root, single_root).numpy()
         y = np.asarray(numpyro_sst.ops.max_arborescence(jnp.asarray(theta, jnp.float32), root, single_root))
