@@ -356,10 +356,23 @@ def _eliminate_panel(W, a, p, trailing):
     return Panel(pis, share_c, share_r, pi_rest, lam_rest, weights, log_pivots)
 
 
+class PanelTangents(NamedTuple):
+    """Tangents of a :class:`Panel`'s fields along the tangent of ``log W``, and that of ``log`` of its weights."""
+
+    #: ``(p, N, B)``, ``(p, N, p, B)``, ``(p, p, N, B)``: per step, as the :class:`Panel`'s
+    pi: jax.Array
+    share_columns: jax.Array
+    share_rows: jax.Array
+    #: ``(B, N, p)``, ``(B, p, N)``
+    pi_rest: jax.Array
+    lam_rest: jax.Array
+    #: ``(N, N, B)``
+    log_weights: jax.Array
+
+
 def _panel_tangents(panel, W, dL, a, p, trailing):
-    """Tangents of a :class:`Panel`'s steps along ``dL``, the tangent of ``log W`` (``(N, N, B)``): per step
-    ``(d_pi, d_share_columns, d_share_rows)``, then ``d_pi_rest``, ``d_lam_rest`` and the tangent of the
-    logarithm of the weights left."""
+    """The :class:`PanelTangents` of ``panel``, eliminated from ``W``, along ``dL`` (tangent of ``log W``,
+    ``(N, N, B)``)."""
     idx, local, rest, not_own, (d_columns, d_rows) = _panel_layout(dL, a, p)
 
     def step(carry, x):
@@ -391,10 +404,10 @@ def _panel_tangents(panel, W, dL, a, p, trailing):
     d_pi_rest = jnp.where(rest[None, :, None], jnp.transpose(d_steps[0], (2, 1, 0)), 0)
     d_lam_rest = panel.lam_rest * jnp.transpose(d_log_lams, (2, 0, 1))
     if not trailing:
-        return d_steps, d_pi_rest, d_lam_rest, jnp.zeros_like(dL)
+        return PanelTangents(*d_steps, d_pi_rest, d_lam_rest, jnp.zeros_like(dL))
     d_weights = W * dL + jnp.moveaxis(d_pi_rest @ panel.lam_rest + panel.pi_rest @ d_lam_rest, 0, -1)
     block = (rest[:, None] & rest & (idx[:, None] != idx))[..., None]
-    return d_steps, d_pi_rest, d_lam_rest, jnp.where(block, _safe_ratio(d_weights, panel.weights), 0)
+    return PanelTangents(*d_steps, d_pi_rest, d_lam_rest, jnp.where(block, _safe_ratio(d_weights, panel.weights), 0))
 
 
 def _scan(body, carry, xs, reverse=False):
@@ -435,7 +448,7 @@ def _blocked(X, reverse=True, dX=None):
         W, dL, log_pivots, worst = carry
         panel = _eliminate_panel(W, a, p, trailing)
         worst = jnp.maximum(worst, -panel.log_pivots.min(0))
-        dL_out = _panel_tangents(panel, W, dL, a, p, trailing)[-1] if tangent else None
+        dL_out = _panel_tangents(panel, W, dL, a, p, trailing).log_weights if tangent else None
         return (panel.weights, dL_out, log_pivots + panel.log_pivots.sum(0), worst), (W, dL) if reverse else None
 
     zeros = jnp.zeros((B,), X.dtype)
@@ -465,15 +478,16 @@ def _blocked(X, reverse=True, dX=None):
             flows = (to_step_rows(panel.pi_rest * G_lam), to_step_columns(panel.lam_rest * pi_G))
         steps = (panel.pi, panel.share_columns, panel.share_rows, *flows)
         if tangent:
-            d_steps, d_pi_rest, d_lam_rest, dL_out = _panel_tangents(panel, W, dL, a, p, trailing)
+            tangents = _panel_tangents(panel, W, dL, a, p, trailing)
+            d_pi_rest, d_lam_rest = tangents.pi_rest, tangents.lam_rest
             if trailing:
-                dG = jnp.where(panel.weights > 0, _safe_ratio(d_mu, panel.weights) - G * dL_out, 0)
+                dG = jnp.where(panel.weights > 0, _safe_ratio(d_mu, panel.weights) - G * tangents.log_weights, 0)
                 dGf = batch_first(dG)
                 d_flows = (
                     to_step_rows(d_pi_rest * G_lam + panel.pi_rest * (dGf @ T(panel.lam_rest) + Gf @ T(d_lam_rest))),
                     to_step_columns(d_lam_rest * pi_G + panel.lam_rest * (T(d_pi_rest) @ Gf + T(panel.pi_rest) @ dGf)),
                 )
-            steps = (*steps, *d_steps, *d_flows)
+            steps = (*steps, tangents.pi, tangents.share_columns, tangents.share_rows, *d_flows)
 
         def into(through_c, through_r, flow):
             """What enters each node left: through the panel's columns, its rows, and the trailing product."""
