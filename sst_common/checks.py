@@ -70,6 +70,13 @@ def empty_support_message(structure):
     )
 
 
+def too_few_items_message(name, k, fewest):
+    """What the k-subset ops raise where a batch element has only ``fewest`` items above ``-inf``, fewer than ``k``."""
+    return (
+        f"{name}: k={k} exceeds the number of items with logits above -inf (as few as {fewest} in some batch element)"
+    )
+
+
 #: relaxations of a k-subset (``RelaxedTopK(relaxation=...)``), in the order the docs list them
 RELAXATIONS = ("exp_family", "euclidean", "categorical_entropy", "binary_entropy")
 

@@ -33,10 +33,11 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike, DTypeLike
 
 from sst_common import enumeration
-from sst_common.checks import check_k, check_relaxation
+from sst_common.checks import check_k, check_relaxation, too_few_items_message
 from sst_common.constants import SUBSET_DIRECT_CONVOLUTION_MAX_LENGTH, subset_tilt_bisection_steps
 
 from .logspace import fill_nan, log_partition_tangent, log_sum_exp, mask_nan_elements, undefined_where_empty
@@ -67,7 +68,7 @@ def _raise_if_too_few_items(logits, k, name="logits"):
     present = (logits > -jnp.inf).sum(-1)
     raise_if(
         (present < k) & ~jnp.isnan(logits).any(-1),
-        lambda _: f"{name}: k={k} exceeds the number of items with logits above -inf in some batch element",
+        lambda bad: too_few_items_message(name, k, int(np.asarray(present)[bad].min())),
     )
 
 

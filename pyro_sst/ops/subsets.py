@@ -50,7 +50,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from sst_common import enumeration
-from sst_common.checks import check_k, check_relaxation
+from sst_common.checks import check_k, check_relaxation, too_few_items_message
 from sst_common.constants import SUBSET_DIRECT_CONVOLUTION_MAX_LENGTH, subset_tilt_bisection_steps
 
 from .logspace import (
@@ -84,14 +84,11 @@ def _check_args(logits, k, name="logits"):
     return check_k(k, logits.shape[-1])
 
 
-def _check_enough_items(logits, k, name="logits"):
+def _raise_if_too_few_items(logits, k, name="logits"):
     """Raise where fewer than ``k`` entries of a (NaN-free) batch element are above ``-inf``."""
     present = (logits > -math.inf).sum(-1)
     if bool((present < k).any()):
-        raise ValueError(
-            f"{name}: k={k} exceeds the number of items with logits above -inf "
-            f"(as few as {int(present.min())} in some batch element)"
-        )
+        raise ValueError(too_few_items_message(name, k, int(present.min())))
 
 
 def _split_terms(left, right, totals):
@@ -392,7 +389,7 @@ def sample_k_subset(
 def _sample_k_subset(logits, k, sample_shape, generator):
     d = int(logits.shape[-1])
     theta, nan = mask_nan_elements(logits, 1)
-    _check_enough_items(theta, k)
+    _raise_if_too_few_items(theta, k)
     reduced, k_reduced, offset, degree = _reduced_problem(theta, k)
     levels = _inside(_leaves(reduced, degree, lambda t: (torch.zeros_like(t), t)), degree, _log_convolve)
     counts = k_reduced.expand(sample_shape + k_reduced.shape)[..., None]
@@ -416,7 +413,7 @@ def top_k_mask(utilities: torch.Tensor, k: int) -> torch.Tensor:
 
 def _top_k_mask(utilities, k):
     utilities, nan = mask_nan_elements(utilities, 1)
-    _check_enough_items(utilities, k, "utilities")
+    _raise_if_too_few_items(utilities, k, "utilities")
     order = torch.sort(utilities, dim=-1, descending=True, stable=True).indices
     mask = torch.zeros_like(utilities).scatter(-1, order[..., :k], 1.0)
     return fill_nan(mask, nan, 1)
@@ -439,13 +436,13 @@ def enumerate_k_subsets(
 
 def _check_present(v, k):
     """Raise where fewer than ``k`` entries of a NaN-free row of ``v`` are above ``-inf``."""
-    _check_enough_items(mask_nan_elements(v, 1)[0], k, "v")
+    _raise_if_too_few_items(mask_nan_elements(v, 1)[0], k, "v")
     return v.new_zeros(())
 
 
 def _kth_largest(v, k):
     """The k-th largest entry of each row (raising where fewer than ``k`` entries are above ``-inf``)."""
-    _check_enough_items(v, k, "v")
+    _raise_if_too_few_items(v, k, "v")
     return torch.topk(v, k, dim=-1).values[..., -1:]
 
 
