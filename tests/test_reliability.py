@@ -225,7 +225,7 @@ def test_top_k_with_minus_inf_logits(backend, relaxation):
         x = B.numpy(B.ops.relaxed_top_k(B.array(v / 0.3), k, relaxation))
         assert np.isfinite(x).all() and (x[:, :3] == 0).all()
         np.testing.assert_allclose(x.sum(-1), np.full(3, float(k)), atol=1e-6, rtol=0)
-    with pytest.raises(ValueError, match="k=6|no k-subset"):
+    with pytest.raises(ValueError, match="k=6 exceeds the number of items with logits above -inf"):
         B.ops.relaxed_top_k(B.array(v), 6, relaxation)
 
 
@@ -241,7 +241,7 @@ def test_k_subset_with_minus_inf_logits(backend):
     np.testing.assert_allclose(B.numpy(B.ops.subset_marginals(B.array(v), 3))[present], ref.marginals, atol=1e-12)
     ops = B.ops
     for fn in (ops.subset_marginals, lambda *a: B.draw(ops.sample_k_subset, *a), ops.top_k_mask):
-        with pytest.raises(ValueError, match="k"):
+        with pytest.raises(ValueError, match=r"k=6 exceeds the number of items .*\(as few as 5 in some batch element"):
             fn(B.array(v), 6)
 
 

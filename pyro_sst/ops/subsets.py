@@ -328,6 +328,7 @@ class _SubsetMarginals(torch.autograd.Function):
     def forward(ctx, theta, k):
         with untraced():
             flat, nan = mask_nan_elements(_flat(theta), 1)
+            _raise_if_too_few_items(flat, k)
             mu, log_z = _subset_marginals(flat, k)
             check_nonempty(log_z, "k-subset")
             mu = fill_nan(mu.clamp(0, 1), nan, 1).reshape(theta.shape)  # clamp: a saturated mu an ulp above 1
