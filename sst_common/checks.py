@@ -77,6 +77,11 @@ def too_few_items_message(name, k, fewest):
     )
 
 
+def no_assignment_message(element):
+    """What ``max_assignment`` raises where batch element ``element`` has no permutation of finite weight."""
+    return f"weights: batch element {element} has no assignment of finite weight"
+
+
 #: relaxations of a k-subset (``RelaxedTopK(relaxation=...)``), in the order the docs list them
 RELAXATIONS = ("exp_family", "euclidean", "categorical_entropy", "binary_entropy")
 

@@ -157,6 +157,9 @@ def test_max_assignment_with_forbidden_entries_matches_scipy(backend):
         rows, cols = linear_sum_assignment(np.where(np.isfinite(w[b]), w[b], -1e9), maximize=True)
         assert (x[b][~np.isfinite(w[b])] == 0).all()
         assert np.where(x[b] > 0, w[b], 0).sum() == pytest.approx(w[b][rows, cols].sum(), abs=1e-9)
+    w[1, :, 4] = -np.inf  # no finite entry in column 4: one message on both backends (pyro_sst: scipy's path)
+    with pytest.raises(ValueError, match="^weights: batch element 1 has no assignment of finite weight$"):
+        B.ops.max_assignment(B.array(w))
 
 
 def test_batched_hungarian_matches_scipy(backend, monkeypatch):

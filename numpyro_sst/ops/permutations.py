@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike, DTypeLike
 
 from sst_common import enumeration
-from sst_common.checks import BACKWARDS, EXACT_MAX_N, check_sinkhorn_args
+from sst_common.checks import BACKWARDS, EXACT_MAX_N, check_sinkhorn_args, no_assignment_message
 
 from .logspace import (
     fill_nan,
@@ -219,7 +219,7 @@ def max_assignment(weights: ArrayLike) -> jax.Array:
     columns, failed = _hungarian_batched(-flat.astype(wide_dtype(flat.dtype)))
     raise_if(
         failed & ~nan,
-        lambda bad: f"weights: batch element {int(bad.nonzero()[0][0])} has no assignment of finite weight",
+        lambda bad: no_assignment_message(int(bad.nonzero()[0][0])),
     )
     x = (columns[..., None] == jnp.arange(n)).astype(weights.dtype)
     return fill_nan(x, nan | failed, 2).reshape(weights.shape)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from sst_common import enumeration
-from sst_common.checks import BACKWARDS, EXACT_MAX_N, check_sinkhorn_args
+from sst_common.checks import BACKWARDS, EXACT_MAX_N, check_sinkhorn_args, no_assignment_message
 
 from .logspace import (
     fill_nan,
@@ -267,7 +267,7 @@ def _hungarian_batched(cost):
             lowest = candidates.min(-1).values
             stuck = searching & (lowest == math.inf)
             if bool(stuck.any()):
-                raise ValueError(f"weights: batch element {int(stuck.nonzero()[0])} has no assignment of finite weight")
+                raise ValueError(no_assignment_message(int(stuck.nonzero()[0])))
             tied = candidates == lowest[:, None]
             free_tied = tied & (row4col < 0)
             col = torch.where(free_tied.any(-1), free_tied.int().argmax(-1), tied.int().argmax(-1))
@@ -317,7 +317,7 @@ def _scipy_assignment(b, w):
     try:
         return linear_sum_assignment(w, maximize=True)[1]
     except ValueError as error:
-        raise ValueError(f"weights: batch element {b} has no assignment of finite weight ({error})") from None
+        raise ValueError(no_assignment_message(b)) from error
 
 
 def _exact_log_permanent(logits):
