@@ -35,7 +35,9 @@ normalised once, in float64 where JAX has it. A column's mass only shrinks; a ba
 some column loses more scale than :func:`~sst_common.constants.linear_elimination_max_loss` allows
 (tight clusters at low temperature, where the numbers would flush what the result depends on) is
 eliminated in log space instead (:func:`_eliminate_logarithmic`, node by node, with the same steps
-as output). The marginals are the exact reverse pass through the steps (in probability units) and
+as output; under a ``lax.cond`` that skips it when no element needs it, over batch chunks of
+:data:`~sst_common.constants.JAX_LOGARITHMIC_CHUNK` so that its memory does not grow with the batch).
+The marginals are the exact reverse pass through the steps (in probability units) and
 their derivative, the Hessian-vector product of :math:`A`, is the forward-mode derivative of that
 pass, computed alongside it: no inverse, no determinant, no autodiff through the elimination. The
 marginals are a ``jax.custom_jvp`` whose tangent is a primitive, linear in the vector, whose
