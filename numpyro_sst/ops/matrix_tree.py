@@ -70,6 +70,7 @@ from jax.typing import ArrayLike
 from sst_common.checks import check_root
 from sst_common.constants import (
     JAX_LOGARITHMIC_CHUNK,
+    JAX_LOGARITHMIC_CHUNK_ENTRIES,
     JAX_PANEL_WIDTHS,
     SINGLE_ROOT_EMPTY_MARGIN,
     SINGLE_ROOT_MARGIN,
@@ -225,12 +226,14 @@ def _eliminate_logarithmic(X, keep_steps, steps_dtype):
     return total, steps
 
 
-def _in_chunks(function, *arrays):
-    """``function`` of batch-last arrays, run on chunks of at most ``JAX_LOGARITHMIC_CHUNK`` batch elements in turn
+def _in_chunks(function, X, *arrays):
+    """``function`` of ``(n, n, B)`` log-weights and other batch-last arrays, run on chunks of at most
+    ``JAX_LOGARITHMIC_CHUNK`` batch elements (fewer for large graphs: ``JAX_LOGARITHMIC_CHUNK_ENTRIES``) in turn
     (``lax.map``); its outputs are batch-last too. A last chunk that is not full is filled with copies of the first
     elements (valid inputs), whose results are dropped."""
-    B = arrays[0].shape[-1]
-    size = min(B, JAX_LOGARITHMIC_CHUNK)
+    arrays = (X, *arrays)
+    B = X.shape[-1]
+    size = max(1, min(B, JAX_LOGARITHMIC_CHUNK, JAX_LOGARITHMIC_CHUNK_ENTRIES // X.shape[0] ** 3))
     count = -(-B // size)
     if count == 1:
         return function(*arrays)
