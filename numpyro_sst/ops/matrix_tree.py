@@ -36,7 +36,7 @@ some column loses more scale than :func:`~sst_common.constants.linear_eliminatio
 (tight clusters at low temperature, where the numbers would flush what the result depends on) is
 eliminated in log space instead (:func:`_eliminate_logarithmic`, node by node, with the same steps
 as output; under a ``lax.cond`` that skips it when no element needs it, over batch chunks of
-:data:`~sst_common.constants.JAX_LOGARITHMIC_CHUNK` so that its memory does not grow with the batch).
+:data:`~sst_common.constants.JAX_LOGARITHMIC_CHUNK`, fewer for large graphs, so that its memory stays bounded).
 The marginals are the exact reverse pass through the steps (in probability units) and
 their derivative, the Hessian-vector product of :math:`A`, is the forward-mode derivative of that
 pass, computed alongside it: no inverse, no determinant, no autodiff through the elimination. The
