@@ -71,6 +71,13 @@ def cases(quick):
         lambda x: pyro_sst.RelaxedSpanningTree(x, 0.5),
         (B, n, n),
     )
+    for single_root in (False, True):
+        yield _relaxed_case(
+            f"RelaxedArborescence rsample+grad ({B},{n // 2},t=0.5,single_root={single_root})",
+            lambda x, s=single_root: numpyro_sst.RelaxedArborescence(x, 0.5, single_root=s),
+            lambda x, s=single_root: pyro_sst.RelaxedArborescence(x, 0.5, single_root=s),
+            (B, n // 2, n // 2),
+        )
     d, k = (100, 10)
     yield _relaxed_case(
         f"RelaxedTopK rsample+grad ({B * 2},{d},{k})",
