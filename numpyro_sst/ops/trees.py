@@ -382,10 +382,13 @@ def _contract_and_expand(state, root, sizes):
     result = state.result
     if sizes:
         picked = jnp.argsort(state.done, stable=True)[:target]  # the elements still contracting first
-        moved = (x[picked] for x in state[:7])
-        result = result.at[picked].set(
-            _contract_and_expand(_Contraction(*moved, jnp.array(0), _empty_record(target, n)), root, sizes[1:])
+        per_element = ("penalty", "score", "origin", "rep", "active", "done", "result")
+        moved = state._replace(
+            **{field: getattr(state, field)[picked] for field in per_element},
+            rounds=jnp.array(0),
+            record=_empty_record(target, n),
         )
+        result = result.at[picked].set(_contract_and_expand(moved, root, sizes[1:]))
     rounds, record = state.rounds, state.record
 
     # Each contracted cycle keeps its own edges but the one into the node its chosen in-edge enters.
