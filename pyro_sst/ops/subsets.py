@@ -54,7 +54,6 @@ from sst_common.checks import check_k, check_relaxation, too_few_items_message
 from sst_common.constants import SUBSET_DIRECT_CONVOLUTION_MAX_LENGTH, subset_tilt_bisection_steps
 
 from .logspace import (
-    check_nonempty,
     fill_nan,
     log_partition_backward,
     log_sum_exp,
@@ -328,9 +327,8 @@ class _SubsetMarginals(torch.autograd.Function):
     def forward(ctx, theta, k):
         with untraced():
             flat, nan = mask_nan_elements(_flat(theta), 1)
-            _raise_if_too_few_items(flat, k)
-            mu, log_z = _subset_marginals(flat, k)
-            check_nonempty(log_z, "k-subset")
+            _raise_if_too_few_items(flat, k)  # the only empty support: fewer than k items above -inf
+            mu, _ = _subset_marginals(flat, k)
             mu = fill_nan(mu.clamp(0, 1), nan, 1).reshape(theta.shape)  # clamp: a saturated mu an ulp above 1
         ctx.k = k
         ctx.save_for_backward(theta)
