@@ -40,7 +40,8 @@ def test_elimination_fallback_is_exact_at_huge_spreads(root, single_root):
     assert bool(jnp.isfinite(grad).all())
 
 
-def test_log_space_branch_in_chunks_matches_one_element_at_a_time():
+@pytest.mark.parametrize("single_root", [False, True])
+def test_log_space_branch_in_chunks_matches_one_element_at_a_time(single_root):
     """A batch of 150 (chunks of 64, the last one filled) where some elements lose more scale than float32's linear
     elimination allows: the log-partition, the marginals and the Hessian-vector product of the log-space branch
     match each element computed alone, and float64 enumeration."""
@@ -50,18 +51,38 @@ def test_log_space_branch_in_chunks_matches_one_element_at_a_time():
     t32, v32 = jnp.asarray(theta, jnp.float32), jnp.asarray(v, jnp.float32)
 
     def values(t, v):
-        mu, hvp = jax.jvp(N.arborescence_marginals, (t,), (v,))
-        return N.arborescence_log_partition(t), mu, hvp
+        mu, hvp = jax.jvp(lambda t: N.arborescence_marginals(t, 0, single_root), (t,), (v,))
+        return N.arborescence_log_partition(t, 0, single_root), mu, hvp
 
     together = values(t32, v32)
     for b in (0, 1, 2, 64, 127, 128, 149):  # the edges of the chunks, and the filled last one
         for x, y in zip(together, values(t32[b : b + 1], v32[b : b + 1]), strict=True):
             np.testing.assert_allclose(x[b], y[0], rtol=1e-5, atol=1e-5)
     big = np.flatnonzero(np.abs(theta).max((1, 2)) > 100)
-    for b in big[:3]:
-        ref = arborescence_family(theta[b], 0, False)
+    for b in [*big[:3], 0]:
+        ref = arborescence_family(theta[b], 0, single_root)
         np.testing.assert_allclose(together[0][b], ref.log_partition, rtol=1e-6)
         np.testing.assert_allclose(together[1][b], ref.marginals, atol=1e-5)
+
+
+def test_float32_single_root_relaxation_takes_the_linear_elimination():
+    """Single-root arborescences at a relaxed sample's spread ((logits + Gumbel) / 0.5, float32 without x64): the
+    linear elimination takes every element (the product of its pivots is Z_1 itself), and the marginals and their
+    Hessian-vector product match pyro_sst in float64 on the same rounded scores."""
+    from numpyro_sst.ops.matrix_tree import _blocked, _prepared, directed_log_weights
+
+    rng = np.random.RandomState(5)
+    theta = ((rng.normal(size=(64, 12, 12)) + rng.gumbel(size=(64, 12, 12))) / 0.5).astype(np.float32)
+    v = rng.normal(size=(64, 12, 12)).astype(np.float32)
+    X, _ = _prepared(directed_log_weights(jnp.asarray(theta), 0), 0)
+    assert bool(_blocked(X, True, reverse=False)[1].all())
+    mu, hvp = jax.jvp(lambda t: N.arborescence_marginals(t, 0, True), (jnp.asarray(theta),), (jnp.asarray(v),))
+    t64 = torch.tensor(theta, dtype=torch.float64, requires_grad=True)
+    expected_mu = P.arborescence_marginals(t64, 0, True)
+    (expected_hvp,) = torch.autograd.grad((expected_mu * torch.tensor(v, dtype=torch.float64)).sum(), t64)
+    np.testing.assert_allclose(mu, expected_mu.detach().numpy(), atol=1e-5)
+    scale = max(1.0, float(expected_hvp.abs().max()))
+    np.testing.assert_allclose(hvp, expected_hvp.numpy(), atol=1e-4 * scale)
 
 
 @pytest.mark.parametrize("scale", [1.0, 30.0, 1000.0])

@@ -46,11 +46,13 @@ transpose is itself (the Hessian is symmetric): ``grad`` runs the same direct co
 and ``grad`` of ``vmap`` all work. Time :math:`O(n^3)` and memory :math:`O(n^3 / p)` per batch
 element (``p`` the panel width).
 
-For ``single_root`` (the root has exactly one child, Koo et al. 2007) the root's out-edges are
-scaled by :math:`s = e^{-c}`, so that :math:`Z(s) = s Z_1 + s^2 Z_2 + \dots` and
-:math:`\log Z_1 = \log Z(s) + c` up to a relative error below :math:`e^{-60}`; ``c`` is chosen
-per batch element from the spread of its finite logits (root row included), and
-:math:`Z_1 = 0` is detected exactly from the same bound.
+For ``single_root`` (the root has exactly one child, Koo et al. 2007) scale the root's out-edges by
+:math:`s`: :math:`Z(s) = s Z_1 + s^2 Z_2 + \dots`, and the linear elimination takes the limit
+:math:`s \to 0` itself (:func:`_root_in_pivot`): the product of its pivots is :math:`Z_1`, exactly. The
+log-space elimination (and the samplers) scale them by :math:`s = e^{-c}` instead, so that
+:math:`\log Z_1 = \log Z(s) + c` up to a relative error below :math:`e^{-60}`; ``c`` is chosen per batch
+element from the spread of its finite logits (root row included), and :math:`Z_1 = 0` is detected exactly
+from the same bound.
 
 Special inputs. ``-inf`` logits are absent edges; where no tree of finite weight remains the
 log-partition is ``-inf`` and the marginals are undefined: they raise :class:`ValueError` on
@@ -168,21 +170,38 @@ def _to_node_layout(x, order):
 
 
 def _single_root_shift(X):
-    r"""Per batch element: the shift ``c`` of the root's out-edges and the smallest finite logit.
+    r"""Per batch element of ``(n, n, B)`` log-weights: the shift ``c`` of the root's out-edges and the smallest
+    finite logit.
 
     The bound on :math:`Z_{k+1} / Z_k` is :math:`n^2 e^{\mathrm{spread}}` on a complete graph and
     :math:`n^n e^{(n-1)\,\mathrm{spread}}` with absent edges: swapping a root edge for an edge between two
     root subtrees changes the weight by at most the spread, and there are at most that many trees.
     """
-    n = X.shape[-1]
+    n = X.shape[0]
     finite = jnp.isfinite(X)
-    largest = jnp.where(finite, X, -jnp.inf).max((-2, -1))
-    smallest = jnp.where(finite, X, jnp.inf).min((-2, -1))
-    spread = jnp.where(finite.any((-2, -1)), largest - smallest, 0)
-    complete = finite.sum((-2, -1)) == (n - 1) ** 2
+    largest = jnp.where(finite, X, -jnp.inf).max((0, 1))
+    smallest = jnp.where(finite, X, jnp.inf).min((0, 1))
+    spread = jnp.where(finite.any((0, 1)), largest - smallest, 0)
+    complete = finite.sum((0, 1)) == (n - 1) ** 2
     log_n = jnp.log(n)
     bound = jnp.where(complete, spread + 2 * log_n, (n - 1) * spread + n * log_n)
     return bound + SINGLE_ROOT_MARGIN, smallest
+
+
+def _shifted_for_single_root(X, single_root):
+    """``(X, finish)``: ``(n, n, B)`` log-weights with the root's out-edges shifted for the log-space elimination of
+    ``single_root`` arborescences; ``finish(log_z)`` undoes the shift on its log-partition."""
+    if not single_root:
+        return X, lambda log_z: log_z
+    n = X.shape[0]
+    shift, smallest = _single_root_shift(X)
+
+    def finish(log_z):
+        log_z = log_z + shift
+        # If Z_1 > 0 then log Z_1 >= (n - 1) * smallest; if Z_1 = 0 the shift puts the value far below.
+        return jnp.where(log_z < (n - 1) * smallest - SINGLE_ROOT_EMPTY_MARGIN, -jnp.inf, log_z)
+
+    return X.at[0].add(-shift), finish
 
 
 def _no_neg_inf(x):
@@ -250,22 +269,10 @@ def _in_chunks(function, X, *arrays):
     return jax.tree.map(join, jax.lax.map(lambda chunk: function(*chunk), tuple(split(x) for x in arrays)))
 
 
-def _prepared(theta, root, single_root):
-    """``(X, order, finish)``: ``(B, n, n)`` directed log-weights as ``(n, n, B)`` in elimination order and the wide
-    dtype, the root's out-edges shifted for ``single_root``; ``finish(log_z)`` undoes the shift on a log-partition."""
-    n = theta.shape[-1]
-    order = elimination_order(n, root)
-    X = _permute(theta.astype(wide_dtype(theta.dtype)), order)
-    if not single_root:
-        return _batch_last(X), order, lambda log_z: log_z
-    shift, smallest = _single_root_shift(X)
-
-    def finish(log_z):
-        log_z = log_z + shift
-        # If Z_1 > 0 then log Z_1 >= (n - 1) * smallest; if Z_1 = 0 the shift puts the value far below.
-        return jnp.where(log_z < (n - 1) * smallest - SINGLE_ROOT_EMPTY_MARGIN, -jnp.inf, log_z)
-
-    return _batch_last(X.at[..., 0, :].add(-shift[..., None])), order, finish
+def _prepared(theta, root):
+    """``(X, order)``: ``(B, n, n)`` directed log-weights as ``(n, n, B)`` in elimination order and the wide dtype."""
+    order = elimination_order(theta.shape[-1], root)
+    return _to_elimination_layout(theta.astype(wide_dtype(theta.dtype)), order), order
 
 
 def eliminate(theta, root, single_root, keep_steps=False):
@@ -274,7 +281,8 @@ def eliminate(theta, root, single_root, keep_steps=False):
     Exact :math:`\log \pi` of every parent, however small (the samplers draw from them); the steps' shares
     and parent probabilities are kept in the dtype of ``theta``.
     """
-    X, order, finish = _prepared(theta, root, single_root)
+    X, order = _prepared(theta, root)
+    X, finish = _shifted_for_single_root(X, single_root)
     log_z, steps = _eliminate_logarithmic(X, keep_steps, theta.dtype)
     return Elimination(finish(log_z), steps, order)
 
@@ -331,9 +339,25 @@ def _panel_layout(x, a, p):
     return idx, local, rest, (idx[:, None] != a + local)[..., None], (columns, rows)
 
 
-def _eliminate_panel(W, a, p, trailing):
+def _pivot_rows(idx, q, n, single_root):
+    r"""``(N, 1)``: the nodes whose weight into node ``q`` its pivot sums, of the ``N`` padded from ``n``.
+
+    Every node before ``q``; for ``single_root`` the root only where ``q`` is the last node eliminated (or a padding
+    leaf of the root). The root's out-edges scaled by :math:`s \to 0`, :math:`Z(s) = s Z_1 + O(s^2)`, and at first
+    order in :math:`s` the elimination leaves every other pivot without the root's weight, carries the root's row
+    as :math:`w'_{rj} = w_{rj} + (w_{rq} / d_q) w_{qj}`, and ends on the pivot :math:`w'_{r1}`: the product of the
+    pivots is :math:`Z_1` itself, and the root never takes a second child in the reverse pass.
+    """
+    before = idx < q
+    if single_root:
+        before = before & ((idx > 0) | (q == 1) | (q >= n))
+    return before[:, None]
+
+
+def _eliminate_panel(W, a, p, trailing, pivot_rows):
     """The :class:`Panel` eliminating nodes ``a + p - 1, ..., a`` of ``(N, N, B)`` weights; without ``trailing`` (the
-    only panel: no node but the root is left) the weights left are not formed."""
+    only panel: no node but the root is left) the weights left are not formed. ``pivot_rows(q)`` (:func:`_pivot_rows`)
+    are the nodes whose weights the pivot of node ``q`` sums."""
     idx, local, rest, not_own, (columns, rows) = _panel_layout(W, a, p)
 
     def step(carry, ql):
@@ -341,7 +365,7 @@ def _eliminate_panel(W, a, p, trailing):
         q = a + ql
         left = (idx < q)[:, None]
         column = jnp.where(left, jax.lax.dynamic_index_in_dim(columns, ql, 1, keepdims=False), 0)
-        pivot = column.sum(0)
+        pivot = jnp.where(pivot_rows(q), column, 0).sum(0)
         pi = _safe_ratio(column, pivot)
         earlier = (local < ql)[:, None]
         lam_panel = jnp.where(earlier, jax.lax.dynamic_index_in_dim(columns, q, 0, keepdims=False), 0)
@@ -375,7 +399,7 @@ class PanelTangents(NamedTuple):
     log_weights: jax.Array
 
 
-def _panel_tangents(panel, W, dL, a, p, trailing):
+def _panel_tangents(panel, W, dL, a, p, trailing, pivot_rows):
     """The :class:`PanelTangents` of ``panel``, eliminated from ``W``, along ``dL`` (tangent of ``log W``,
     ``(N, N, B)``)."""
     idx, local, rest, not_own, (d_columns, d_rows) = _panel_layout(dL, a, p)
@@ -387,7 +411,7 @@ def _panel_tangents(panel, W, dL, a, p, trailing):
         left = (idx < q)[:, None]
         earlier = (local < ql)[:, None]
         d_column = jnp.where(left, jax.lax.dynamic_index_in_dim(d_columns, ql, 1, keepdims=False), 0)
-        d_log_pi = jnp.where(left, d_column - (pi * d_column).sum(0), 0)
+        d_log_pi = jnp.where(left, d_column - jnp.where(pivot_rows(q), pi * d_column, 0).sum(0), 0)
         d_lam_panel = jnp.where(earlier, jax.lax.dynamic_index_in_dim(d_columns, q, 0, keepdims=False), 0)
         d_lam_rest = jax.lax.dynamic_index_in_dim(d_rows, ql, 0, keepdims=False)
         block_c = left[:, :, None] & earlier[None] & not_own
@@ -424,7 +448,7 @@ def _scan(body, carry, xs, reverse=False):
     return carry, jax.tree.map(lambda x: x[None], out)
 
 
-def _blocked(X, reverse=True, dX=None):
+def _blocked(X, single_root, reverse=True, dX=None):
     r"""The blocked linear elimination of ``(n, n, B)`` log-weights (elimination order, batch last).
 
     The same elimination as :func:`_eliminate_logarithmic`, panel by panel (:class:`Panel`), on weights
@@ -448,12 +472,13 @@ def _blocked(X, reverse=True, dX=None):
     dL = jnp.pad(dX, ((0, N - n), (0, N - n), (0, 0))) if tangent else None
     starts = N - (jnp.arange(P) + 1) * p
     trailing = P > 1
+    pivot_rows = functools.partial(_pivot_rows, jnp.arange(N), n=n, single_root=single_root)
 
     def forward(carry, a):
         W, dL, log_pivots, worst = carry
-        panel = _eliminate_panel(W, a, p, trailing)
+        panel = _eliminate_panel(W, a, p, trailing, pivot_rows)
         worst = jnp.maximum(worst, -panel.log_pivots.min(0))
-        dL_out = _panel_tangents(panel, W, dL, a, p, trailing).log_weights if tangent else None
+        dL_out = _panel_tangents(panel, W, dL, a, p, trailing, pivot_rows).log_weights if tangent else None
         return (panel.weights, dL_out, log_pivots + panel.log_pivots.sum(0), worst), (W, dL) if reverse else None
 
     zeros = jnp.zeros((B,), X.dtype)
@@ -472,7 +497,7 @@ def _blocked(X, reverse=True, dX=None):
     def undo_panel(carry, x):
         mu, d_mu = carry
         (W, dL), a = x
-        panel = _eliminate_panel(W, a, p, trailing)  # recomputed: cheaper than storing every panel's steps
+        panel = _eliminate_panel(W, a, p, trailing, pivot_rows)  # recomputed: cheaper than storing every panel's steps
         # what the marginals of the weights left owe each panel step's parent choice and out-edges (nothing
         # where no node but the root is left)
         flows = d_flows = (jnp.zeros_like(panel.pi),) * 2
@@ -483,7 +508,7 @@ def _blocked(X, reverse=True, dX=None):
             flows = (to_step_rows(panel.pi_rest * G_lam), to_step_columns(panel.lam_rest * pi_G))
         steps = (panel.pi, panel.share_columns, panel.share_rows, *flows)
         if tangent:
-            tangents = _panel_tangents(panel, W, dL, a, p, trailing)
+            tangents = _panel_tangents(panel, W, dL, a, p, trailing, pivot_rows)
             d_pi_rest, d_lam_rest = tangents.pi_rest, tangents.lam_rest
             if trailing:
                 dG = jnp.where(panel.weights > 0, _safe_ratio(d_mu, panel.weights) - G * tangents.log_weights, 0)
@@ -503,6 +528,8 @@ def _blocked(X, reverse=True, dX=None):
         def undo(carry, x):
             step, ql = x
             pi, s_c, s_r, row_flow, column_flow = step[:5]
+            counted = pivot_rows(a + ql)
+            pi = jnp.where(counted, pi, 0)  # a root not counted in the pivot takes no second child
             mu_c, mu_r = carry[:2]
             is_q = (local == ql).astype(mu_c.dtype)
             column_q, row_q = is_q[None, :, None], is_q[:, None, None]
@@ -517,6 +544,7 @@ def _blocked(X, reverse=True, dX=None):
             if not tangent:
                 return new, None
             d_pi, d_s_c, d_s_r, d_row_flow, d_column_flow = step[5:]
+            d_pi = jnp.where(counted, d_pi, 0)
             d_mu_c, d_mu_r = carry[2:]
             d_through_c = d_mu_c - d_mu_c * s_c - mu_c * d_s_c
             d_through_r = d_mu_r - d_mu_r * s_r - mu_r * d_s_r
@@ -623,26 +651,32 @@ def _node_layout_or_nan(x, log_z, order):
 
 def _log_partition_value(theta, root, single_root):
     """The log-partition of ``(B, n, n)`` directed log-weights, in the wide dtype: blocked, else in log space."""
-    X, _, finish = _prepared(theta, root, single_root)
-    log_z, exact, _, _ = _blocked(X, reverse=False)
+    X, _ = _prepared(theta, root)
+    log_z, exact, _, _ = _blocked(X, single_root, reverse=False)
+    shifted, finish = _shifted_for_single_root(X, single_root)
 
     def logarithmic(X):
         return _eliminate_logarithmic(X, False, X.dtype)[0]
 
-    return finish(by_tiers(exact, log_z, lambda: _in_chunks(logarithmic, X)))
+    return by_tiers(exact, log_z, lambda: finish(_in_chunks(logarithmic, shifted)))
 
 
 def _marginals_value(theta, root, single_root):
     """The marginals of ``(B, n, n)`` directed log-weights: the blocked reverse pass, else the log-space one."""
-    X, order, finish = _prepared(theta, root, single_root)
-    log_z, exact, mu, _ = _blocked(X)
+    X, order = _prepared(theta, root)
+    log_z, exact, mu, _ = _blocked(X, single_root)
+    shifted, finish = _shifted_for_single_root(X, single_root)
 
     def logarithmic(X):
         log_z, steps = _eliminate_logarithmic(X, True, X.dtype)
         return log_z, _reverse(steps)[0]
 
-    log_z, mu = by_tiers(exact, (log_z, mu), lambda: _in_chunks(logarithmic, X), batch_axes=(0, 2))
-    return _node_layout_or_nan(mu, finish(log_z), order).astype(theta.dtype)
+    def fallback():
+        log_z, mu = _in_chunks(logarithmic, shifted)
+        return finish(log_z), mu
+
+    log_z, mu = by_tiers(exact, (log_z, mu), fallback, batch_axes=(0, 2))
+    return _node_layout_or_nan(mu, log_z, order).astype(theta.dtype)
 
 
 def _hessian_product_value(theta, v, *, root, single_root):
@@ -650,17 +684,22 @@ def _hessian_product_value(theta, v, *, root, single_root):
     shape, n = theta.shape, theta.shape[-1]
     theta, v = theta.reshape(-1, n, n), v.reshape(-1, n, n)
     finite = jnp.isfinite(theta)
-    X, order, finish = _prepared(theta, root, single_root)
+    X, order = _prepared(theta, root)
     dX = _to_elimination_layout(jnp.where(finite, v, 0).astype(X.dtype), order)
-    log_z, exact, _, d_mu = _blocked(X, dX=dX)
+    log_z, exact, _, d_mu = _blocked(X, single_root, dX=dX)
+    shifted, finish = _shifted_for_single_root(X, single_root)
 
     def logarithmic(X, dX):
         log_z, steps = _eliminate_logarithmic(X, True, X.dtype)
         reduced = _reverse(steps)[1]
         return log_z, _reverse_tangents(steps, reduced, _step_tangents(steps, dX))
 
-    log_z, d_mu = by_tiers(exact, (log_z, d_mu), lambda: _in_chunks(logarithmic, X, dX), batch_axes=(0, 2))
-    d_mu = _node_layout_or_nan(d_mu, finish(log_z), order)
+    def fallback():
+        log_z, d_mu = _in_chunks(logarithmic, shifted, dX)
+        return finish(log_z), d_mu
+
+    log_z, d_mu = by_tiers(exact, (log_z, d_mu), fallback, batch_axes=(0, 2))
+    d_mu = _node_layout_or_nan(d_mu, log_z, order)
     return jnp.where(finite, d_mu, 0).astype(theta.dtype).reshape(shape)
 
 

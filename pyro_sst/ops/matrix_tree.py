@@ -42,11 +42,13 @@ product of :math:`A`, is the forward-mode derivative of that pass (:func:`_panel
 :func:`_step_tangents`) computed alongside it: no inverse, no determinant, no second-order autograd. Time
 :math:`O(n^3)` and saved memory :math:`O(n^3 / p)` per batch element (``p`` the panel width).
 
-For ``single_root`` (the root has exactly one child, Koo et al. 2007) the root's out-edges are
-scaled by :math:`s = e^{-c}`, so that :math:`Z(s) = s Z_1 + s^2 Z_2 + \dots` and
-:math:`\log Z_1 = \log Z(s) + c` up to a relative error below :math:`e^{-60}`; ``c`` is chosen
-per batch element from the spread of its finite logits (root row included), and
-:math:`Z_1 = 0` is detected exactly from the same bound.
+For ``single_root`` (the root has exactly one child, Koo et al. 2007) scale the root's out-edges by
+:math:`s`: :math:`Z(s) = s Z_1 + s^2 Z_2 + \dots`, and the linear elimination takes the limit
+:math:`s \to 0` itself (:func:`_root_in_pivot`): the product of its pivots is :math:`Z_1`, exactly. The
+log-space elimination (and the samplers) scale them by :math:`s = e^{-c}` instead, so that
+:math:`\log Z_1 = \log Z(s) + c` up to a relative error below :math:`e^{-60}`; ``c`` is chosen per batch
+element from the spread of its finite logits (root row included), and :math:`Z_1 = 0` is detected exactly
+from the same bound.
 
 Special inputs. ``-inf`` logits are absent edges. If no tree (or arborescence)
 of finite weight remains, the log-partition is ``-inf`` and the marginals,
@@ -57,6 +59,7 @@ independently of the others. The data-dependent branches live inside custom
 autograd Functions, so ``torch.jit.trace`` records them as calls and re-runs them.
 """
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -170,14 +173,18 @@ def _single_root_shift(X):
     return bound + SINGLE_ROOT_MARGIN, smallest
 
 
-def _prepared(theta, root, single_root):
-    """``(X, order, finish)``: ``(B, n, n)`` directed log-weights in elimination order and float64, the root's
-    out-edges shifted for ``single_root``; ``finish(log_z)`` undoes the shift on a log-partition."""
-    n = theta.shape[-1]
-    order = elimination_order(n, root)
-    X = _permute(theta.double(), order)
+def _prepared(theta, root):
+    """``(X, order)``: ``(B, n, n)`` directed log-weights in elimination order and float64."""
+    order = elimination_order(theta.shape[-1], root)
+    return _permute(theta.double(), order), order
+
+
+def _shifted_for_single_root(X, single_root):
+    """``(X, finish)``: ``(B, n, n)`` log-weights with the root's out-edges shifted for the log-space elimination of
+    ``single_root`` arborescences; ``finish(log_z)`` undoes the shift on its log-partition."""
     if not single_root:
-        return X, order, lambda log_z: log_z
+        return X, lambda log_z: log_z
+    n = X.shape[-1]
     shift, smallest = _single_root_shift(X)
 
     def finish(log_z):
@@ -185,7 +192,7 @@ def _prepared(theta, root, single_root):
         # If Z_1 > 0 then log Z_1 >= (n - 1) * smallest; if Z_1 = 0 the shift puts the value far below.
         return log_z.masked_fill(log_z < (n - 1) * smallest - SINGLE_ROOT_EMPTY_MARGIN, -math.inf)
 
-    return torch.cat([X[..., :1, :] - shift[..., None, None], X[..., 1:, :]], dim=-2), order, finish
+    return torch.cat([X[..., :1, :] - shift[..., None, None], X[..., 1:, :]], dim=-2), finish
 
 
 def _eliminate_logarithmic(X, keep_steps, steps_dtype):
@@ -220,7 +227,8 @@ def eliminate(theta, root, single_root, keep_steps=False):
     Exact :math:`\log \pi` of every parent, however small (the samplers draw from them); the steps' shares and
     parent probabilities are kept in the dtype of ``theta``.
     """
-    X, order, finish = _prepared(theta, root, single_root)
+    X, order = _prepared(theta, root)
+    X, finish = _shifted_for_single_root(X, single_root)
     log_z, steps = _eliminate_logarithmic(X, keep_steps, theta.dtype)
     return Elimination(finish(log_z), steps, order)
 
@@ -275,10 +283,24 @@ def _has_rows(a):
     return a > 1
 
 
-def _eliminate_panel(W, a, p, steps_dtype, keep_steps):
+def _root_in_pivot(q, n, single_root):
+    r"""Whether the pivot of node ``q`` (of the ``n`` before padding) sums the root's weight into it.
+
+    Always, but for ``single_root`` only where ``q`` is the last node eliminated (or a padding leaf of the root).
+    The root's out-edges scaled by :math:`s \to 0`, :math:`Z(s) = s Z_1 + O(s^2)`, and at first order in
+    :math:`s` the elimination leaves every other pivot without the root's weight, carries the root's row as
+    :math:`w'_{rj} = w_{rj} + (w_{rq} / d_q) w_{qj}`, and ends on the pivot :math:`w'_{r1}`: the product of the
+    pivots is :math:`Z_1` itself, and the root never takes a second child in the reverse pass (its parent
+    probability there is 0).
+    """
+    return not single_root or q == 1 or q >= n
+
+
+def _eliminate_panel(W, a, p, steps_dtype, keep_steps, root_in_pivot):
     """The :class:`Panel` eliminating nodes ``a + p - 1, ..., a`` of ``(B, a + p, a + p)`` (or larger) weights; with
     ``keep_steps`` the steps' parent distributions and shares, in ``steps_dtype`` (else only what the nodes left
-    and the log-partition need)."""
+    and the log-partition need). ``root_in_pivot(q)`` (:func:`_root_in_pivot`) says whether node ``q``'s pivot
+    sums the root's weight."""
     end, has_rows = a + p, _has_rows(a)
     columns, rows = W[:, :end, a:end].clone(), W[:, a:end, :a].clone() if has_rows else None
     pis, share_columns, share_rows = [None] * p, [None] * p, [None] * p
@@ -288,10 +310,11 @@ def _eliminate_panel(W, a, p, steps_dtype, keep_steps):
     for l in range(p - 1, -1, -1):  # noqa: E741
         q = a + l
         column = columns[:, :q, l]
-        pivot = column.sum(-1, keepdim=True)
+        counted = root_in_pivot(q)
+        pivot = (column if counted else column[:, 1:]).sum(-1, keepdim=True)
         pi = _safe_ratio(column, pivot)
-        if keep_steps:
-            pis[l] = pi.to(steps_dtype)
+        if keep_steps:  # the parent distribution of the reverse pass: none on a root not counted
+            pis[l] = (pi if counted else F.pad(pi[:, 1:], (1, 0))).to(steps_dtype)
         pi_rest[:, :, l] = pi[:, :a]  # in float64: the trailing product may rest on what steps_dtype flushes
         log_pivots[:, l] = pivot[:, 0].log()
         if has_rows:
@@ -450,7 +473,7 @@ class Blocked(NamedTuple):
         return [self.normalised] + [panel.weights for panel in self.panels[:-1]]
 
 
-def _blocked(X, steps_dtype, keep_steps):
+def _blocked(X, single_root, steps_dtype, keep_steps):
     r"""The blocked elimination (:class:`Blocked`) of ``(B, n, n)`` float64 log-weights in elimination order.
 
     The same elimination as :func:`_eliminate_logarithmic`, panel by panel (:class:`Panel`, ``p`` nodes a
@@ -465,8 +488,9 @@ def _blocked(X, steps_dtype, keep_steps):
     log_scale = log_sum_exp(X, -2)
     normalised = weights = (X - log_scale.nan_to_num(neginf=0.0)[..., None, :]).exp()
     panels = []
+    root_in_pivot = functools.partial(_root_in_pivot, n=n, single_root=single_root)
     for a in range(N - p, 0, -p):
-        panels.append(_eliminate_panel(weights, a, p, steps_dtype, keep_steps))
+        panels.append(_eliminate_panel(weights, a, p, steps_dtype, keep_steps, root_in_pivot))
         weights = panels[-1].weights
     log_pivots = torch.cat([panel.log_pivots for panel in panels], -1)
     log_z = log_pivots.sum(-1) + log_scale[:, 1:].sum(-1)
@@ -510,14 +534,15 @@ class ExactElimination(NamedTuple):
 
 def eliminate_exactly(theta, root, single_root, keep_steps=False):
     """The :class:`ExactElimination` of ``(B, n, n)`` directed log-weights, in float64."""
-    X, order, finish = _prepared(theta, root, single_root)
-    blocked = _blocked(X, theta.dtype, keep_steps)
+    X, order = _prepared(theta, root)
+    blocked = _blocked(X, single_root, theta.dtype, keep_steps)
     rest = (~blocked.exact).nonzero().squeeze(-1)
     log_z, steps = blocked.log_z, []
     if rest.numel():
-        log_z_rest, steps = _eliminate_logarithmic(X[rest], keep_steps, X.dtype)
-        log_z = log_z.index_put((rest,), log_z_rest)
-    return ExactElimination(finish(log_z), blocked, rest, steps, order)
+        shifted, finish = _shifted_for_single_root(X[rest], single_root)
+        log_z_rest, steps = _eliminate_logarithmic(shifted, keep_steps, X.dtype)
+        log_z = log_z.index_put((rest,), finish(log_z_rest))
+    return ExactElimination(log_z, blocked, rest, steps, order)
 
 
 def _step_tangents(steps, dX):
