@@ -163,12 +163,14 @@ def test_max_assignment_with_forbidden_entries_matches_scipy(backend):
 
 
 def test_batched_hungarian_matches_scipy(backend, monkeypatch):
-    """The batched shortest augmenting paths (pyro_sst's device path, run on the CPU; numpyro_sst's only
-    path): real and tied integer weights, absent edges, NaN elements."""
-    from pyro_sst.ops import permutations
+    """The batched shortest augmenting paths (both backends' path on other devices, run on the CPU): real and
+    tied integer weights, absent edges, NaN elements."""
+    import numpyro_sst.ops.permutations
+    import pyro_sst.ops.permutations
 
     B = backend
-    monkeypatch.setattr(permutations, "_BATCHED_ASSIGNMENT_ON_CPU", True)
+    for module in (pyro_sst.ops.permutations, numpyro_sst.ops.permutations):
+        monkeypatch.setattr(module, "_BATCHED_ASSIGNMENT_ON_CPU", True)
     g = torch.Generator().manual_seed(5)
     w = torch.cat([torch.randn(6, 12, 12, generator=g), torch.randint(0, 3, (6, 12, 12), generator=g).float()])
     w = w.masked_fill(torch.rand(w.shape, generator=g) < 0.2, -math.inf)

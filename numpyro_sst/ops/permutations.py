@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike, DTypeLike
 
 from sst_common import enumeration
@@ -208,15 +209,18 @@ def _sinkhorn(log_alpha, n_iters, tol, backward):
 def max_assignment(weights: ArrayLike) -> jax.Array:
     r"""Maximum-weight perfect matching :math:`\arg\max_{x} \langle W, x\rangle` as a permutation matrix.
 
-    Shortest augmenting paths with dual potentials (Jonker-Volgenant, as in Crouse 2016) for the
-    whole batch at once under masks, in ``lax`` loops (jittable, on any device). Exact; ties are
-    broken deterministically (possibly unlike scipy's). Raises :class:`ValueError` on concrete
-    input where an element has no assignment of finite weight (NaN under ``jit``).
+    On the CPU: the Hungarian algorithm of :func:`scipy.optimize.linear_sum_assignment`, one batch
+    element at a time, as a ``jax.pure_callback`` (it beats the batched loop there, as in pyro_sst).
+    On other devices: :func:`_hungarian_batched`, shortest augmenting paths for the whole batch at
+    once under masks, in ``lax`` loops. The choice is made where the program is lowered
+    (``lax.platform_dependent``), so both are jittable. Exact; ties may be broken differently by the
+    two, each deterministically. Raises :class:`ValueError` on concrete input where an element has
+    no assignment of finite weight (NaN under ``jit``).
     """
     weights = check_square(weights, "weights")
     n = weights.shape[-1]
     flat, nan = mask_nan_elements(jax.lax.stop_gradient(weights).reshape(-1, n, n), 2)
-    columns, failed = _hungarian_batched(-flat.astype(wide_dtype(flat.dtype)))
+    columns, failed = _assignment(-flat.astype(wide_dtype(flat.dtype)))
     raise_if(
         failed & ~nan,
         lambda bad: no_assignment_message(int(bad.nonzero()[0][0])),
@@ -229,8 +233,8 @@ def assignment_exists(logits: ArrayLike) -> jax.Array:
     """Whether each ``(..., n, n)`` element has a permutation of finite weight, shape ``logits.shape[:-2]``.
 
     A perfect matching on the entries above ``-inf``: elements without an absent entry have one; where
-    some element has one, every element is checked exactly with the batched Hungarian algorithm on its
-    pattern (a ``lax.cond``; jittable). NaN entries count as present.
+    some element has one, every element is checked exactly with the Hungarian algorithm on its pattern (a
+    ``lax.cond``; jittable; scipy's on the CPU, as :func:`max_assignment`). NaN entries count as present.
     """
     logits = check_square(logits, "logits")
     n = logits.shape[-1]
@@ -238,11 +242,53 @@ def assignment_exists(logits: ArrayLike) -> jax.Array:
     return ~_assignment_fails(absent).reshape(logits.shape[:-2])
 
 
+#: run :func:`_hungarian_batched` on the CPU too (for tests; scipy's loop is faster there)
+_BATCHED_ASSIGNMENT_ON_CPU = False
+
+
+def _assignment(cost):
+    """``((B, n) column of each row, (B,) infeasible)``, minimising ``(B, n, n)`` ``cost`` (``+inf`` = forbidden):
+    scipy's loop on the CPU, :func:`_hungarian_batched` elsewhere."""
+    if _BATCHED_ASSIGNMENT_ON_CPU:
+        return _hungarian_batched(cost)
+    return _platform_assignment(cost)
+
+
+@jax.jit
+def _platform_assignment(cost):
+    return jax.lax.platform_dependent(cost, cpu=_scipy_assignment, default=_hungarian_batched)
+
+
+def _scipy_assignment(cost):
+    """:func:`scipy.optimize.linear_sum_assignment` per element of ``(..., n, n)`` ``cost``, on the host."""
+    index = jax.dtypes.canonicalize_dtype(int)  # int64 under x64, like the batched loop's
+    shape = (jax.ShapeDtypeStruct(cost.shape[:-1], index), jax.ShapeDtypeStruct(cost.shape[:-2], jnp.bool_))
+    return jax.pure_callback(
+        functools.partial(_scipy_assignment_host, index=index), shape, cost, vmap_method="broadcast_all"
+    )
+
+
+def _scipy_assignment_host(cost, index):
+    from scipy.optimize import linear_sum_assignment
+
+    cost = np.asarray(cost)
+    n = cost.shape[-1]
+    flat = cost.reshape(-1, n, n)
+    columns = np.tile(np.arange(n, dtype=index), (flat.shape[0], 1))
+    failed = np.zeros(flat.shape[0], bool)
+    for b, element in enumerate(flat):
+        try:
+            columns[b] = linear_sum_assignment(element)[1]
+        except ValueError:  # no assignment of finite cost
+            failed[b] = True
+    return columns.reshape(cost.shape[:-1]), failed.reshape(cost.shape[:-2])
+
+
 @jax.jit
 def _assignment_fails(absent):
     return jax.lax.cond(
         absent.any(),
-        lambda a: _hungarian_batched(jnp.where(a, jnp.inf, 0.0))[1],
+        lambda a: _assignment(jnp.where(a, jnp.inf, 0.0))[1],
         lambda a: jnp.zeros(a.shape[0], bool),
         absent,
     )
