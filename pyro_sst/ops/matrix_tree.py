@@ -304,25 +304,20 @@ def _eliminate_panel(W, a, p, steps_dtype, keep_steps, root_in_pivot):
     end, has_rows = a + p, _has_rows(a)
     columns, rows = W[:, :end, a:end].clone(), W[:, a:end, :a].clone() if has_rows else None
     pis, share_columns, share_rows = [None] * p, [None] * p, [None] * p
-    pi_rest, lam_rest = W.new_empty(W.shape[0], a, p), W.new_zeros(W.shape[0], p, a)
-    log_pivots = W.new_empty(W.shape[0], p)
-    own = torch.arange(p, device=W.device)
+    pi_rest, pivots = [None] * p, [None] * p
     for l in range(p - 1, -1, -1):  # noqa: E741
         q = a + l
         column = columns[:, :q, l]
         counted = root_in_pivot(q)
-        pivot = (column if counted else column[:, 1:]).sum(-1, keepdim=True)
-        pi = _safe_ratio(column, pivot)
+        pivots[l] = (column if counted else column[:, 1:]).sum(-1, keepdim=True)
+        pi = _safe_ratio(column, pivots[l])
         if keep_steps:  # the parent distribution of the reverse pass: none on a root not counted
             pis[l] = (pi if counted else F.pad(pi[:, 1:], (1, 0))).to(steps_dtype)
-        pi_rest[:, :, l] = pi[:, :a]  # in float64: the trailing product may rest on what steps_dtype flushes
-        log_pivots[:, l] = pivot[:, 0].log()
-        if has_rows:
-            lam_rest[:, l] = rows[:, l]
+        pi_rest[l] = pi[:, :a]  # in float64: the trailing product may rest on what steps_dtype flushes
         if l:
             old_columns = columns[:, :q, :l]
             new_columns = torch.addcmul(old_columns, pi[:, :, None], columns[:, q, None, :l])
-            new_columns[:, a + own[:l], own[:l]] = 0.0  # a path j -> q -> j is a self-loop: in no tree
+            new_columns.diagonal(-a, 1, 2).zero_()  # a path j -> q -> j is a self-loop: in no tree
             if keep_steps:
                 share_columns[l] = _safe_ratio(old_columns, new_columns).to(steps_dtype)
             columns[:, :q, :l] = new_columns
@@ -332,9 +327,11 @@ def _eliminate_panel(W, a, p, steps_dtype, keep_steps, root_in_pivot):
             if keep_steps:
                 share_rows[l] = _safe_ratio(old_rows, new_rows).to(steps_dtype)
             rows[:, :l] = new_rows
+    # a step's row of out-weights is final once the step is taken: later steps update the rows before it
+    pi_rest, lam_rest = torch.stack(pi_rest, -1), rows if has_rows else W.new_zeros(W.shape[0], p, a)
     weights = torch.baddbmm(W[:, :a, :a], pi_rest, lam_rest)
     weights.diagonal(dim1=-2, dim2=-1).zero_()
-    return Panel(pis, share_columns, share_rows, pi_rest, lam_rest, weights, log_pivots)
+    return Panel(pis, share_columns, share_rows, pi_rest, lam_rest, weights, torch.cat(pivots, -1).log())
 
 
 class PanelTangents(NamedTuple):
@@ -354,17 +351,14 @@ def _panel_tangents(panel, W, dL, a, p):
     d_columns = dL[:, :end, a:end].to(dtype, copy=True)
     d_rows = dL[:, a:end, :a].to(dtype, copy=True) if has_rows else None
     d_pi, d_share_columns, d_share_rows = [None] * p, [None] * p, [None] * p
-    d_log_lam, d_pi_rest = d_columns.new_zeros(panel.lam_rest.shape), torch.empty_like(panel.pi_rest)
-    own = torch.arange(p, device=W.device)
+    d_log_pi_rest = [None] * p
     for l in range(p - 1, -1, -1):  # noqa: E741
         q = a + l
         pi = panel.pi[l]
         d_column = d_columns[:, :q, l]
         d_log_pi = d_column - (pi * d_column).sum(-1, keepdim=True)
         d_pi[l] = pi * d_log_pi
-        d_pi_rest[:, :, l] = panel.pi_rest[:, :, l] * d_log_pi[:, :a]
-        if has_rows:
-            d_log_lam[:, l] = d_rows[:, l]
+        d_log_pi_rest[l] = d_log_pi[:, :a]
         # a new weight w' = w + pi lam mixes the tangents of its two terms by their shares
         if l:
             s_c = panel.share_columns[l]
@@ -372,7 +366,7 @@ def _panel_tangents(panel, W, dL, a, p):
             d_diff_c = d_columns[:, :q, :l] - d_via_c
             d_share_columns[l] = s_c * (1 - s_c) * d_diff_c
             new_columns = torch.addcmul(d_via_c, s_c, d_diff_c)
-            new_columns[:, a + own[:l], own[:l]] = 0.0
+            new_columns.diagonal(-a, 1, 2).zero_()
             d_columns[:, :q, :l] = new_columns
         if l and has_rows:
             s_r = panel.share_rows[l]
@@ -380,7 +374,9 @@ def _panel_tangents(panel, W, dL, a, p):
             d_diff_r = d_rows[:, :l] - d_via_r
             d_share_rows[l] = s_r * (1 - s_r) * d_diff_r
             d_rows[:, :l] = torch.addcmul(d_via_r, s_r, d_diff_r)
-    d_lam_rest = panel.lam_rest * d_log_lam.to(W.dtype)
+    d_pi_rest = panel.pi_rest * torch.stack(d_log_pi_rest, -1)
+    # as in the elimination, a step's row is final once the step is taken
+    d_lam_rest = panel.lam_rest * d_rows if has_rows else torch.zeros_like(panel.lam_rest)
     d_weights = W[:, :a, :a] * dL[:, :a, :a] + d_pi_rest @ panel.lam_rest + panel.pi_rest @ d_lam_rest
     d_log_weights = _safe_ratio(d_weights, panel.weights)
     return PanelTangents(d_pi, d_share_columns, d_share_rows, d_pi_rest, d_lam_rest, d_log_weights)
