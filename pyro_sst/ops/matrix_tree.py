@@ -39,8 +39,9 @@ clusters at low temperature, where float64 would flush what the result depends o
 exact reverse pass through the steps (:func:`_undo_panel`, :func:`_reverse`; in probability units, the
 steps' shares and parent probabilities kept in the input dtype) and their backward, the Hessian-vector
 product of :math:`A`, is the forward-mode derivative of that pass (:func:`_panel_tangents`,
-:func:`_step_tangents`) computed alongside it: no inverse, no determinant, no second-order autograd. Time
-:math:`O(n^3)` and saved memory :math:`O(n^3 / p)` per batch element (``p`` the panel width).
+:func:`_undo_panel_tangent`, :func:`_step_tangents`), which reads what the forward's reverse pass recorded
+(:class:`PanelReverse`) instead of computing it again: no inverse, no determinant, no second-order autograd.
+Time :math:`O(n^3)` and saved memory :math:`O(n^3 / p)` per batch element (``p`` the panel width).
 
 For ``single_root`` (the root has exactly one child, Koo et al. 2007) scale the root's out-edges by
 :math:`s`: :math:`Z(s) = s Z_1 + s^2 Z_2 + \dots`, and the linear elimination takes the limit
@@ -382,10 +383,25 @@ def _panel_tangents(panel, W, dL, a, p):
     return PanelTangents(d_pi, d_share_columns, d_share_rows, d_pi_rest, d_lam_rest, d_log_weights)
 
 
-def _undo_panel(panel, W, mu, a, p, tangents=None, dL=None, d_mu=None):
+class PanelReverse(NamedTuple):
+    """What undoing a :class:`Panel` computed on the way that its tangent pass reuses (:func:`_undo_panel`)."""
+
+    #: ``(B, a, a)`` the flows :math:`G = \mu' / W'` of the trailing product, ``(B, a, p)`` :math:`G \Lambda^\top`,
+    #: ``(B, p, a)`` :math:`\Pi^\top G`
+    G: torch.Tensor
+    G_lam: torch.Tensor
+    pi_G: torch.Tensor
+    #: per step ``l``: the marginals of the panel's columns ``(B, a + l, l)`` and rows ``(B, l, a)`` before the
+    #: step was undone (``None`` where there are none), and ``(B, 1)`` the probability that the step's node
+    #: is a leaf of the nodes before it
+    columns: list
+    rows: list
+    rest: list
+
+
+def _undo_panel(panel, W, mu, a, p):
     r"""The marginals ``(B, a + p, a + p)`` of the weights ``W`` a panel was eliminated from, given the marginals
-    ``mu`` of the weights it left, and with ``tangents`` (:class:`PanelTangents` along ``dL``) their tangent
-    from ``d_mu``.
+    ``mu`` of the weights it left, and the :class:`PanelReverse` record of the pass.
 
     The flows :math:`G = \mu' / W'` of the trailing product split each remaining weight's marginal between the
     weight that was there (:math:`G W`) and each panel step's paths :math:`G_{ij} \pi_i \lambda_j`; summed over
@@ -399,57 +415,61 @@ def _undo_panel(panel, W, mu, a, p, tangents=None, dL=None, d_mu=None):
     # and by column (its row of marginals to the nodes before the panel); the steps then add their own paths.
     mu_c = F.pad(panel.pi_rest * G_lam, (0, 0, 0, p)).to(dtype)
     mu_r = (panel.lam_rest * pi_G).to(dtype)
-    if tangents is not None:
-        dG = _safe_ratio(d_mu, panel.weights) - G * tangents.log_weights
-        d_row_flow = tangents.pi_rest * G_lam + panel.pi_rest * (dG @ panel.lam_rest.mT + G @ tangents.lam_rest.mT)
-        d_column_flow = tangents.lam_rest * pi_G + panel.lam_rest * (tangents.pi_rest.mT @ G + panel.pi_rest.mT @ dG)
-        d_mu_c, d_mu_r = F.pad(d_row_flow, (0, 0, 0, p)).to(dtype), d_column_flow.to(dtype)
+    before_c, before_r, rests = [None] * p, [None] * p, [None] * p
     for l in range(p):  # noqa: E741
         q = a + l
         column = mu_c[:, :q, l]
         if l:
-            s_c = panel.share_columns[l]
             c = mu_c[:, :q, :l]
-            kept_c = c * s_c
-            through_c = c - kept_c
-            if tangents is not None:
-                dc = d_mu_c[:, :q, :l]
-                d_kept_c = torch.addcmul(dc * s_c, c, tangents.share_columns[l])
-                d_through_c = dc - d_kept_c
-                d_mu_c[:, :q, l].add_(d_through_c.sum(-1))
-                dc.copy_(d_kept_c)
-                d_mu_c[:, q, :l] = d_through_c.sum(-2)
+            before_c[l] = c.clone()
+            through_c = before_c[l] - c.mul_(panel.share_columns[l])
             column.add_(through_c.sum(-1))
-            c.copy_(kept_c)
             mu_c[:, q, :l] = through_c.sum(-2)
         if l and has_rows:
-            s_r = panel.share_rows[l]
             r = mu_r[:, :l]
-            kept_r = r * s_r
-            through_r = r - kept_r
-            if tangents is not None:
-                dr = d_mu_r[:, :l]
-                d_kept_r = torch.addcmul(dr * s_r, r, tangents.share_rows[l])
-                d_through_r = dr - d_kept_r
-                d_mu_c[:, a:q, l].add_(d_through_r.sum(-1))
-                d_mu_r[:, l].add_(d_through_r.sum(-2))
-                dr.copy_(d_kept_r)
+            before_r[l] = r.clone()
+            through_r = before_r[l] - r.mul_(panel.share_rows[l])
             column[:, a:].add_(through_r.sum(-1))
             mu_r[:, l].add_(through_r.sum(-2))
-            r.copy_(kept_r)
-        pi, rest = panel.pi[l], 1 - column.sum(-1, keepdim=True)
-        if tangents is not None:
-            d_column = d_mu_c[:, :q, l]
-            d_total = d_column.sum(-1, keepdim=True)
-            d_column.addcmul_(tangents.pi[l], rest).addcmul_(pi, d_total, value=-1)
-        column.addcmul_(pi, rest)
+        rests[l] = 1 - column.sum(-1, keepdim=True)
+        column.addcmul_(panel.pi[l], rests[l])
     out = W.new_empty(B, end, end, dtype=dtype)
     out[:, :a, :a], out[:, a:, :a], out[:, :, a:] = G * W[:, :a, :a], mu_r, mu_c
-    if tangents is None:
-        return out, None
-    d_out = torch.empty_like(out)
+    return out, PanelReverse(G, G_lam, pi_G, before_c, before_r, rests)
+
+
+def _undo_panel_tangent(panel, reverse, tangents, W, dL, d_mu, a, p):
+    """The tangent of :func:`_undo_panel`'s marginals along ``dL`` (tangent of ``log W``), given ``d_mu``, that of
+    the marginals of the weights left, the pass's :class:`PanelReverse` record and the panel's
+    :class:`PanelTangents`."""
+    dtype, has_rows = panel.pi[0].dtype, _has_rows(a)
+    G, G_lam, pi_G = reverse.G, reverse.G_lam, reverse.pi_G
+    dG = _safe_ratio(d_mu, panel.weights) - G * tangents.log_weights
+    d_row_flow = tangents.pi_rest * G_lam + panel.pi_rest * (dG @ panel.lam_rest.mT + G @ tangents.lam_rest.mT)
+    d_column_flow = tangents.lam_rest * pi_G + panel.lam_rest * (tangents.pi_rest.mT @ G + panel.pi_rest.mT @ dG)
+    d_mu_c, d_mu_r = F.pad(d_row_flow, (0, 0, 0, p)).to(dtype), d_column_flow.to(dtype)
+    for l in range(p):  # noqa: E741
+        q = a + l
+        d_column = d_mu_c[:, :q, l]
+        if l:
+            dc = d_mu_c[:, :q, :l]
+            d_kept_c = torch.addcmul(dc * panel.share_columns[l], reverse.columns[l], tangents.share_columns[l])
+            d_through_c = dc - d_kept_c
+            d_column.add_(d_through_c.sum(-1))
+            dc.copy_(d_kept_c)
+            d_mu_c[:, q, :l] = d_through_c.sum(-2)
+        if l and has_rows:
+            dr = d_mu_r[:, :l]
+            d_kept_r = torch.addcmul(dr * panel.share_rows[l], reverse.rows[l], tangents.share_rows[l])
+            d_through_r = dr - d_kept_r
+            d_column[:, a:].add_(d_through_r.sum(-1))
+            d_mu_r[:, l].add_(d_through_r.sum(-2))
+            dr.copy_(d_kept_r)
+        d_total = d_column.sum(-1, keepdim=True)
+        d_column.addcmul_(tangents.pi[l], reverse.rest[l]).addcmul_(panel.pi[l], d_total, value=-1)
+    d_out = W.new_empty(W.shape[0], a + p, a + p, dtype=dtype)
     d_out[:, :a, :a], d_out[:, a:, :a], d_out[:, :, a:] = (dG + G * dL[:, :a, :a]) * W[:, :a, :a], d_mu_r, d_mu_c
-    return out, d_out
+    return d_out
 
 
 class Blocked(NamedTuple):
@@ -494,24 +514,33 @@ def _blocked(X, single_root, steps_dtype, keep_steps):
     return Blocked(log_z, exact, normalised, panels)
 
 
-def _blocked_reverse(blocked, n, dX=None):
-    """Marginals ``(B, n, n)`` of a :class:`Blocked` elimination (elimination order) and, given ``dX`` (a tangent of
-    the log-weights), their tangent along it (the Hessian-vector product), else ``None``."""
+def _blocked_reverse(blocked, n):
+    """Marginals ``(B, n, n)`` of a :class:`Blocked` elimination (elimination order), and the :class:`PanelReverse`
+    record of each panel's pass (for :func:`_blocked_reverse_tangent`)."""
     panels, weights = blocked.panels, blocked.panel_inputs()
     N, p = weights[0].shape[-1], panels[0].log_pivots.shape[-1]
     starts = range(N - p, 0, -p)
-    if dX is not None:
-        dLs = [F.pad(dX, (0, N - n, 0, N - n))]
-        tangents = []
-        for a, panel, W in zip(starts, panels, weights, strict=False):
-            tangents.append(_panel_tangents(panel, W, dLs[-1], a, p))
-            dLs.append(tangents[-1].log_weights)
     mu = weights[0].new_zeros(weights[0].shape[0], 1, 1, dtype=panels[0].pi[0].dtype)
-    d_mu = None if dX is None else torch.zeros_like(mu)
+    records = [None] * len(panels)
     for i in range(len(panels) - 1, -1, -1):
-        tangent = () if dX is None else (tangents[i], dLs[i], d_mu)
-        mu, d_mu = _undo_panel(panels[i], weights[i], mu, starts[i], p, *tangent)
-    return mu[:, :n, :n], None if dX is None else d_mu[:, :n, :n]
+        mu, records[i] = _undo_panel(panels[i], weights[i], mu, starts[i], p)
+    return mu[:, :n, :n], records
+
+
+def _blocked_reverse_tangent(blocked, records, n, dX):
+    """The tangent of :func:`_blocked_reverse`'s marginals along ``dX`` (a tangent of the log-weights, elimination
+    order): the Hessian-vector product, from the panels' tangents and the pass's ``records``."""
+    panels, weights = blocked.panels, blocked.panel_inputs()
+    N, p = weights[0].shape[-1], panels[0].log_pivots.shape[-1]
+    starts = range(N - p, 0, -p)
+    dLs, tangents = [F.pad(dX, (0, N - n, 0, N - n))], []
+    for a, panel, W in zip(starts, panels, weights, strict=False):
+        tangents.append(_panel_tangents(panel, W, dLs[-1], a, p))
+        dLs.append(tangents[-1].log_weights)
+    d_mu = weights[0].new_zeros(weights[0].shape[0], 1, 1, dtype=panels[0].pi[0].dtype)
+    for i in range(len(panels) - 1, -1, -1):
+        d_mu = _undo_panel_tangent(panels[i], records[i], tangents[i], weights[i], dLs[i], d_mu, starts[i], p)
+    return d_mu[:, :n, :n]
 
 
 class ExactElimination(NamedTuple):
@@ -593,24 +622,30 @@ def _reverse(steps, tangents=None):
     return mu, d_mu
 
 
-def _marginals_and_tangent(elimination, v=None):
-    """The marginals of an :class:`ExactElimination` in node order and, given ``v``, their tangent along ``v``.
+def _marginals(elimination):
+    """The marginals of an :class:`ExactElimination`, in node order, and the records of the blocked reverse pass
+    that :func:`_hessian_product` reuses."""
+    order, rest = elimination.order, elimination.rest
+    mu, records = _blocked_reverse(elimination.blocked, len(order))
+    if rest.numel():
+        mu = mu.index_put((rest,), _reverse(elimination.steps)[0].to(mu.dtype))
+    return _permute(mu, _inverse_order(order)), records
 
-    The tangent is the Hessian-vector product of the log-partition; the Hessian is symmetric, so it is also the
-    marginals' backward. It is the forward-mode derivative of the reverse passes, computed alongside them from
-    the saved elimination: no autograd graph and no second elimination.
+
+def _hessian_product(elimination, records, v):
+    """The Hessian-vector product of the log-partition along ``v``, from an :class:`ExactElimination` and the records
+    of its marginals' reverse pass (:func:`_marginals`).
+
+    The Hessian is symmetric, so it is also the marginals' backward. It is the forward-mode derivative of the
+    reverse passes, from the saved elimination: no autograd graph and no second elimination.
     """
     order, rest = elimination.order, elimination.rest
-    n = len(order)
-    dX = None if v is None else _permute(v.double(), order)
-    mu, d_mu = _blocked_reverse(elimination.blocked, n, dX)
+    dX = _permute(v.double(), order)
+    d_mu = _blocked_reverse_tangent(elimination.blocked, records, len(order), dX)
     if rest.numel():
-        tangents = None if v is None else _step_tangents(elimination.steps, dX[rest])
-        mu_rest, d_mu_rest = _reverse(elimination.steps, tangents)
-        mu = mu.index_put((rest,), mu_rest.to(mu.dtype))
-        d_mu = None if v is None else d_mu.index_put((rest,), d_mu_rest.to(d_mu.dtype))
-    inverse = _inverse_order(order)
-    return _permute(mu, inverse), None if v is None else _permute(d_mu, inverse)
+        d_mu_rest = _reverse(elimination.steps, _step_tangents(elimination.steps, dX[rest]))[1]
+        d_mu = d_mu.index_put((rest,), d_mu_rest.to(d_mu.dtype))
+    return _permute(d_mu, _inverse_order(order))
 
 
 _STRUCTURE = "spanning tree or arborescence"
@@ -623,16 +658,18 @@ class _MatrixTreeMarginals(torch.autograd.Function):
     def forward(ctx, theta, root, single_root):
         elimination = eliminate_exactly(theta, root, single_root, keep_steps=True)
         check_nonempty(elimination.log_z, _STRUCTURE)
-        ctx.elimination = elimination
+        mu, records = _marginals(elimination)
+        if ctx.needs_input_grad[0]:
+            ctx.elimination, ctx.records = elimination, records
         ctx.save_for_backward(theta)
-        return _marginals_and_tangent(elimination)[0].to(theta.dtype)
+        return mu.to(theta.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_mu):
         (theta,) = ctx.saved_tensors
         absent = ~torch.isfinite(theta)
-        hvp = _marginals_and_tangent(ctx.elimination, grad_mu.masked_fill(absent, 0))[1]
+        hvp = _hessian_product(ctx.elimination, ctx.records, grad_mu.masked_fill(absent, 0))
         return hvp.to(grad_mu.dtype).masked_fill(absent, 0), None, None
 
 
