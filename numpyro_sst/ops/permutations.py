@@ -211,9 +211,10 @@ def max_assignment(weights: ArrayLike) -> jax.Array:
 
     On the CPU: the Hungarian algorithm of :func:`scipy.optimize.linear_sum_assignment`, one batch
     element at a time, as a ``jax.pure_callback`` (it beats the batched loop there, as in pyro_sst).
-    On other devices: :func:`_hungarian_batched`, shortest augmenting paths for the whole batch at
-    once under masks, in ``lax`` loops. The choice is made where the program is lowered
-    (``lax.platform_dependent``), so both are jittable. Exact; ties may be broken differently by the
+    On other devices, and where JAX has several CPU devices (a batch sharded over them, which a host
+    callback would gather onto one): :func:`_hungarian_batched`, shortest augmenting paths for the
+    whole batch at once under masks, in ``lax`` loops. The platform is chosen where the program is
+    lowered (``lax.platform_dependent``), so both are jittable. Exact; ties may be broken differently by the
     two, each deterministically. Raises :class:`ValueError` on concrete input where an element has
     no assignment of finite weight (NaN under ``jit``).
     """
@@ -247,34 +248,40 @@ _BATCHED_ASSIGNMENT_ON_CPU = False
 
 
 def _assignment(cost):
-    """``((B, n) column of each row, (B,) infeasible)``, minimising ``(B, n, n)`` ``cost`` (``+inf`` = forbidden):
-    scipy's loop on the CPU, :func:`_hungarian_batched` elsewhere."""
-    if _BATCHED_ASSIGNMENT_ON_CPU:
-        return _hungarian_batched(cost)
+    """``((B, n) int32 column of each row, (B,) infeasible)``, minimising ``(B, n, n)`` ``cost`` (``+inf`` =
+    forbidden): scipy's loop on a single CPU device, :func:`_hungarian_batched` elsewhere.
+
+    With several CPU devices (a batch sharded over them) the ``lax`` loop serves there too: XLA partitions it over
+    the batch, where a host callback would gather the whole batch onto one device.
+    """
+    if _BATCHED_ASSIGNMENT_ON_CPU or len(jax.devices("cpu")) > 1:
+        return _batched_assignment(cost)
     return _platform_assignment(cost)
+
+
+def _batched_assignment(cost):
+    columns, failed = _hungarian_batched(cost)
+    return columns.astype(jnp.int32), failed
 
 
 @jax.jit
 def _platform_assignment(cost):
-    return jax.lax.platform_dependent(cost, cpu=_scipy_assignment, default=_hungarian_batched)
+    return jax.lax.platform_dependent(cost, cpu=_scipy_assignment, default=_batched_assignment)
 
 
 def _scipy_assignment(cost):
     """:func:`scipy.optimize.linear_sum_assignment` per element of ``(..., n, n)`` ``cost``, on the host."""
-    index = jax.dtypes.canonicalize_dtype(int)  # int64 under x64, like the batched loop's
-    shape = (jax.ShapeDtypeStruct(cost.shape[:-1], index), jax.ShapeDtypeStruct(cost.shape[:-2], jnp.bool_))
-    return jax.pure_callback(
-        functools.partial(_scipy_assignment_host, index=index), shape, cost, vmap_method="broadcast_all"
-    )
+    shape = (jax.ShapeDtypeStruct(cost.shape[:-1], np.int32), jax.ShapeDtypeStruct(cost.shape[:-2], np.bool_))
+    return jax.pure_callback(_scipy_assignment_host, shape, cost, vmap_method="broadcast_all")
 
 
-def _scipy_assignment_host(cost, index):
+def _scipy_assignment_host(cost):
     from scipy.optimize import linear_sum_assignment
 
     cost = np.asarray(cost)
     n = cost.shape[-1]
     flat = cost.reshape(-1, n, n)
-    columns = np.tile(np.arange(n, dtype=index), (flat.shape[0], 1))
+    columns = np.tile(np.arange(n, dtype=np.int32), (flat.shape[0], 1))
     failed = np.zeros(flat.shape[0], bool)
     for b, element in enumerate(flat):
         try:
