@@ -158,6 +158,11 @@ def _batch_last(x):
     return jnp.moveaxis(x, 0, -1)
 
 
+def _batch_first(x):
+    """``(n, n, B)`` to ``(B, n, n)``."""
+    return jnp.moveaxis(x, -1, 0)
+
+
 def _to_elimination_layout(x, order):
     """``(B, n, n)`` in node order to the core's layout: ``(n, n, B)`` in elimination order."""
     return _batch_last(_permute(x, order))
@@ -330,12 +335,12 @@ class Panel(NamedTuple):
 
 def _panel_layout(x, a, p):
     """Node indices, panel-local indices, the mask of the nodes before the panel (``a``), the mask of each panel
-    column's own row, and the panel's columns ``(N, p, B)`` and rows ``(p, N, B)`` of ``x`` (rows to the nodes
-    before the panel only)."""
-    idx, local = jnp.arange(x.shape[0]), jnp.arange(p)
+    column's own row, and the panel's columns ``(N, p, B)`` and rows ``(p, N, B)`` (batch last, rows to the nodes
+    before the panel only) of ``(B, N, N)`` ``x`` (batch first)."""
+    idx, local = jnp.arange(x.shape[-1]), jnp.arange(p)
     rest = idx < a
-    columns = jax.lax.dynamic_slice_in_dim(x, a, p, axis=1)
-    rows = jnp.where(rest[:, None], jax.lax.dynamic_slice_in_dim(x, a, p, axis=0), 0)
+    columns = jnp.transpose(jax.lax.dynamic_slice_in_dim(x, a, p, axis=2), (1, 2, 0))
+    rows = jnp.where(rest[:, None], jnp.transpose(jax.lax.dynamic_slice_in_dim(x, a, p, axis=1), (1, 2, 0)), 0)
     return idx, local, rest, (idx[:, None] != a + local)[..., None], (columns, rows)
 
 
@@ -380,8 +385,8 @@ def _eliminate_panel(W, a, p, trailing, pivot_rows):
     # the trailing product batch first: a batched matrix product
     pi_rest = jnp.where(rest[None, :, None], jnp.transpose(pis, (2, 1, 0)), 0)
     lam_rest = jnp.transpose(lams, (2, 0, 1))
-    block = (rest[:, None] & rest & (idx[:, None] != idx))[..., None]
-    weights = jnp.where(block, W + jnp.moveaxis(pi_rest @ lam_rest, 0, -1), 0) if trailing else jnp.zeros_like(W)
+    block = rest[:, None] & rest & (idx[:, None] != idx)
+    weights = jnp.where(block, W + pi_rest @ lam_rest, 0) if trailing else jnp.zeros_like(W)
     return Panel(pis, share_c, share_r, pi_rest, lam_rest, weights, log_pivots)
 
 
@@ -434,8 +439,8 @@ def _panel_tangents(panel, W, dL, a, p, trailing, pivot_rows):
     d_lam_rest = panel.lam_rest * jnp.transpose(d_log_lams, (2, 0, 1))
     if not trailing:
         return PanelTangents(*d_steps, d_pi_rest, d_lam_rest, jnp.zeros_like(dL))
-    d_weights = W * dL + jnp.moveaxis(d_pi_rest @ panel.lam_rest + panel.pi_rest @ d_lam_rest, 0, -1)
-    block = (rest[:, None] & rest & (idx[:, None] != idx))[..., None]
+    d_weights = W * dL + d_pi_rest @ panel.lam_rest + panel.pi_rest @ d_lam_rest
+    block = rest[:, None] & rest & (idx[:, None] != idx)
     return PanelTangents(*d_steps, d_pi_rest, d_lam_rest, jnp.where(block, _safe_ratio(d_weights, panel.weights), 0))
 
 
@@ -467,9 +472,11 @@ def _blocked(X, single_root, reverse=True, dX=None):
     N = X.shape[0]
     P = (N - 1) // p
     log_scale = log_sum_exp(X, 0)
-    W = jnp.exp(X - _no_neg_inf(log_scale)[None])
+    # the panels' steps run batch last, on their own columns and rows; the trailing matrices batch first, as the
+    # batched matrix products of the panels want them (moving the batch there and back per panel cost more)
+    W = _batch_first(jnp.exp(X - _no_neg_inf(log_scale)[None]))
     tangent = dX is not None
-    dL = jnp.pad(dX, ((0, N - n), (0, N - n), (0, 0))) if tangent else None
+    dL = _batch_first(jnp.pad(dX, ((0, N - n), (0, N - n), (0, 0)))) if tangent else None
     starts = N - (jnp.arange(P) + 1) * p
     trailing = P > 1
     pivot_rows = functools.partial(_pivot_rows, jnp.arange(N), n=n, single_root=single_root)
@@ -490,7 +497,6 @@ def _blocked(X, single_root, reverse=True, dX=None):
         return log_z, exact, None, None
     idx, local = jnp.arange(N), jnp.arange(p)
     T = lambda x: jnp.swapaxes(x, -1, -2)  # noqa: E731
-    batch_first = lambda x: jnp.moveaxis(x, -1, 0)  # noqa: E731
     to_step_rows = lambda x: jnp.transpose(x, (2, 1, 0))  # (B, N, p) -> (p, N, B)  # noqa: E731
     to_step_columns = lambda x: jnp.transpose(x, (1, 2, 0))  # (B, p, N) -> (p, N, B)  # noqa: E731
 
@@ -503,8 +509,7 @@ def _blocked(X, single_root, reverse=True, dX=None):
         flows = d_flows = (jnp.zeros_like(panel.pi),) * 2
         if trailing:
             G = _safe_ratio(mu, panel.weights)
-            Gf = batch_first(G)
-            G_lam, pi_G = Gf @ T(panel.lam_rest), T(panel.pi_rest) @ Gf
+            G_lam, pi_G = G @ T(panel.lam_rest), T(panel.pi_rest) @ G
             flows = (to_step_rows(panel.pi_rest * G_lam), to_step_columns(panel.lam_rest * pi_G))
         steps = (panel.pi, panel.share_columns, panel.share_rows, *flows)
         if tangent:
@@ -512,10 +517,9 @@ def _blocked(X, single_root, reverse=True, dX=None):
             d_pi_rest, d_lam_rest = tangents.pi_rest, tangents.lam_rest
             if trailing:
                 dG = jnp.where(panel.weights > 0, _safe_ratio(d_mu, panel.weights) - G * tangents.log_weights, 0)
-                dGf = batch_first(dG)
                 d_flows = (
-                    to_step_rows(d_pi_rest * G_lam + panel.pi_rest * (dGf @ T(panel.lam_rest) + Gf @ T(d_lam_rest))),
-                    to_step_columns(d_lam_rest * pi_G + panel.lam_rest * (T(d_pi_rest) @ Gf + T(panel.pi_rest) @ dGf)),
+                    to_step_rows(d_pi_rest * G_lam + panel.pi_rest * (dG @ T(panel.lam_rest) + G @ T(d_lam_rest))),
+                    to_step_columns(d_lam_rest * pi_G + panel.lam_rest * (T(d_pi_rest) @ G + T(panel.pi_rest) @ dG)),
                 )
             steps = (*steps, tangents.pi, tangents.share_columns, tangents.share_rows, *d_flows)
 
@@ -560,8 +564,10 @@ def _blocked(X, single_root, reverse=True, dX=None):
         done, _ = jax.lax.scan(undo, blocks * (2 if tangent else 1), (steps, jnp.arange(p - 1, -1, -1)), reverse=True)
 
         def assemble(rest, c, r):
-            out = jax.lax.dynamic_update_slice_in_dim(rest, c, a, 1)
-            return jax.lax.dynamic_update_slice_in_dim(out, jax.lax.dynamic_slice_in_dim(out, a, p, 0) + r, a, 0)
+            """The panel's columns ``(N, p, B)`` and rows ``(p, N, B)`` into the batch-first marginals ``rest``."""
+            out = jax.lax.dynamic_update_slice_in_dim(rest, jnp.transpose(c, (2, 0, 1)), a, 2)
+            rows = jax.lax.dynamic_slice_in_dim(out, a, p, 1) + jnp.transpose(r, (2, 0, 1))
+            return jax.lax.dynamic_update_slice_in_dim(out, rows, a, 1)
 
         nothing = jnp.zeros_like(W)
         mu = assemble(G * W if trailing else nothing, *done[:2])
@@ -569,9 +575,9 @@ def _blocked(X, single_root, reverse=True, dX=None):
             d_mu = assemble((dG + G * dL) * W if trailing else nothing, *done[2:])
         return (mu, d_mu), None
 
-    zeros = jnp.zeros((N, N, B), X.dtype)
+    zeros = jnp.zeros((B, N, N), X.dtype)
     (mu, d_mu), _ = _scan(undo_panel, (zeros, zeros if tangent else None), (inputs, starts), reverse=True)
-    return log_z, exact, mu[:n, :n], d_mu[:n, :n] if tangent else None
+    return log_z, exact, _batch_last(mu[:, :n, :n]), _batch_last(d_mu[:, :n, :n]) if tangent else None
 
 
 def _step_tangents(steps, dX):
