@@ -86,6 +86,24 @@ def test_single_root_with_heavy_root_row_matches_enumeration(backend, root_shift
     np.testing.assert_allclose(out_degree, np.ones(64), atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_single_root_with_a_child_the_root_alone_can_take_matches_enumeration(backend, dtype):
+    """A node that only the root enters must be the root's one child: the linear elimination's pivot without the root
+    is 0 there before the last node, and the element is computed in log space; in the same batch, an element
+    without such a node, computed on the linear path."""
+    B, theta = backend, randn(2, 6, 6, seed=11, scale=3.0)
+    theta[0, 1:, 3] = -np.inf  # element 0: node 3 has no in-edge but the root's
+    refs = [arborescence_family(np.where(np.isfinite(t), t, -1e4), 0, True) for t in theta]
+    atol = 1e-5 if dtype == "float32" else 1e-10
+    with B.precision(dtype):
+        log_z = B.numpy(B.ops.arborescence_log_partition(B.array(theta, dtype), 0, True))
+        mu = B.numpy(B.ops.arborescence_marginals(B.array(theta, dtype), 0, True))
+    for b, ref in enumerate(refs):
+        assert log_z[b] == pytest.approx(ref.log_partition, rel=atol)
+        np.testing.assert_allclose(mu[b], ref.marginals, atol=atol)
+    assert mu[0][0, 3] == pytest.approx(1.0, abs=atol)
+
+
 @pytest.mark.parametrize("single_root", [False, True])
 def test_batch_elements_are_independent(backend, single_root):
     """A batch mixing easy elements with ones that need the exact fallback gives the unbatched results."""
