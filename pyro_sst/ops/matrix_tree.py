@@ -242,6 +242,13 @@ def _safe_ratio(numerator, denominator):
     return torch.where(denominator > 0, numerator / denominator, 0.0)
 
 
+def _share(old, new):
+    """``old / new`` for float64 weights ``new = old + added >= old >= 0``, 0 where both are 0: a zero ``new`` is
+    raised to the smallest subnormal, over which the zero ``old`` gives 0 (two kernels where the mask of
+    :func:`_safe_ratio` takes three, in the elimination's largest loop)."""
+    return old / new.clamp_min(math.ulp(0.0))
+
+
 def _pad_to_panels(X, p):
     """``(B, n, n)`` log-weights padded to ``1 + P p`` nodes by leaves of the root (one in-edge of log-weight 0 from
     the root, no other edge): each is a factor 1 in every tree's weight, eliminated first."""
@@ -320,13 +327,13 @@ def _eliminate_panel(W, a, p, steps_dtype, keep_steps, root_in_pivot):
             new_columns = torch.addcmul(old_columns, pi[:, :, None], columns[:, q, None, :l])
             new_columns.diagonal(-a, 1, 2).zero_()  # a path j -> q -> j is a self-loop: in no tree
             if keep_steps:
-                share_columns[l] = _safe_ratio(old_columns, new_columns).to(steps_dtype)
+                share_columns[l] = _share(old_columns, new_columns).to(steps_dtype)
             columns[:, :q, :l] = new_columns
         if l and has_rows:
             old_rows = rows[:, :l]
             new_rows = torch.addcmul(old_rows, pi[:, a:q, None], rows[:, l, None, :])
             if keep_steps:
-                share_rows[l] = _safe_ratio(old_rows, new_rows).to(steps_dtype)
+                share_rows[l] = _share(old_rows, new_rows).to(steps_dtype)
             rows[:, :l] = new_rows
     # a step's row of out-weights is final once the step is taken: later steps update the rows before it
     pi_rest, lam_rest = torch.stack(pi_rest, -1), rows if has_rows else W.new_zeros(W.shape[0], p, a)
@@ -365,16 +372,15 @@ def _panel_tangents(panel, W, dL, a, p):
             s_c = panel.share_columns[l]
             d_via_c = d_log_pi[:, :, None] + d_columns[:, q, None, :l]
             d_diff_c = d_columns[:, :q, :l] - d_via_c
-            d_share_columns[l] = s_c * (1 - s_c) * d_diff_c
-            new_columns = torch.addcmul(d_via_c, s_c, d_diff_c)
+            d_share_columns[l] = torch.addcmul(s_c, s_c, s_c, value=-1).mul_(d_diff_c)
+            new_columns = torch.addcmul(d_via_c, s_c, d_diff_c, out=d_columns[:, :q, :l])
             new_columns.diagonal(-a, 1, 2).zero_()
-            d_columns[:, :q, :l] = new_columns
         if l and has_rows:
             s_r = panel.share_rows[l]
             d_via_r = d_log_pi[:, a:q, None] + d_rows[:, l, None, :]
             d_diff_r = d_rows[:, :l] - d_via_r
-            d_share_rows[l] = s_r * (1 - s_r) * d_diff_r
-            d_rows[:, :l] = torch.addcmul(d_via_r, s_r, d_diff_r)
+            d_share_rows[l] = torch.addcmul(s_r, s_r, s_r, value=-1).mul_(d_diff_r)
+            torch.addcmul(d_via_r, s_r, d_diff_r, out=d_rows[:, :l])
     d_pi_rest = panel.pi_rest * torch.stack(d_log_pi_rest, -1)
     # as in the elimination, a step's row is final once the step is taken
     d_lam_rest = panel.lam_rest * d_rows if has_rows else torch.zeros_like(panel.lam_rest)
