@@ -48,7 +48,7 @@ element (``p`` the panel width).
 
 For ``single_root`` (the root has exactly one child, Koo et al. 2007) scale the root's out-edges by
 :math:`s`: :math:`Z(s) = s Z_1 + s^2 Z_2 + \dots`, and the linear elimination takes the limit
-:math:`s \to 0` itself (:func:`_root_in_pivot`): the product of its pivots is :math:`Z_1`, exactly. The
+:math:`s \to 0` itself (:func:`_pivot_rows`): the product of its pivots is :math:`Z_1`, exactly. The
 log-space elimination (and the samplers) scale them by :math:`s = e^{-c}` instead, so that
 :math:`\log Z_1 = \log Z(s) + c` up to a relative error below :math:`e^{-60}`; ``c`` is chosen per batch
 element from the spread of its finite logits (root row included), and :math:`Z_1 = 0` is detected exactly
@@ -314,7 +314,7 @@ def _pad_to_panels(X, p):
 
 
 class Panel(NamedTuple):
-    r"""The elimination of one panel of ``p`` nodes ``a, ..., a + p - 1`` from ``(N, N, B)`` weights (batch last).
+    r"""The elimination of one panel of ``p`` nodes ``a, ..., a + p - 1`` from ``(B, N, N)`` weights (batch first).
 
     Inside the panel its columns ``(N, p, B)`` and rows ``(p, N, B)`` are eliminated one node at a time (the
     last first); the nodes before the panel then take the whole panel as one product
@@ -329,7 +329,7 @@ class Panel(NamedTuple):
     #: ``(B, N, p)`` the steps' parent distributions on the nodes before the panel, ``(B, p, N)`` their out-weights
     pi_rest: jax.Array
     lam_rest: jax.Array
-    #: ``(N, N, B)`` the weights left on the nodes before the panel
+    #: ``(B, N, N)`` the weights left on the nodes before the panel
     weights: jax.Array
     #: ``(p, B)`` the steps' pivots, logarithm
     log_pivots: jax.Array
@@ -362,7 +362,7 @@ def _pivot_rows(idx, q, n, single_root):
 
 
 def _eliminate_panel(W, a, p, trailing, pivot_rows):
-    """The :class:`Panel` eliminating nodes ``a + p - 1, ..., a`` of ``(N, N, B)`` weights; without ``trailing`` (the
+    """The :class:`Panel` eliminating nodes ``a + p - 1, ..., a`` of ``(B, N, N)`` weights; without ``trailing`` (the
     only panel: no node but the root is left) the weights left are not formed. ``pivot_rows(q)`` (:func:`_pivot_rows`)
     are the nodes whose weights the pivot of node ``q`` sums."""
     idx, local, rest, not_own, (columns, rows) = _panel_layout(W, a, p)
@@ -402,13 +402,13 @@ class PanelTangents(NamedTuple):
     #: ``(B, N, p)``, ``(B, p, N)``
     pi_rest: jax.Array
     lam_rest: jax.Array
-    #: ``(N, N, B)``
+    #: ``(B, N, N)``
     log_weights: jax.Array
 
 
 def _panel_tangents(panel, W, dL, a, p, trailing, pivot_rows):
     """The :class:`PanelTangents` of ``panel``, eliminated from ``W``, along ``dL`` (tangent of ``log W``,
-    ``(N, N, B)``)."""
+    ``(B, N, N)``)."""
     idx, local, rest, not_own, (d_columns, d_rows) = _panel_layout(dL, a, p)
 
     def step(carry, x):
