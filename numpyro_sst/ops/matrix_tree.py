@@ -363,8 +363,8 @@ def _pivot_rows(idx, q, n, single_root):
 
 def _eliminate_panel(W, a, p, trailing, pivot_rows):
     """The :class:`Panel` eliminating nodes ``a + p - 1, ..., a`` of ``(B, N, N)`` weights; without ``trailing`` (the
-    only panel: no node but the root is left) the weights left are not formed. ``pivot_rows(q)`` (:func:`_pivot_rows`)
-    are the nodes whose weights the pivot of node ``q`` sums."""
+    only panel: no node but the root is left) the weights left are not formed. ``pivot_rows(idx, q)``
+    (:func:`_pivot_rows`) are the nodes whose weights the pivot of node ``q`` sums."""
     idx, local, rest, not_own, (columns, rows) = _panel_layout(W, a, p)
 
     def step(carry, ql):
@@ -372,7 +372,7 @@ def _eliminate_panel(W, a, p, trailing, pivot_rows):
         q = a + ql
         left = (idx < q)[:, None]
         column = jnp.where(left, jax.lax.dynamic_index_in_dim(columns, ql, 1, keepdims=False), 0)
-        pivot = jnp.where(pivot_rows(q), column, 0).sum(0)
+        pivot = jnp.where(pivot_rows(idx, q), column, 0).sum(0)
         pi = _safe_ratio(column, pivot)
         earlier = (local < ql)[:, None]
         lam_panel = jnp.where(earlier, jax.lax.dynamic_index_in_dim(columns, q, 0, keepdims=False), 0)
@@ -418,7 +418,7 @@ def _panel_tangents(panel, W, dL, a, p, trailing, pivot_rows):
         left = (idx < q)[:, None]
         earlier = (local < ql)[:, None]
         d_column = jnp.where(left, jax.lax.dynamic_index_in_dim(d_columns, ql, 1, keepdims=False), 0)
-        d_log_pi = jnp.where(left, d_column - jnp.where(pivot_rows(q), pi * d_column, 0).sum(0), 0)
+        d_log_pi = jnp.where(left, d_column - jnp.where(pivot_rows(idx, q), pi * d_column, 0).sum(0), 0)
         d_lam_panel = jnp.where(earlier, jax.lax.dynamic_index_in_dim(d_columns, q, 0, keepdims=False), 0)
         d_lam_rest = jax.lax.dynamic_index_in_dim(d_rows, ql, 0, keepdims=False)
         block_c = left[:, :, None] & earlier[None] & not_own
@@ -444,6 +444,18 @@ def _panel_tangents(panel, W, dL, a, p, trailing, pivot_rows):
     d_weights = W * dL + d_pi_rest @ panel.lam_rest + panel.pi_rest @ d_lam_rest
     block = rest[:, None] & rest & (idx[:, None] != idx)
     return PanelTangents(*d_steps, d_pi_rest, d_lam_rest, jnp.where(block, _safe_ratio(d_weights, panel.weights), 0))
+
+
+def _size_classes(N, p):
+    """``[(size, panels)]``: the panels of ``N`` padded nodes in runs whose arrays keep ``size`` nodes, the nodes left
+    when the run starts. Two runs from 4 panels on, split in the middle: the second half's panels work on at most
+    half the nodes, a quarter of the trailing matrices, for one more compiled copy of each loop body.
+    """
+    P = (N - 1) // p
+    if P < 4:
+        return [(N, slice(0, P))]
+    first = P // 2
+    return [(N, slice(0, first)), (N - first * p, slice(first, P))]
 
 
 def _scan(body, carry, xs, reverse=False):
@@ -481,7 +493,7 @@ def _blocked(X, single_root, reverse=True, dX=None):
     dL = _batch_first(jnp.pad(dX, ((0, N - n), (0, N - n), (0, 0)))) if tangent else None
     starts = N - (jnp.arange(P) + 1) * p
     trailing = P > 1
-    pivot_rows = functools.partial(_pivot_rows, jnp.arange(N), n=n, single_root=single_root)
+    pivot_rows = functools.partial(_pivot_rows, n=n, single_root=single_root)
 
     def forward(carry, a):
         W, dL, log_pivots, worst = carry
@@ -491,13 +503,19 @@ def _blocked(X, single_root, reverse=True, dX=None):
         return (panel.weights, dL_out, log_pivots + panel.log_pivots.sum(0), worst), (W, dL) if reverse else None
 
     zeros = jnp.zeros((B,), X.dtype)
-    (_, _, log_pivots, worst), inputs = _scan(forward, (W, dL, zeros, zeros), starts)
+    carry, inputs = (W, dL, zeros, zeros), []
+    classes = _size_classes(N, p)
+    for size, panels in classes:  # the panels' arrays shrink to the nodes left
+        W, dL = (None if x is None else x[:, :size, :size] for x in carry[:2])
+        carry, stacked = _scan(forward, (W, dL, *carry[2:]), starts[panels])
+        inputs.append(stacked)
+    _, _, log_pivots, worst = carry
     log_z = log_pivots + log_scale[1:].sum(0)
     info = jnp.finfo(X.dtype)
     exact = jnp.isfinite(log_z) & (worst <= linear_elimination_max_loss(float(info.eps), float(info.tiny)))
     if not reverse:
         return log_z, exact, None, None
-    idx, local = jnp.arange(N), jnp.arange(p)
+    local = jnp.arange(p)
     T = lambda x: jnp.swapaxes(x, -1, -2)  # noqa: E731
     to_step_rows = lambda x: jnp.transpose(x, (2, 1, 0))  # (B, N, p) -> (p, N, B)  # noqa: E731
     to_step_columns = lambda x: jnp.transpose(x, (1, 2, 0))  # (B, p, N) -> (p, N, B)  # noqa: E731
@@ -505,6 +523,8 @@ def _blocked(X, single_root, reverse=True, dX=None):
     def undo_panel(carry, x):
         mu, d_mu = carry
         (W, dL), a = x
+        N = W.shape[-1]
+        idx = jnp.arange(N)
         panel = _eliminate_panel(W, a, p, trailing, pivot_rows)  # recomputed: cheaper than storing every panel's steps
         # what the marginals of the weights left owe each panel step's parent choice and out-edges (nothing
         # where no node but the root is left)
@@ -534,7 +554,7 @@ def _blocked(X, single_root, reverse=True, dX=None):
         def undo(carry, x):
             step, ql = x
             pi, s_c, s_r, row_flow, column_flow = step[:5]
-            counted = pivot_rows(a + ql)
+            counted = pivot_rows(idx, a + ql)
             pi = jnp.where(counted, pi, 0)  # a root not counted in the pivot takes no second child
             mu_c, mu_r = carry[:2]
             is_q = (local == ql).astype(mu_c.dtype)
@@ -577,8 +597,13 @@ def _blocked(X, single_root, reverse=True, dX=None):
             d_mu = assemble((dG + G * dL) * W if trailing else nothing, *done[2:])
         return (mu, d_mu), None
 
-    zeros = jnp.zeros((B, N, N), X.dtype)
-    (mu, d_mu), _ = _scan(undo_panel, (zeros, zeros if tangent else None), (inputs, starts), reverse=True)
+    size = classes[-1][0]
+    zeros = jnp.zeros((B, size, size), X.dtype)
+    mu, d_mu = zeros, zeros if tangent else None
+    for (size, panels), stacked in zip(classes[::-1], inputs[::-1], strict=True):
+        grow = ((0, 0), (0, size - mu.shape[-1]), (0, size - mu.shape[-1]))
+        mu, d_mu = (None if x is None else jnp.pad(x, grow) for x in (mu, d_mu))
+        (mu, d_mu), _ = _scan(undo_panel, (mu, d_mu), (stacked, starts[panels]), reverse=True)
     return log_z, exact, _batch_last(mu[:, :n, :n]), _batch_last(d_mu[:, :n, :n]) if tangent else None
 
 
