@@ -19,6 +19,7 @@ import numpy as np
 from jax.typing import ArrayLike, DTypeLike
 
 from sst_common import enumeration
+from sst_common.assignment import linear_sum_assignments
 from sst_common.checks import BACKWARDS, EXACT_MAX_N, check_sinkhorn_args, no_assignment_message
 
 from .logspace import (
@@ -272,23 +273,8 @@ def _platform_assignment(cost):
 def _scipy_assignment(cost):
     """:func:`scipy.optimize.linear_sum_assignment` per element of ``(..., n, n)`` ``cost``, on the host."""
     shape = (jax.ShapeDtypeStruct(cost.shape[:-1], np.int32), jax.ShapeDtypeStruct(cost.shape[:-2], np.bool_))
-    return jax.pure_callback(_scipy_assignment_host, shape, cost, vmap_method="broadcast_all")
-
-
-def _scipy_assignment_host(cost):
-    from scipy.optimize import linear_sum_assignment
-
-    cost = np.asarray(cost)
-    n = cost.shape[-1]
-    flat = cost.reshape(-1, n, n)
-    columns = np.tile(np.arange(n, dtype=np.int32), (flat.shape[0], 1))
-    failed = np.zeros(flat.shape[0], bool)
-    for b, element in enumerate(flat):
-        try:
-            columns[b] = linear_sum_assignment(element)[1]
-        except ValueError:  # no assignment of finite cost
-            failed[b] = True
-    return columns.reshape(cost.shape[:-1]), failed.reshape(cost.shape[:-2])
+    host = functools.partial(linear_sum_assignments, index_dtype=np.int32)
+    return jax.pure_callback(host, shape, cost, vmap_method="broadcast_all")
 
 
 @jax.jit

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from sst_common import enumeration
+from sst_common.assignment import linear_sum_assignments
 from sst_common.checks import BACKWARDS, EXACT_MAX_N, check_sinkhorn_args, no_assignment_message
 
 from .logspace import (
@@ -223,11 +224,9 @@ def _assignment_exists(logits):
     n = int(logits.shape[-1])
     absent = (logits == -math.inf).reshape(-1, n, n)
     exists = torch.ones(absent.shape[0], dtype=torch.bool, device=logits.device)
-    for b in absent.flatten(1).any(-1).nonzero().flatten().tolist():  # only elements with an absent entry
-        try:
-            _scipy_assignment(b, np.where(absent[b].cpu().numpy(), -np.inf, 0.0))
-        except ValueError:
-            exists[b] = False
+    checked = absent.flatten(1).any(-1)  # only elements with an absent entry
+    failed = linear_sum_assignments(np.where(absent[checked].cpu().numpy(), np.inf, 0.0))[1]
+    exists[checked] = torch.as_tensor(~failed, device=logits.device)
     return exists.reshape(logits.shape[:-2])
 
 
@@ -298,26 +297,18 @@ def _max_assignment(weights):
     n = int(weights.shape[-1])
     flat = weights.reshape(-1, n, n)
     nan = torch.isnan(flat).flatten(1).any(-1)
+    cost = -flat.double().masked_fill(nan[:, None, None], 0)
     if flat.device.type != "cpu" or _BATCHED_ASSIGNMENT_ON_CPU:
-        columns = _hungarian_batched(-flat.double().masked_fill(nan[:, None, None], 0))
+        columns = _hungarian_batched(cost)
     else:
-        skip = nan.tolist()
-        identity = np.arange(n)
-        columns = [identity if skip[b] else _scipy_assignment(b, w) for b, w in enumerate(flat.numpy())]
-        columns = torch.as_tensor(np.array(columns, dtype=np.int64).reshape(-1, n))
+        columns, failed = linear_sum_assignments(cost.numpy())
+        if failed.any():
+            raise ValueError(no_assignment_message(int(failed.nonzero()[0][0])))
+        columns = torch.as_tensor(columns)
     x = torch.zeros_like(flat).scatter_(-1, columns[..., None], 1.0)
     if bool(nan.any()):
         x = fill_nan(x, nan, 2)
     return x.reshape(weights.shape)
-
-
-def _scipy_assignment(b, w):
-    from scipy.optimize import linear_sum_assignment
-
-    try:
-        return linear_sum_assignment(w, maximize=True)[1]
-    except ValueError as error:
-        raise ValueError(no_assignment_message(b)) from error
 
 
 def _exact_log_permanent(logits):
