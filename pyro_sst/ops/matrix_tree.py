@@ -494,6 +494,11 @@ class Blocked(NamedTuple):
         """The weights each panel was eliminated from: the normalised ones, then each panel's weights left."""
         return [self.normalised] + [panel.weights for panel in self.panels[:-1]]
 
+    def panel_starts(self):
+        """``(starts, p)``: each panel's first node, in elimination order, and the panel width."""
+        p = self.panels[0].log_pivots.shape[-1]
+        return range(self.normalised.shape[-1] - p, 0, -p), p
+
 
 def _blocked(X, single_root, steps_dtype, keep_steps):
     r"""The blocked elimination (:class:`Blocked`) of ``(B, n, n)`` float64 log-weights in elimination order.
@@ -524,8 +529,7 @@ def _blocked_reverse(blocked, n):
     """Marginals ``(B, n, n)`` of a :class:`Blocked` elimination (elimination order), and the :class:`PanelReverse`
     record of each panel's pass (for :func:`_blocked_reverse_tangent`)."""
     panels, weights = blocked.panels, blocked.panel_inputs()
-    N, p = weights[0].shape[-1], panels[0].log_pivots.shape[-1]
-    starts = range(N - p, 0, -p)
+    starts, p = blocked.panel_starts()
     mu = weights[0].new_zeros(weights[0].shape[0], 1, 1, dtype=panels[0].pi[0].dtype)
     records = [None] * len(panels)
     for i in range(len(panels) - 1, -1, -1):
@@ -537,8 +541,8 @@ def _blocked_reverse_tangent(blocked, records, n, dX):
     """The tangent of :func:`_blocked_reverse`'s marginals along ``dX`` (a tangent of the log-weights, elimination
     order): the Hessian-vector product, from the panels' tangents and the pass's ``records``."""
     panels, weights = blocked.panels, blocked.panel_inputs()
-    N, p = weights[0].shape[-1], panels[0].log_pivots.shape[-1]
-    starts = range(N - p, 0, -p)
+    starts, p = blocked.panel_starts()
+    N = weights[0].shape[-1]
     dLs, tangents = [F.pad(dX, (0, N - n, 0, N - n))], []
     for a, panel, W in zip(starts, panels, weights, strict=False):
         tangents.append(_panel_tangents(panel, W, dLs[-1], a, p))
