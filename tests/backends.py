@@ -51,6 +51,12 @@ class Pyro:
         return dist.hard_sample(sample_shape)
 
     @staticmethod
+    def utilities(dist, sample_shape=(), seed=0):
+        """``dist.sample_utilities``, the noise fixed by ``seed`` (the same noise as ``sample`` with that seed)."""
+        torch.manual_seed(seed)
+        return dist.sample_utilities(sample_shape)
+
+    @staticmethod
     def relaxed_and_hard(dist, sample_shape=(), seed=0):
         torch.manual_seed(seed)
         return dist.relaxed_and_hard(sample_shape)
@@ -117,6 +123,10 @@ class NumPyro:
     @staticmethod
     def hard_sample(dist, sample_shape=(), seed=0):
         return dist.hard_sample(jax.random.PRNGKey(seed), sample_shape)
+
+    @staticmethod
+    def utilities(dist, sample_shape=(), seed=0):
+        return dist.sample_utilities(jax.random.PRNGKey(seed), sample_shape)
 
     @staticmethod
     def relaxed_and_hard(dist, sample_shape=(), seed=0):

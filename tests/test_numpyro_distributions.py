@@ -1,6 +1,6 @@
 """numpyro_sst distributions: NumPyro conformance (construction under jit with validation, SVI, Predictive), the
-registered KLs, Gumbel-softmax against Pyro, and SVI that recovers a known structure. The generic distribution
-checks of both backends are in test_generic_checks.py."""
+k-subset KL, Gumbel-softmax against Pyro, and SVI that recovers a known structure. The generic distribution
+checks of both backends are in test_generic_checks.py, the tree classes' in test_tree_distributions.py."""
 
 import jax
 import jax.numpy as jnp
@@ -73,43 +73,11 @@ def test_exp_family_against_enumeration_and_kl():
     )
 
 
-def test_relaxed_kl_is_the_gumbel_utility_kl_counted_once():
-    q = RelaxedSpanningTree(jnp.zeros((4, 4)), 0.5)
-    p = RelaxedSpanningTree(jnp.ones((4, 4)), 0.5)
-    expected = 6 * (0 - 1 - 1 + np.exp(1))  # six free edges, theta_q - theta_p = -1
-    np.testing.assert_allclose(kl_divergence(q, p), expected, rtol=1e-6)
-    with pytest.raises(ValueError, match="temperature"):
-        kl_divergence(q, RelaxedSpanningTree(jnp.ones((4, 4)), 0.7))
-
-
-def test_utility_kl_with_absent_arcs():
-    """Arcs absent (-inf) from both distributions add nothing to the KL and get no NaN gradient."""
-    absent = np.array([[0, 1, 0, 0], [0, 0, 0, 1], [0, 1, 0, 0], [0, 0, 0, 0]], dtype=bool)
-    theta = jnp.asarray(np.random.default_rng(0).normal(size=(4, 4)))
-    prior = RelaxedArborescence(jnp.where(absent, -jnp.inf, 0.0), 0.5, validate_args=False)
-
-    def kl(theta):
-        return kl_divergence(RelaxedArborescence(jnp.where(absent, -jnp.inf, theta), 0.5, validate_args=False), prior)
-
-    free = ~absent & ~np.eye(4, dtype=bool)
-    free[:, 0] = False  # nothing enters the root
-    diff = np.asarray(theta)[free]
-    np.testing.assert_allclose(kl(theta), (diff - 1 + np.exp(-diff)).sum(), rtol=1e-6)
-    grad = jax.grad(kl)(theta)
-    assert np.isfinite(grad).all() and (np.asarray(grad)[absent] == 0).all()
-    present = RelaxedArborescence(jnp.zeros((4, 4)), 0.5)
-    assert kl_divergence(present, prior) == np.inf and kl(theta) < kl_divergence(prior, present) == np.inf
-
-
 def test_validation_errors_name_the_argument():
-    with pytest.raises(ValueError, match="temperature"):
-        RelaxedSpanningTree(jnp.zeros((3, 3)), 0.0)
     with pytest.raises(ValueError, match="k must be an int"):
         RelaxedTopK(jnp.zeros(4), 5, 0.5)
-    with pytest.raises(ValueError, match="root"):
-        Arborescence(jnp.zeros((3, 3)), root=7)
     with pytest.raises(ValueError, match="logits must be finite"):
-        SpanningTree(jnp.full((3, 3), jnp.nan), validate_args=True)
+        KSubset(jnp.full(4, jnp.nan), 2, validate_args=True)
     SpanningTree(jnp.where(jnp.eye(3, dtype=bool), -jnp.inf, 0.0), validate_args=True)  # the diagonal is not read
     with pytest.raises(ValueError, match="noise"):
         RelaxedTopK(jnp.zeros(4), 2, 0.5, noise="cauchy")

@@ -118,6 +118,8 @@ RANDOM_BLOCK_NUMBERS = 2**21
 def _undo_elimination(key, steps, element):
     """``(N, n)`` parent arrays (elimination order, root 0 its own parent), drawn by undoing ``steps``."""
     n = steps.pi.shape[1]
+    if n == 1:  # the root alone: no step to undo
+        return jnp.zeros((element.shape[0], 1), jnp.int32)
     nodes = jnp.arange(n)
     share = steps.share.reshape((n - 1, n * n, -1))  # (n - 1, n * n, B)
     block = max(1, min(n - 1, RANDOM_BLOCK_NUMBERS // (element.shape[0] * n)))
