@@ -131,6 +131,11 @@ def test_exact_sampler_matches_enumeration(backend):
     assert family(theta, 2).total_variation(samples) < 0.02
 
 
+def test_exact_sampler_of_an_empty_batch(backend):
+    B = backend
+    assert B.draw(B.ops.sample_k_subset, B.array(np.zeros((3, 0, 5))), 2, (4,)).shape == (4, 3, 0, 5)
+
+
 def test_exact_sampler_is_batched_and_deterministic(backend):
     B = backend
     theta = torch.randn(3, 4, 11, generator=torch.Generator().manual_seed(5)).numpy()

@@ -253,6 +253,13 @@ def test_exact_arborescence_sampler_frequencies(backend, root, single_root):
     assert arborescence_family(theta, root, single_root).total_variation(x) < 0.02
 
 
+def test_exact_samplers_of_an_empty_batch_and_of_a_single_node(backend):
+    B = backend
+    assert B.draw(B.ops.sample_spanning_tree, B.array(np.zeros((2, 0, 4, 4))), (3,)).shape == (3, 2, 0, 4, 4)
+    assert B.draw(B.ops.sample_arborescence, B.array(np.zeros((0, 4, 4))), 1, True, (3,)).shape == (3, 0, 4, 4)
+    np.testing.assert_array_equal(B.numpy(B.draw(B.ops.sample_arborescence, B.array(np.zeros((1, 1))))), [[0.0]])
+
+
 def test_exact_spanning_tree_sampler_frequencies_batched(backend):
     B, theta = backend, symmetric(random_logits(4, scale=1.0, seed=17, batch=(2,)))
     x = B.numpy(B.draw(B.ops.sample_spanning_tree, B.array(theta), (40000,), seed=1))

@@ -340,7 +340,7 @@ def _sample_k_subset(key, logits, k, sample_shape):
             weights = jnp.where((rest >= 0) & (rest < length), terms, -jnp.inf)
             gumbel = sample_noise(jax.random.fold_in(key, depth), "gumbel", weights.shape, weights.dtype)
             to_left = jnp.argmax(weights + gumbel, -1)
-            counts = jnp.stack([to_left, counts - to_left], -1).reshape(to_left.shape[:-1] + (-1,))
+            counts = jnp.stack([to_left, counts - to_left], -1).reshape(to_left.shape[:-1] + (2 * to_left.shape[-1],))
         x = counts[..., :d].astype(logits.dtype)
     else:
         x = jnp.zeros(sample_shape + logits.shape, logits.dtype)

@@ -121,8 +121,8 @@ def _undo_elimination(key, steps, element):
     if n == 1:  # the root alone: no step to undo
         return jnp.zeros((element.shape[0], 1), jnp.int32)
     nodes = jnp.arange(n)
-    share = steps.share.reshape((n - 1, n * n, -1))  # (n - 1, n * n, B)
-    block = max(1, min(n - 1, RANDOM_BLOCK_NUMBERS // (element.shape[0] * n)))
+    share = steps.share.reshape((n - 1, n * n, steps.share.shape[-1]))  # (n - 1, n * n, B)
+    block = max(1, min(n - 1, RANDOM_BLOCK_NUMBERS // max(1, element.shape[0] * n)))
 
     def undo(k, parent, coins, gumbel):
         m = n - 1 - k
