@@ -144,7 +144,7 @@ def check_sinkhorn_args(n_iters, tol, backward):
     return n_iters, tol
 
 
-def num_nodes_from_num_edges(num_edges):
+def num_nodes_from_num_edges(num_edges: int) -> int:
     """``n`` with ``n (n - 1) / 2 == num_edges`` (Pyro's colex edge layout)."""
     n = int(round(0.5 + math.sqrt(0.25 + 2 * num_edges)))
     if n * (n - 1) // 2 != num_edges:
