@@ -73,6 +73,8 @@ from sst_common.checks import check_root
 from sst_common.constants import (
     JAX_LOGARITHMIC_CHUNK,
     JAX_LOGARITHMIC_CHUNK_ENTRIES,
+    JAX_LOGARITHMIC_RUN_NODES,
+    JAX_LOGARITHMIC_RUNS,
     JAX_PANEL_WIDTHS,
     SINGLE_ROOT_EMPTY_MARGIN,
     SINGLE_ROOT_MARGIN,
@@ -215,18 +217,30 @@ def _no_neg_inf(x):
     return jnp.where(x == -jnp.inf, 0, x)
 
 
+def _logarithmic_runs(n):
+    """``[(size, ks)]``: the log-space elimination's steps (nodes ``ks``, from ``n - 1`` down to 1) in runs of about
+    equal length whose arrays keep ``size`` nodes, those left when the run starts
+    (:data:`~sst_common.constants.JAX_LOGARITHMIC_RUN_NODES`)."""
+    runs = max(1, min(JAX_LOGARITHMIC_RUNS, n // JAX_LOGARITHMIC_RUN_NODES))
+    sizes = [-(-n * (runs - r) // runs) for r in range(runs)]
+    bounds = zip(sizes, [*sizes[1:], 1], strict=True)
+    return [(size, jnp.arange(size - 1, low - 1, -1)) for size, low in bounds if size > low]  # none for one node
+
+
 def _eliminate_logarithmic(X, keep_steps, steps_dtype):
     """Eliminate nodes ``n - 1, ..., 1`` of ``(n, n, B)`` log-weights (root first), columns normalised in log space.
 
-    Exact at any spread. Returns ``(log_z, steps)``; the arrays keep their full size, the nodes left at
-    step ``k`` (those before ``k``) selected by masks.
+    Exact at any spread. Returns ``(log_z, steps)``; the step arrays keep the full size (:class:`Step`), the nodes
+    left at step ``k`` (those before ``k``) selected by masks, while the elimination's own arrays shrink over the
+    runs of :func:`_logarithmic_runs` to the nodes left.
     """
     n = X.shape[0]
-    idx = jnp.arange(n)
     log_scale = log_sum_exp(X, 0)
 
     def eliminate(carry, k):
-        W, log_scale, total = carry
+        W, log_scale, total, steps = carry
+        size = W.shape[0]
+        idx = jnp.arange(size)
         left = (idx < k)[:, None]
         block = left & (idx < k) & (idx[:, None] != idx)  # a path j -> k -> j is a self-loop: in no tree
         block = block[..., None]
@@ -236,20 +250,32 @@ def _eliminate_logarithmic(X, keep_steps, steps_dtype):
         new = jnp.where(block, jnp.logaddexp(old, entering[:, None] + leaving[None]), -jnp.inf)
         log_column = log_sum_exp(new, 0)
         W = new - _no_neg_inf(log_column)[None]
-        carry = (
-            W,
-            log_scale + jnp.where(left, log_column, 0),
-            total + jax.lax.dynamic_index_in_dim(log_scale, k, 0, keepdims=False),
-        )
-        if not keep_steps:
-            return carry, None
-        share = jnp.where(block & (new > -jnp.inf), jnp.exp(old - _no_neg_inf(new)), 0)
-        return carry, Step(share.astype(steps_dtype), jnp.exp(entering).astype(steps_dtype), entering)
+        log_scale, total = log_scale + jnp.where(left, log_column, 0), total + log_scale[k]
+        if keep_steps:  # written in place into the full-size step arrays (padding each step, then joining the
+            # runs, took twice the time of the elimination)
+            share = jnp.where(block & (new > -jnp.inf), jnp.exp(old - _no_neg_inf(new)), 0)
+            step = Step(share.astype(steps_dtype), jnp.exp(entering).astype(steps_dtype), entering)
+            steps = jax.tree.map(lambda all_steps, x: _write_step(all_steps, x, n - 1 - k), steps, step)
+        return (W, log_scale, total, steps), None
 
-    zeros = jnp.zeros(X.shape[2:], X.dtype)
-    carry = (X - _no_neg_inf(log_scale)[None], log_scale, zeros)
-    (_, _, total), steps = jax.lax.scan(eliminate, carry, jnp.arange(n - 1, 0, -1))
+    steps = None
+    if keep_steps:
+        B = X.shape[2:]
+        steps = Step(
+            jnp.zeros((n - 1, n, n, *B), steps_dtype),
+            jnp.zeros((n - 1, n, *B), steps_dtype),
+            jnp.full((n - 1, n, *B), -jnp.inf, X.dtype),
+        )
+    W, total = X - _no_neg_inf(log_scale)[None], jnp.zeros(X.shape[2:], X.dtype)
+    for size, ks in _logarithmic_runs(n):
+        (W, log_scale, total, steps), _ = jax.lax.scan(eliminate, (W[:size, :size], log_scale[:size], total, steps), ks)
     return total, steps
+
+
+def _write_step(steps, step, m):
+    """``step`` (its leading axes those of the nodes left) into step ``m`` of the full-size ``steps``."""
+    start = (m,) + (0,) * step.ndim
+    return jax.lax.dynamic_update_slice(steps, step[None], start)
 
 
 def _in_chunks(function, X, *arrays):
