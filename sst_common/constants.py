@@ -50,12 +50,13 @@ JAX_LOGARITHMIC_CHUNK = 64
 #: of 8) 1.03 GB, 3.0 s; 2^25 (chunks of 4) 0.52 GB, 3.5 s; 2^24 (chunks of 2) 0.27 GB, 4.2 s.
 JAX_LOGARITHMIC_CHUNK_ENTRIES = 2**25
 
-#: numpyro_sst's log-space elimination (the exact samplers', and the branch of the elements the linear one cannot
-#: take) runs its steps in runs of at least this many nodes, at most ``JAX_LOGARITHMIC_RUNS``, each on arrays of
-#: the nodes left when it starts (each run is one more compiled loop; below 2 runs' worth of nodes, one loop).
-#: Float32, 2 cores, against one run over full-size arrays: 256 spanning trees of n = 50 drawn in 0.10 against
-#: 0.13-0.17 s, marginals and gradient of 4 graphs of n = 100 at logit scale 10^4 in 0.19-0.22 against 0.28-0.33 s
-#: (6 runs: 0.097 and 0.18 s, for 0.7 s more compilation).
+#: numpyro_sst's exact samplers run their log-space elimination in runs of at least this many nodes, at most
+#: ``JAX_LOGARITHMIC_RUNS``, each on arrays of the nodes left when it starts (each run is one more compiled loop).
+#: Float32, 2 cores, against one run over full-size arrays: one spanning tree for each of 256 graphs of n = 50 in
+#: 0.10 against 0.13-0.17 s (6 runs: 0.097 s, for 0.7 s more compilation). The marginals' log-space branch (the
+#: elements the linear elimination cannot take) keeps one run: it is compiled into every tree program and rarely
+#: taken, and four runs added 1.2 s to compiling marginals and gradient at (64, 30) for 0.19-0.22 against 0.28-0.33 s
+#: at (4, 100) with every element in that branch.
 JAX_LOGARITHMIC_RUN_NODES = 8
 JAX_LOGARITHMIC_RUNS = 4
 

@@ -67,14 +67,14 @@ def test_log_space_branch_in_chunks_matches_one_element_at_a_time(single_root):
 
 @pytest.mark.parametrize("single_root", [False, True])
 def test_log_space_elimination_in_shrinking_runs_matches_pyro(single_root):
-    """n = 24 (three runs of the log-space elimination, on 24, 16 and 8 nodes): at spreads of 1e4 (float32, every
-    element in log space) the log-partition, the marginals and the Hessian-vector product match pyro_sst in float64,
-    and 4000 exact samples of a graph at logit scale 1 are arborescences whose edge frequencies match its marginals
-    within the sampling noise."""
-    from numpyro_sst.ops.matrix_tree import _logarithmic_runs
+    """n = 24: at spreads of 1e4 (float32, every element in log space) the log-partition, the marginals and the
+    Hessian-vector product match pyro_sst in float64, and so does the samplers' elimination (three runs, on 24, 16
+    and 8 nodes); 4000 exact samples of a graph at logit scale 1 are arborescences whose edge frequencies match its
+    marginals within the sampling noise."""
+    from numpyro_sst.ops.matrix_tree import _logarithmic_runs, directed_log_weights, eliminate
 
     n = 24
-    assert len(_logarithmic_runs(n)) == 3
+    assert len(_logarithmic_runs(n, 4)) == 3
     rng = np.random.default_rng(11)
     theta = (1e4 * rng.normal(size=(3, n, n))).astype(np.float32)
     v = rng.normal(size=(3, n, n)).astype(np.float32)
@@ -87,6 +87,8 @@ def test_log_space_elimination_in_shrinking_runs_matches_pyro(single_root):
     log_z = N.arborescence_log_partition(jnp.asarray(theta), 2, single_root)
     expected_log_z = P.arborescence_log_partition(torch.tensor(theta, dtype=torch.float64), 2, single_root)
     np.testing.assert_allclose(log_z, expected_log_z.numpy(), rtol=1e-6)
+    samplers_log_z = eliminate(directed_log_weights(jnp.asarray(theta), 2), 2, single_root).log_z
+    np.testing.assert_allclose(samplers_log_z, log_z, rtol=1e-6)
     logits = rng.normal(size=(n, n)).astype(np.float32)
     x = np.asarray(N.sample_arborescence(KEY, jnp.asarray(logits), 2, single_root, (4000,)))
     free = ~np.eye(n, dtype=bool)

@@ -217,22 +217,22 @@ def _no_neg_inf(x):
     return jnp.where(x == -jnp.inf, 0, x)
 
 
-def _logarithmic_runs(n):
-    """``[(size, ks)]``: the log-space elimination's steps (nodes ``ks``, from ``n - 1`` down to 1) in runs of about
-    equal length whose arrays keep ``size`` nodes, those left when the run starts
+def _logarithmic_runs(n, runs):
+    """``[(size, ks)]``: the log-space elimination's steps (nodes ``ks``, from ``n - 1`` down to 1) in at most ``runs``
+    runs of about equal length whose arrays keep ``size`` nodes, those left when the run starts
     (:data:`~sst_common.constants.JAX_LOGARITHMIC_RUN_NODES`)."""
-    runs = max(1, min(JAX_LOGARITHMIC_RUNS, n // JAX_LOGARITHMIC_RUN_NODES))
+    runs = max(1, min(runs, n // JAX_LOGARITHMIC_RUN_NODES))
     sizes = [-(-n * (runs - r) // runs) for r in range(runs)]
     bounds = zip(sizes, [*sizes[1:], 1], strict=True)
     return [(size, jnp.arange(size - 1, low - 1, -1)) for size, low in bounds if size > low]  # none for one node
 
 
-def _eliminate_logarithmic(X, keep_steps, steps_dtype):
+def _eliminate_logarithmic(X, keep_steps, steps_dtype, runs=1):
     """Eliminate nodes ``n - 1, ..., 1`` of ``(n, n, B)`` log-weights (root first), columns normalised in log space.
 
     Exact at any spread. Returns ``(log_z, steps)``; the step arrays keep the full size (:class:`Step`), the nodes
     left at step ``k`` (those before ``k``) selected by masks, while the elimination's own arrays shrink over the
-    runs of :func:`_logarithmic_runs` to the nodes left.
+    ``runs`` of :func:`_logarithmic_runs` to the nodes left.
     """
     n = X.shape[0]
     log_scale = log_sum_exp(X, 0)
@@ -267,7 +267,7 @@ def _eliminate_logarithmic(X, keep_steps, steps_dtype):
             jnp.full((n - 1, n, *B), -jnp.inf, X.dtype),
         )
     W, total = X - _no_neg_inf(log_scale)[None], jnp.zeros(X.shape[2:], X.dtype)
-    for size, ks in _logarithmic_runs(n):
+    for size, ks in _logarithmic_runs(n, runs):
         (W, log_scale, total, steps), _ = jax.lax.scan(eliminate, (W[:size, :size], log_scale[:size], total, steps), ks)
     return total, steps
 
@@ -316,7 +316,7 @@ def eliminate(theta, root, single_root, keep_steps=False):
     """
     X, order = _prepared(theta, root)
     X, finish = _shifted_for_single_root(X, single_root)
-    log_z, steps = _eliminate_logarithmic(X, keep_steps, theta.dtype)
+    log_z, steps = _eliminate_logarithmic(X, keep_steps, theta.dtype, JAX_LOGARITHMIC_RUNS)
     return Elimination(finish(log_z), steps, order)
 
 
