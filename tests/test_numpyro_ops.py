@@ -65,6 +65,18 @@ def test_log_space_branch_in_chunks_matches_one_element_at_a_time(single_root):
         np.testing.assert_allclose(together[1][b], ref.marginals, atol=1e-5)
 
 
+def _assert_marginals_and_hvp_match_pyro_float64(theta, v, root, single_root):
+    """numpyro_sst's arborescence marginals and their Hessian-vector product along ``v`` of float32 ``theta`` against
+    pyro_sst's in float64 on the same rounded scores (marginals to 1e-5, the product to 1e-4 of its largest entry)."""
+    marginals = lambda t: N.arborescence_marginals(t, root, single_root)  # noqa: E731
+    mu, hvp = jax.jvp(marginals, (jnp.asarray(theta),), (jnp.asarray(v),))
+    t64 = torch.tensor(theta, dtype=torch.float64, requires_grad=True)
+    expected_mu = P.arborescence_marginals(t64, root, single_root)
+    (expected_hvp,) = torch.autograd.grad((expected_mu * torch.tensor(v, dtype=torch.float64)).sum(), t64)
+    np.testing.assert_allclose(mu, expected_mu.detach().numpy(), atol=1e-5)
+    np.testing.assert_allclose(hvp, expected_hvp.numpy(), atol=1e-4 * max(1.0, float(expected_hvp.abs().max())))
+
+
 @pytest.mark.parametrize("single_root", [False, True])
 def test_log_space_elimination_in_shrinking_runs_matches_pyro(single_root):
     """n = 24: at spreads of 1e4 (float32, every element in log space) the log-partition, the marginals and the
@@ -78,12 +90,7 @@ def test_log_space_elimination_in_shrinking_runs_matches_pyro(single_root):
     rng = np.random.default_rng(11)
     theta = (1e4 * rng.normal(size=(3, n, n))).astype(np.float32)
     v = rng.normal(size=(3, n, n)).astype(np.float32)
-    mu, hvp = jax.jvp(lambda t: N.arborescence_marginals(t, 2, single_root), (jnp.asarray(theta),), (jnp.asarray(v),))
-    t64 = torch.tensor(theta, dtype=torch.float64, requires_grad=True)
-    expected_mu = P.arborescence_marginals(t64, 2, single_root)
-    (expected_hvp,) = torch.autograd.grad((expected_mu * torch.tensor(v, dtype=torch.float64)).sum(), t64)
-    np.testing.assert_allclose(mu, expected_mu.detach().numpy(), atol=1e-5)
-    np.testing.assert_allclose(hvp, expected_hvp.numpy(), atol=1e-4 * max(1.0, float(expected_hvp.abs().max())))
+    _assert_marginals_and_hvp_match_pyro_float64(theta, v, 2, single_root)
     log_z = N.arborescence_log_partition(jnp.asarray(theta), 2, single_root)
     expected_log_z = P.arborescence_log_partition(torch.tensor(theta, dtype=torch.float64), 2, single_root)
     np.testing.assert_allclose(log_z, expected_log_z.numpy(), rtol=1e-6)
@@ -111,13 +118,7 @@ def test_float32_single_root_relaxation_takes_the_linear_elimination():
     v = rng.normal(size=(64, 12, 12)).astype(np.float32)
     X, _ = _prepared(directed_log_weights(jnp.asarray(theta), 0), 0)
     assert bool(_blocked(X, True, reverse=False)[1].all())
-    mu, hvp = jax.jvp(lambda t: N.arborescence_marginals(t, 0, True), (jnp.asarray(theta),), (jnp.asarray(v),))
-    t64 = torch.tensor(theta, dtype=torch.float64, requires_grad=True)
-    expected_mu = P.arborescence_marginals(t64, 0, True)
-    (expected_hvp,) = torch.autograd.grad((expected_mu * torch.tensor(v, dtype=torch.float64)).sum(), t64)
-    np.testing.assert_allclose(mu, expected_mu.detach().numpy(), atol=1e-5)
-    scale = max(1.0, float(expected_hvp.abs().max()))
-    np.testing.assert_allclose(hvp, expected_hvp.numpy(), atol=1e-4 * scale)
+    _assert_marginals_and_hvp_match_pyro_float64(theta, v, 0, True)
 
 
 @pytest.mark.parametrize("scale", [1.0, 30.0, 1000.0])

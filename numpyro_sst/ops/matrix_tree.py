@@ -260,11 +260,11 @@ def _eliminate_logarithmic(X, keep_steps, steps_dtype, runs=1):
 
     steps = None
     if keep_steps:
-        B = X.shape[2:]
+        batch = X.shape[2:]
         steps = Step(
-            jnp.zeros((n - 1, n, n, *B), steps_dtype),
-            jnp.zeros((n - 1, n, *B), steps_dtype),
-            jnp.full((n - 1, n, *B), -jnp.inf, X.dtype),
+            jnp.zeros((n - 1, n, n, *batch), steps_dtype),
+            jnp.zeros((n - 1, n, *batch), steps_dtype),
+            jnp.full((n - 1, n, *batch), -jnp.inf, X.dtype),
         )
     W, total = X - _no_neg_inf(log_scale)[None], jnp.zeros(X.shape[2:], X.dtype)
     for size, ks in _logarithmic_runs(n, runs):
